@@ -1,0 +1,35 @@
+# apikeys: PGXS build.  `make demo` and `make test` are the two commands a
+# newcomer needs; both install what is missing first (see test/setup.sh).
+
+EXTENSION  = apikeys
+EXTVERSION = 0.1.0
+MODULE_big = apikeys
+OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/lifecycle.o
+DATA       = apikeys--0.1.0.sql
+PGFILEDESC = "apikeys - API keys inside PostgreSQL"
+
+# pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
+REGRESS = type_io create_verify rotate lifecycle privileges audit bad_input
+# isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
+ISOLATION = revoke_verify rotate_verify
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS += -I$(srcdir)/src
+PG_CFLAGS  += -Wall -Wextra -Werror -Wno-unused-parameter  # PG headers have unused parameters
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+.PHONY: test demo
+test:
+	bash test/run.sh
+
+demo:
+	bash test/demo.sh
+
+# Used by test/run.sh to read the suite lists from one place.
+.PHONY: print-regress print-isolation
+print-regress:
+	@echo $(REGRESS)
+print-isolation:
+	@echo $(ISOLATION)

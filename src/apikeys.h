@@ -1,0 +1,102 @@
+/*
+ * apikeys.h
+ *		Shared declarations of the apikeys extension: token geometry, the
+ *		parsed-token struct, the in-memory apikey type and the catalog layout
+ *		that the C verify path reads directly.
+ */
+#ifndef APIKEYS_H
+#define APIKEYS_H
+
+#include "fmgr.h"
+
+/*
+ * Token geometry: <prefix>_<key_id>_<secret><checksum>
+ */
+#define APIKEY_PREFIX_MAXLEN	20
+#define APIKEY_KEY_ID_LEN		12
+#define APIKEY_SECRET_LEN		32
+#define APIKEY_CHECKSUM_LEN		6
+/* "_" key_id "_" secret checksum: everything after the prefix */
+#define APIKEY_TAIL_LEN \
+	(1 + APIKEY_KEY_ID_LEN + 1 + APIKEY_SECRET_LEN + APIKEY_CHECKSUM_LEN)
+#define APIKEY_TOKEN_MINLEN		(1 + APIKEY_TAIL_LEN)
+#define APIKEY_TOKEN_MAXLEN		(APIKEY_PREFIX_MAXLEN + APIKEY_TAIL_LEN)
+#define APIKEY_DEFAULT_PREFIX	"ak"
+
+/* Stored hash schemes; the catalog records one per key. */
+#define APIKEY_DIGEST_LEN		32
+#define APIKEY_HASH_SHA256		1	/* SHA-256(secret) */
+
+/* A token split in place: pointers into the caller's buffer, no copies. */
+typedef struct ApiKeyToken
+{
+	const char *prefix;
+	int			prefix_len;
+	const char *key_id;			/* APIKEY_KEY_ID_LEN chars */
+	const char *secret;			/* APIKEY_SECRET_LEN chars */
+} ApiKeyToken;
+
+/*
+ * The apikey type's in-memory and on-disk form.  It never holds the secret:
+ * only its SHA-256 digest, so a value that ends up stored somewhere cannot
+ * be turned back into a token.
+ */
+typedef struct ApiKeyData
+{
+	int32		vl_len_;		/* varlena header */
+	uint8		prefix_len;
+	char		key_id[APIKEY_KEY_ID_LEN];
+	uint8		digest[APIKEY_DIGEST_LEN];
+	char		prefix[FLEXIBLE_ARRAY_MEMBER];
+} ApiKeyData;
+
+#define DatumGetApiKeyP(X)		((ApiKeyData *) PG_DETOAST_DATUM(X))
+#define PG_GETARG_APIKEY_P(n)	DatumGetApiKeyP(PG_GETARG_DATUM(n))
+
+/*
+ * Columns of apikeys.key_catalog, in table order (1-based attribute
+ * numbers).  The install script creates the table with exactly this order;
+ * verify.c checks the column count before trusting it.
+ */
+enum
+{
+	Anum_key_key_id = 1,
+	Anum_key_name,
+	Anum_key_prefix,
+	Anum_key_role,
+	Anum_key_scopes,
+	Anum_key_expires_at,
+	Anum_key_metadata,
+	Anum_key_state,
+	Anum_key_hash_version,
+	Anum_key_hash,
+	Anum_key_prev_hash_version,
+	Anum_key_prev_hash,
+	Anum_key_prev_valid_until,
+	Anum_key_created_at,
+	Anum_key_created_by,
+	Anum_key_updated_at,
+	Anum_key_rotated_at,
+	Anum_key_revoked_at,
+	Natts_key
+};
+#define Natts_key_catalog		(Natts_key - 1)
+
+/* token.c */
+extern bool apikey_prefix_is_valid(const char *s, int len);
+extern bool apikey_parse(const char *s, size_t len, ApiKeyToken *tok);
+extern void apikey_random_base62(char *dst, int n);
+extern void apikey_checksum(const char *s, size_t len,
+							char out[APIKEY_CHECKSUM_LEN]);
+extern void apikey_digest(const char *secret, size_t len,
+						  uint8 out[APIKEY_DIGEST_LEN]);
+extern bool apikey_digest_equal(const uint8 *a, const uint8 *b, size_t len);
+
+/* verify.c */
+extern Datum apikey_verify_parsed(FunctionCallInfo fcinfo,
+								  const char *prefix, int prefix_len,
+								  const char *key_id,
+								  const uint8 *digest,
+								  text *scope);
+
+#endif							/* APIKEYS_H */

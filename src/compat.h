@@ -1,0 +1,28 @@
+/*
+ * compat.h
+ *		Every PostgreSQL version test of apikeys lives here, and nowhere else.
+ *
+ * apikeys is built and tested on PostgreSQL 15.  The shims below name the
+ * places where other major versions differ, so that 13 to 17 can be added
+ * by extending this file alone.
+ */
+#ifndef APIKEYS_COMPAT_H
+#define APIKEYS_COMPAT_H
+
+#if PG_VERSION_NUM < 130000
+#error "apikeys requires PostgreSQL 13 or later"
+#endif
+
+/* InitMaterializedSRF() appeared in 15; 13 and 14 need the manual setup. */
+#if PG_VERSION_NUM < 150000
+#error "apikeys has only been ported to PostgreSQL 15 so far: add an InitMaterializedSRF shim here"
+#endif
+
+/* pg_cryptohash_error() (error strings from the hash layer) appeared in 15. */
+#if PG_VERSION_NUM >= 150000
+#define APIKEYS_CRYPTOHASH_ERROR(ctx) pg_cryptohash_error(ctx)
+#else
+#define APIKEYS_CRYPTOHASH_ERROR(ctx) "unknown error"
+#endif
+
+#endif							/* APIKEYS_COMPAT_H */

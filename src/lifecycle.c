@@ -1,0 +1,237 @@
+/*
+ * lifecycle.c
+ *		Entry points of the key lifecycle (create, rotate, disable, enable,
+ *		revoke, delete, update) and the minting of new secrets.
+ *
+ * Each public lifecycle function is a thin C entry point running as the
+ * invoker.  It records who called it (GetUserId(), the role whose
+ * privileges a SECURITY DEFINER wrapper of the caller's own would carry)
+ * and calls the matching internal PL/pgSQL function apikeys._<name>, which
+ * is SECURITY DEFINER, pinned to a safe search_path and not executable by
+ * PUBLIC.  The internal function receives the caller as its first argument
+ * and makes every privilege decision with it, so no caller can forge
+ * another identity, and the audit trigger reads the same caller through
+ * apikeys._actor().
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type_d.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+#include "apikeys.h"
+#include "compat.h"
+
+/* The role on whose behalf the current lifecycle call runs, if any. */
+static Oid	current_actor = InvalidOid;
+
+/* Per-call-site cache of the internal function to call. */
+typedef struct InternalCall
+{
+	FmgrInfo	flinfo;
+	int			nargs;
+} InternalCall;
+
+/* Resolve apikeys._<own name>(oid, <own argument types>) once per call site. */
+static InternalCall *
+internal_call_for(FunctionCallInfo fcinfo)
+{
+	InternalCall *ic = (InternalCall *) fcinfo->flinfo->fn_extra;
+	HeapTuple	tp;
+	Form_pg_proc proc;
+	Oid			argtypes[FUNC_MAX_ARGS];
+	char	   *internal_name;
+	Oid			internal_oid;
+	int			nargs;
+
+	if (ic != NULL)
+		return ic;
+
+	tp = SearchSysCache1(PROCOID, ObjectIdGetDatum(fcinfo->flinfo->fn_oid));
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "cache lookup failed for function %u", fcinfo->flinfo->fn_oid);
+	proc = (Form_pg_proc) GETSTRUCT(tp);
+	nargs = proc->pronargs;
+	if (nargs + 1 > FUNC_MAX_ARGS)
+		elog(ERROR, "too many arguments for an apikeys lifecycle function");
+	argtypes[0] = OIDOID;
+	memcpy(&argtypes[1], proc->proargtypes.values, nargs * sizeof(Oid));
+	internal_name = psprintf("_%s", NameStr(proc->proname));
+	ReleaseSysCache(tp);
+
+	internal_oid = LookupFuncName(list_make2(makeString("apikeys"),
+											 makeString(internal_name)),
+								  nargs + 1, argtypes, false);
+
+	ic = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(InternalCall));
+	fmgr_info_cxt(internal_oid, &ic->flinfo, fcinfo->flinfo->fn_mcxt);
+	ic->nargs = nargs;
+	fcinfo->flinfo->fn_extra = ic;
+	return ic;
+}
+
+/* Call the internal twin of this function with the caller prepended. */
+static Datum
+call_internal(FunctionCallInfo fcinfo, bool *isnull)
+{
+	InternalCall *ic = internal_call_for(fcinfo);
+	LOCAL_FCINFO(inner, FUNC_MAX_ARGS);
+	Oid			caller = GetUserId();
+	Oid			saved_actor = current_actor;
+	Datum		result;
+
+	InitFunctionCallInfoData(*inner, &ic->flinfo, ic->nargs + 1,
+							 fcinfo->fncollation, NULL, NULL);
+	inner->args[0].value = ObjectIdGetDatum(caller);
+	inner->args[0].isnull = false;
+	for (int i = 0; i < ic->nargs; i++)
+		inner->args[i + 1] = fcinfo->args[i];
+
+	current_actor = caller;
+	PG_TRY();
+	{
+		result = FunctionCallInvoke(inner);
+	}
+	PG_FINALLY();
+	{
+		current_actor = saved_actor;
+	}
+	PG_END_TRY();
+
+	*isnull = inner->isnull;
+	return result;
+}
+
+PG_FUNCTION_INFO_V1(apikeys_lifecycle_call);
+/* SQL functions: apikey_rotate, apikey_disable, apikey_enable, apikey_revoke, apikey_delete, apikey_update */
+Datum
+apikeys_lifecycle_call(PG_FUNCTION_ARGS)
+{
+	bool		isnull;
+	Datum		result = call_internal(fcinfo, &isnull);
+
+	if (isnull)
+		PG_RETURN_NULL();
+	return result;
+}
+
+PG_FUNCTION_INFO_V1(apikeys_create);
+/* SQL function: apikey_create(text, regrole, text[], timestamptz, text, jsonb) returns table(key_id text, token text) */
+Datum
+apikeys_create(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		isnull;
+	Datum		result;
+	HeapTupleHeader th;
+	TupleDesc	rowdesc;
+	HeapTupleData tuple;
+	Datum		values[2];
+	bool		nulls[2];
+
+	InitMaterializedSRF(fcinfo, 0);
+	result = call_internal(fcinfo, &isnull);
+	if (isnull)
+		elog(ERROR, "apikeys._apikey_create returned null");
+
+	th = DatumGetHeapTupleHeader(result);
+	rowdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(th),
+									 HeapTupleHeaderGetTypMod(th));
+	if (rowdesc->natts != 2 || rsinfo->setDesc->natts != 2)
+		elog(ERROR, "unexpected row shape from apikeys._apikey_create");
+	tuple.t_len = HeapTupleHeaderGetDatumLength(th);
+	ItemPointerSetInvalid(&tuple.t_self);
+	tuple.t_tableOid = InvalidOid;
+	tuple.t_data = th;
+	heap_deform_tuple(&tuple, rowdesc, values, nulls);
+	ReleaseTupleDesc(rowdesc);
+
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(apikeys_actor);
+/* SQL function: apikeys._actor() returns oid */
+Datum
+apikeys_actor(PG_FUNCTION_ARGS)
+{
+	if (!OidIsValid(current_actor))
+		PG_RETURN_NULL();
+	PG_RETURN_OID(current_actor);
+}
+
+PG_FUNCTION_INFO_V1(apikeys_mint);
+/* SQL function: apikeys._mint(text, text) returns record(key_id text, token text, hash bytea, hash_version int2) */
+Datum
+apikeys_mint(PG_FUNCTION_ARGS)
+{
+	text	   *prefix_t = PG_GETARG_TEXT_PP(0);
+	const char *prefix = VARDATA_ANY(prefix_t);
+	int			prefix_len = VARSIZE_ANY_EXHDR(prefix_t);
+	char		key_id[APIKEY_KEY_ID_LEN];
+	char		token[APIKEY_TOKEN_MAXLEN];
+	int			len;
+	uint8		digest[APIKEY_DIGEST_LEN];
+	bytea	   *hash;
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	Datum		result;
+
+	if (!apikey_prefix_is_valid(prefix, prefix_len))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid api key prefix"),
+				 errdetail("A prefix is a lowercase letter followed by at most %d lowercase letters, digits or underscores.",
+						   APIKEY_PREFIX_MAXLEN - 1)));
+
+	if (PG_ARGISNULL(1))
+		apikey_random_base62(key_id, APIKEY_KEY_ID_LEN);
+	else
+	{
+		text	   *k = PG_GETARG_TEXT_PP(1);
+
+		if (VARSIZE_ANY_EXHDR(k) != APIKEY_KEY_ID_LEN)
+			elog(ERROR, "malformed key id passed to apikeys._mint");
+		memcpy(key_id, VARDATA_ANY(k), APIKEY_KEY_ID_LEN);
+	}
+
+	/* <prefix>_<key_id>_<secret><checksum> */
+	len = 0;
+	memcpy(token, prefix, prefix_len);
+	len += prefix_len;
+	token[len++] = '_';
+	memcpy(token + len, key_id, APIKEY_KEY_ID_LEN);
+	len += APIKEY_KEY_ID_LEN;
+	token[len++] = '_';
+	apikey_random_base62(token + len, APIKEY_SECRET_LEN);
+	apikey_digest(token + len, APIKEY_SECRET_LEN, digest);
+	len += APIKEY_SECRET_LEN;
+	apikey_checksum(token, len, token + len);
+	len += APIKEY_CHECKSUM_LEN;
+
+	hash = (bytea *) palloc(VARHDRSZ + APIKEY_DIGEST_LEN);
+	SET_VARSIZE(hash, VARHDRSZ + APIKEY_DIGEST_LEN);
+	memcpy(VARDATA(hash), digest, APIKEY_DIGEST_LEN);
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "apikeys._mint must return a composite type");
+	tupdesc = BlessTupleDesc(tupdesc);
+	values[0] = PointerGetDatum(cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN));
+	values[1] = PointerGetDatum(cstring_to_text_with_len(token, len));
+	values[2] = PointerGetDatum(hash);
+	values[3] = Int16GetDatum(APIKEY_HASH_SHA256);
+	result = HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+
+	explicit_bzero(token, sizeof(token));
+	explicit_bzero(digest, sizeof(digest));
+	PG_RETURN_DATUM(result);
+}

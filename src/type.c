@@ -1,0 +1,135 @@
+/*
+ * type.c
+ *		The apikey type: a parsed, checksum-validated token.
+ *
+ * Input accepts only well-formed tokens and never echoes what it was given.
+ * The value keeps the prefix, the key id and the SHA-256 digest of the
+ * secret, never the secret itself; output (text and binary) is redacted to
+ * the prefix and key id.
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "libpq/pqformat.h"
+#include "utils/builtins.h"
+
+#include "apikeys.h"
+#include "compat.h"
+
+#define APIKEY_REDACTED		"********"
+
+/* Raise the one input error the type has, without the input. */
+static void
+report_invalid_apikey(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_TEXT_REPRESENTATION),
+			 errmsg("invalid input syntax for type apikey"),
+			 errdetail("The value is not a well-formed api key token, or its checksum does not match.")));
+}
+
+/* Build an apikey value from a token, or raise 22P02. */
+static ApiKeyData *
+apikey_from_token(const char *s, size_t len)
+{
+	ApiKeyToken tok;
+	ApiKeyData *key;
+	Size		size;
+
+	if (!apikey_parse(s, len, &tok))
+		report_invalid_apikey();
+
+	size = offsetof(ApiKeyData, prefix) + tok.prefix_len;
+	key = (ApiKeyData *) palloc0(size);
+	SET_VARSIZE(key, size);
+	key->prefix_len = (uint8) tok.prefix_len;
+	memcpy(key->key_id, tok.key_id, APIKEY_KEY_ID_LEN);
+	apikey_digest(tok.secret, APIKEY_SECRET_LEN, key->digest);
+	memcpy(key->prefix, tok.prefix, tok.prefix_len);
+	return key;
+}
+
+/* The redacted text form: <prefix>_<key_id>_******** */
+static char *
+apikey_redacted_cstring(const ApiKeyData *key)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, key->prefix, key->prefix_len);
+	appendStringInfoChar(&buf, '_');
+	appendBinaryStringInfo(&buf, key->key_id, APIKEY_KEY_ID_LEN);
+	appendStringInfoChar(&buf, '_');
+	appendStringInfoString(&buf, APIKEY_REDACTED);
+	return buf.data;
+}
+
+PG_FUNCTION_INFO_V1(apikey_in);
+/* SQL function: apikey_in(cstring) returns apikey */
+Datum
+apikey_in(PG_FUNCTION_ARGS)
+{
+	char	   *str = PG_GETARG_CSTRING(0);
+
+	PG_RETURN_POINTER(apikey_from_token(str, strlen(str)));
+}
+
+PG_FUNCTION_INFO_V1(apikey_out);
+/* SQL function: apikey_out(apikey) returns cstring */
+Datum
+apikey_out(PG_FUNCTION_ARGS)
+{
+	ApiKeyData *key = PG_GETARG_APIKEY_P(0);
+
+	PG_RETURN_CSTRING(apikey_redacted_cstring(key));
+}
+
+PG_FUNCTION_INFO_V1(apikey_recv);
+/* SQL function: apikey_recv(internal) returns apikey */
+Datum
+apikey_recv(PG_FUNCTION_ARGS)
+{
+	StringInfo	buf = (StringInfo) PG_GETARG_POINTER(0);
+	const char *s;
+	int			len = buf->len - buf->cursor;
+
+	/* The binary form of an incoming token is its text; validate it alike. */
+	if (len < 0 || len > APIKEY_TOKEN_MAXLEN)
+		report_invalid_apikey();
+	s = pq_getmsgbytes(buf, len);
+	PG_RETURN_POINTER(apikey_from_token(s, len));
+}
+
+PG_FUNCTION_INFO_V1(apikey_send);
+/* SQL function: apikey_send(apikey) returns bytea */
+Datum
+apikey_send(PG_FUNCTION_ARGS)
+{
+	ApiKeyData *key = PG_GETARG_APIKEY_P(0);
+	StringInfoData buf;
+	char	   *redacted = apikey_redacted_cstring(key);
+
+	pq_begintypsend(&buf);
+	pq_sendbytes(&buf, redacted, strlen(redacted));
+	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
+}
+
+PG_FUNCTION_INFO_V1(apikey_key_id);
+/* SQL function: apikey_key_id(apikey) returns text */
+Datum
+apikey_key_id(PG_FUNCTION_ARGS)
+{
+	ApiKeyData *key = PG_GETARG_APIKEY_P(0);
+
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(key->key_id, APIKEY_KEY_ID_LEN));
+}
+
+PG_FUNCTION_INFO_V1(apikey_prefix);
+/* SQL function: apikey_prefix(apikey) returns text */
+Datum
+apikey_prefix(PG_FUNCTION_ARGS)
+{
+	ApiKeyData *key = PG_GETARG_APIKEY_P(0);
+
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(key->prefix, key->prefix_len));
+}

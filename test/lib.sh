@@ -1,0 +1,105 @@
+# test/lib.sh: shared by test/run.sh, test/demo.sh and test/bench.sh.
+#
+# Installs what a fresh Debian 12 machine lacks, and starts and stops a
+# throwaway PostgreSQL cluster owned by the postgres system user, in a
+# temporary directory, on a Unix socket and a free loopback port.  Only a
+# cluster started here is ever stopped here, by its data directory.
+
+set -euo pipefail
+
+PG_MAJOR=${PG_MAJOR:-15}
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
+
+# Run a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Run a command as the postgres system user.
+as_postgres() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        sudo -u postgres -- "$@"
+    fi
+}
+
+# Install the build and test dependencies that are missing (apt only).
+ensure_deps() {
+    local missing=()
+    [ -f "/usr/include/postgresql/$PG_MAJOR/server/postgres.h" ] || missing+=("postgresql-server-dev-$PG_MAJOR")
+    [ -x "/usr/lib/postgresql/$PG_MAJOR/bin/postgres" ] || missing+=("postgresql-$PG_MAJOR")
+    [ -f "/usr/share/postgresql/$PG_MAJOR/extension/pgcrypto.control" ] || missing+=("postgresql-$PG_MAJOR")
+    perl -MIPC::Run -e 1 2>/dev/null || missing+=(libipc-run-perl)
+    command -v make >/dev/null || missing+=(make)
+    command -v gcc >/dev/null || missing+=(gcc)
+    # PGXS builds LLVM bitcode when the server was built with JIT support.
+    if grep -q '^with_llvm[[:space:]]*=[[:space:]]*yes' \
+            "/usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/Makefile.global" 2>/dev/null; then
+        local clang
+        clang=$(sed -n 's/^CLANG[[:space:]]*=[[:space:]]*//p' \
+                "/usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/Makefile.global")
+        command -v "${clang:-clang}" >/dev/null || missing+=(clang-14 llvm-14)
+    fi
+    command -v prove >/dev/null || missing+=(perl)
+    id postgres >/dev/null 2>&1 || missing+=("postgresql-$PG_MAJOR")
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing: ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# Build (warnings are errors, see Makefile) and install the extension.
+build_and_install() {
+    make -s PG_CONFIG="$PG_CONFIG"
+    as_root make -s PG_CONFIG="$PG_CONFIG" install
+}
+
+# A free TCP port on the loopback interface.
+free_port() {
+    perl -MIO::Socket::INET -e \
+        'my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, ReuseAddr => 1) or die; print $s->sockport, "\n";'
+}
+
+# Start a throwaway cluster.  Sets PGTMP, PGDATA_DIR, PGSOCK, PGPORT, PGBIN,
+# PGLOG and exports PGHOST/PGPORT/PGUSER for psql.  Extra postgresql.conf
+# lines may be passed as arguments.
+start_cluster() {
+    PGBIN=$("$PG_CONFIG" --bindir)
+    PGTMP=$(mktemp -d "${TMPDIR:-/tmp}/apikeys.XXXXXX")
+    chmod 755 "$PGTMP"
+    PGDATA_DIR=$PGTMP/data
+    PGSOCK=$PGTMP/sock
+    PGLOG=$PGTMP/server.log
+    mkdir -p "$PGDATA_DIR" "$PGSOCK"
+    touch "$PGLOG"
+    as_root chown postgres "$PGDATA_DIR" "$PGSOCK" "$PGLOG"
+    as_postgres "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust \
+        --no-sync -E UTF8 --locale=C.UTF-8 >"$PGTMP/initdb.log" 2>&1 \
+        || { cat "$PGTMP/initdb.log"; return 1; }
+    PGPORT=$(free_port)
+    {
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $PGPORT"
+        echo "unix_socket_directories = '$PGSOCK'"
+        echo "shared_preload_libraries = 'apikeys'"
+        echo "fsync = off"
+        echo "max_prepared_transactions = 10"
+        for line in "$@"; do echo "$line"; done
+    } | as_postgres tee -a "$PGDATA_DIR/postgresql.conf" >/dev/null
+    as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 start >/dev/null \
+        || { cat "$PGLOG"; return 1; }
+    export PGHOST=$PGSOCK PGPORT PGUSER=postgres
+}
+
+# Stop the cluster started by start_cluster (by its data directory) and
+# remove its directory unless KEEP_CLUSTER is set.
+stop_cluster() {
+    if [ -n "${PGDATA_DIR:-}" ] && [ -f "$PGDATA_DIR/postmaster.pid" ]; then
+        as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null || true
+    fi
+    if [ -n "${PGTMP:-}" ] && [ -z "${KEEP_CLUSTER:-}" ]; then
+        as_root rm -rf "$PGTMP"
+    fi
+}

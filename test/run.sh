@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# test/run.sh: what `make test` runs.
+#
+# Installs what is missing, builds with warnings as errors, installs the
+# extension, starts a throwaway cluster, runs every suite (pg_regress,
+# isolation, TAP), stops the cluster and exits non-zero on any failure,
+# printing the diff or the failing test's log.
+
+cd "$(dirname "$0")/.."
+. test/lib.sh
+
+ensure_deps
+echo "== build (warnings are errors)"
+build_and_install
+
+start_cluster
+trap stop_cluster EXIT
+echo "== cluster: $PGDATA_DIR on port $PGPORT"
+
+PGXS_DIR=$(dirname "$("$PG_CONFIG" --pgxs)")/..
+RESULTS=$PGTMP/results
+mkdir -p "$RESULTS"
+passed=0
+failed=0
+
+suite_result() {
+    if [ "$1" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
+
+echo "== pg_regress"
+rc=0
+"$PGXS_DIR/src/test/regress/pg_regress" \
+    --inputdir=. --outputdir="$RESULTS/regress" --bindir="$PGBIN" \
+    --host="$PGSOCK" --port="$PGPORT" --user=postgres \
+    --dbname=contrib_regression \
+    --load-extension=pgcrypto --load-extension=apikeys \
+    $(make -s --no-print-directory print-regress) || rc=$?
+[ $rc -eq 0 ] || cat "$RESULTS/regress/regression.diffs" 2>/dev/null || true
+suite_result $rc
+
+echo "== isolation"
+rc=0
+"$PGXS_DIR/src/test/isolation/pg_isolation_regress" \
+    --inputdir=test --outputdir="$RESULTS/isolation" --bindir="$PGBIN" \
+    --host="$PGSOCK" --port="$PGPORT" --user=postgres \
+    --dbname=isolation_regression \
+    --load-extension=pgcrypto --load-extension=apikeys \
+    $(make -s --no-print-directory print-isolation) || rc=$?
+[ $rc -eq 0 ] || cat "$RESULTS/isolation/regression.diffs" 2>/dev/null || true
+suite_result $rc
+
+echo "== TAP"
+# TAP tests start clusters of their own, so they run as the postgres user
+# in a directory it owns.
+TAPDIR=$PGTMP/tap
+mkdir -p "$TAPDIR"
+cp -r test/t "$TAPDIR/t"
+as_root chown -R postgres "$TAPDIR"
+rc=0
+as_postgres env -C "$TAPDIR" \
+    PATH="$PGBIN:$PATH" \
+    PERL5LIB="$PGXS_DIR/src/test/perl" \
+    PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
+    TESTDIR="$TAPDIR" PG_CONFIG="$PG_CONFIG" \
+    prove --timer t/ || rc=$?
+if [ $rc -ne 0 ]; then
+    for f in "$TAPDIR"/tmp_check/log/regress_log_*; do
+        [ -f "$f" ] && { echo "---- $f"; tail -n 80 "$f"; }
+    done
+fi
+suite_result $rc
+
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
