@@ -18,6 +18,9 @@ BEGIN
 END
 $do$;
 
+-- Everyone may look into the schema; what they may do there is granted below.
+GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+
 -------------------------------------------------------------------------------
 -- The apikey type
 -------------------------------------------------------------------------------
@@ -480,6 +483,14 @@ BEGIN
     IF p_key_id IS NULL THEN
         RAISE EXCEPTION 'api key id must not be null'
             USING ERRCODE = '22004';
+    END IF;
+    -- Only a well-formed key id is ever echoed: the argument could be a
+    -- whole token passed by mistake, and a secret must not reach a message.
+    IF p_key_id OPERATOR(pg_catalog.!~) '^[0-9A-Za-z]{12}$' THEN
+        RAISE EXCEPTION 'invalid api key id'
+            USING ERRCODE = '22023',
+                  DETAIL = 'A key id is 12 letters and digits; the value given is not shown.',
+                  HINT = 'Pass the key id (apikey_key_id(token) gives it), never the token.';
     END IF;
     SELECT * INTO k FROM @extschema@.key_catalog c
      WHERE c.key_id OPERATOR(pg_catalog.=) p_key_id

@@ -17,7 +17,7 @@ start_cluster
 trap stop_cluster EXIT
 echo "== cluster: $PGDATA_DIR on port $PGPORT"
 
-PGXS_DIR=$(dirname "$("$PG_CONFIG" --pgxs)")/..
+PGXS_DIR=$("$PG_CONFIG" --pkglibdir)/pgxs
 RESULTS=$PGTMP/results
 mkdir -p "$RESULTS"
 passed=0
@@ -57,12 +57,14 @@ mkdir -p "$TAPDIR"
 cp -r test/t "$TAPDIR/t"
 as_root chown -R postgres "$TAPDIR"
 rc=0
-as_postgres env -C "$TAPDIR" \
+(cd "$TAPDIR" && as_postgres env \
     PATH="$PGBIN:$PATH" \
     PERL5LIB="$PGXS_DIR/src/test/perl" \
     PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
     TESTDIR="$TAPDIR" PG_CONFIG="$PG_CONFIG" \
-    prove --timer t/ || rc=$?
+    prove --timer t/*.pl) 2>&1 | tee "$RESULTS/tap.out" || rc=$?
+# prove exits 0 when it finds no test at all: that is a failure here.
+grep -q '^Result: PASS' "$RESULTS/tap.out" || rc=1
 if [ $rc -ne 0 ]; then
     for f in "$TAPDIR"/tmp_check/log/regress_log_*; do
         [ -f "$f" ] && { echo "---- $f"; tail -n 80 "$f"; }

@@ -1,0 +1,134 @@
+-- create_verify: apikey_create and apikey_verify, statuses, scopes, expiry,
+-- roles by OID, transactions.
+\set VERBOSITY terse
+SET search_path = apikeys, public;
+
+-- run cmd; show its SQLSTATE and message, with the random key id masked
+CREATE FUNCTION pg_temp.try(cmd text, key_id text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE cmd;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || replace(SQLERRM, coalesce(key_id, '<none>'), '<key_id>');
+END $$;
+
+CREATE ROLE regress_svc NOLOGIN;
+
+SELECT key_id, token FROM apikey_create(name => 'billing', role => 'regress_svc',
+    scopes => '{invoices:read,invoices:write}', metadata => '{"team": "billing"}') \gset
+
+SELECT valid, status, key_id = :'key_id' AS same_id, role, scopes, expires_at, metadata, name
+  FROM apikey_verify(:'token');
+SELECT valid, status FROM apikey_verify(:'token', scope => 'invoices:read');
+SELECT valid, status, role FROM apikey_verify(:'token', 'invoices:delete');
+SELECT valid, status FROM apikey_verify(:'token'::apikey, 'invoices:write');
+
+-- the listing
+SELECT name, prefix, role, scopes, status, created_by, expires_at IS NULL AS no_expiry
+  FROM keys WHERE key_id = :'key_id';
+
+-- defaults: the calling role, no scopes, prefix ak; '*' grants every scope
+SELECT key_id AS k2, token AS t2 FROM apikey_create('defaults') \gset
+SELECT role, scopes, prefix FROM keys WHERE key_id = :'k2';
+SELECT status FROM apikey_verify(:'t2', 'anything');
+SELECT apikey_update(:'k2', scopes => '{*}');
+SELECT status FROM apikey_verify(:'t2', 'anything');
+
+-- a wrong secret with a valid checksum is invalid and reveals nothing
+CREATE FUNCTION pg_temp.forge(tok text, secret text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    head text := left(tok, length(tok) - 38) || secret;
+BEGIN
+    -- recompute the CRC-32 checksum so only the secret is wrong
+    RETURN head || pg_temp.base62(pg_temp.crc32(head));
+END $$;
+CREATE FUNCTION pg_temp.crc32(s text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    crc bigint := 4294967295;
+    b int;
+BEGIN
+    FOR i IN 1..length(s) LOOP
+        b := ascii(substr(s, i, 1));
+        crc := crc # b;
+        FOR j IN 1..8 LOOP
+            IF crc & 1 = 1 THEN crc := (crc >> 1) # 3988292384;
+            ELSE crc := crc >> 1; END IF;
+        END LOOP;
+    END LOOP;
+    RETURN crc # 4294967295;
+END $$;
+CREATE FUNCTION pg_temp.base62(v bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    alphabet text := '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
+    out text := '';
+BEGIN
+    FOR i IN 1..6 LOOP
+        out := substr(alphabet, (v % 62)::int + 1, 1) || out;
+        v := v / 62;
+    END LOOP;
+    RETURN out;
+END $$;
+-- (the forger is right: re-forging the real secret gives the token back)
+SELECT pg_temp.forge(:'token', substr(:'token', length(:'token') - 37, 32)) = :'token' AS forger_ok;
+SELECT pg_temp.forge(:'token', repeat('A', 32)) AS forged \gset
+SELECT pg_temp.try(format('SELECT %L::apikeys.apikey', :'forged')) AS forged_parses;
+SELECT * FROM apikey_verify(:'forged');
+-- a forged token naming an unknown key id
+SELECT pg_temp.forge(regexp_replace(:'token', '_[0-9A-Za-z]{12}_', '_000000000000_'), repeat('B', 32)) AS unknown \gset
+SELECT * FROM apikey_verify(:'unknown');
+-- a real secret under another prefix
+SELECT pg_temp.forge('zz' || substr(:'token', 3), substr(:'token', length(:'token') - 37, 32)) AS other_prefix \gset
+SELECT status FROM apikey_verify(:'other_prefix');
+
+-- expiry
+SELECT key_id AS k3, token AS t3 FROM apikey_create('short-lived', expires_at => now() + interval '1 hour') \gset
+SELECT status, expires_at > now() AS future FROM apikey_verify(:'t3');
+-- (let the hour pass: move the expiry into the past behind the API's back)
+UPDATE key_catalog SET expires_at = clock_timestamp() - interval '1 second' WHERE key_id = :'k3';
+SELECT valid, status, key_id = :'k3' AS same_id FROM apikey_verify(:'t3');
+SELECT status FROM keys WHERE key_id = :'k3';
+
+-- roles are kept by OID: a rename keeps keys working
+ALTER ROLE regress_svc RENAME TO regress_svc_renamed;
+SELECT status, role FROM apikey_verify(:'token');
+SELECT role FROM keys WHERE key_id = :'key_id';
+-- a dropped role orphans its keys: invalid, listed as orphaned
+DROP ROLE regress_svc_renamed;
+SELECT * FROM apikey_verify(:'token');
+SELECT status, role::oid <> 0 AS has_oid FROM keys WHERE key_id = :'key_id';
+SELECT pg_temp.try(format('SELECT apikeys.apikey_rotate(%L)', :'key_id'), :'key_id') LIKE 'ok' AS rotate_orphan_ok;
+SELECT pg_temp.try(format('SELECT apikeys.apikey_delete(%L)', :'key_id'), :'key_id');
+
+-- transactions: a key created in a rolled-back transaction never verifies
+BEGIN;
+SELECT key_id AS k4, token AS t4 FROM apikey_create('rolled back') \gset
+SELECT status FROM apikey_verify(:'t4');
+ROLLBACK;
+SELECT status FROM apikey_verify(:'t4');
+SELECT count(*) FROM keys WHERE key_id = :'k4';
+
+-- revocation inside a transaction is undone by rollback
+BEGIN;
+SELECT apikey_revoke(:'k2');
+SELECT status FROM apikey_verify(:'t2');
+ROLLBACK;
+SELECT status FROM apikey_verify(:'t2');
+
+-- argument errors
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('')$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('   ')$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create(NULL)$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', prefix => 'Bad')$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', scopes => '{a,NULL}')$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', scopes => '{a,""}')$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', expires_at => now() - interval '1 day')$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', metadata => '[1,2]')$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', role => 'regress_nobody')$$);
+
+-- many keys: ids are unique and every token verifies
+CREATE TEMP TABLE many AS SELECT k.* FROM generate_series(1, 200) g, apikey_create('bulk ' || g) k;
+SELECT count(DISTINCT key_id) AS ids, count(*) FILTER (WHERE (apikey_verify(token)).valid) AS valid FROM many;
+SELECT count(*) FROM many m JOIN many n ON m.key_id <> n.key_id AND m.token = n.token;
+
+-- clean up
+SELECT count(apikeys.apikey_delete(key_id)) >= 0 AS cleaned FROM apikeys.keys;

@@ -1,0 +1,117 @@
+-- privileges: who may create, see and manage keys; what non-admins can read.
+\set VERBOSITY terse
+SET search_path = apikeys, public;
+
+-- run cmd; show its SQLSTATE and message, with the random key id masked
+CREATE FUNCTION pg_temp.try(cmd text, key_id text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE cmd;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || replace(SQLERRM, coalesce(key_id, '<none>'), '<key_id>');
+END $$;
+
+-- the admin role exists and cannot log in
+SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = 'apikeys_admin';
+
+CREATE ROLE regress_app NOLOGIN;
+CREATE ROLE regress_alice NOLOGIN IN ROLE regress_app;
+CREATE ROLE regress_bob NOLOGIN;
+CREATE ROLE regress_carol NOLOGIN IN ROLE regress_app;
+CREATE ROLE regress_admin NOLOGIN IN ROLE apikeys_admin;
+
+-- a non-admin creates keys only for roles it belongs to
+SET ROLE regress_alice;
+SELECT key_id AS alice_key, token AS alice_token
+  FROM apikeys.apikey_create('alice app key', role => 'regress_app') \gset
+SELECT key_id AS alice_own, token AS alice_own_token
+  FROM apikeys.apikey_create('alice own key') \gset
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('escalate', role => 'regress_bob')$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('escalate', role => 'postgres')$$);
+SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('escalate', role => 'apikeys_admin')$$);
+-- ... and cannot move a key to a role it does not belong to
+SELECT pg_temp.try(format('SELECT apikeys.apikey_update(%L, role => %L)', :'alice_own', 'regress_bob'), :'alice_own');
+SELECT name, role, created_by FROM apikeys.keys ORDER BY name;
+RESET ROLE;
+
+-- another non-admin sees nothing of alice's, and cannot manage it
+SET ROLE regress_bob;
+SELECT key_id AS bob_key, token AS bob_token FROM apikeys.apikey_create('bob key') \gset
+SELECT name FROM apikeys.keys ORDER BY name;
+SELECT pg_temp.try(format('SELECT apikeys.apikey_revoke(%L)', :'alice_key'), :'alice_key');
+SELECT pg_temp.try(format('SELECT apikeys.apikey_rotate(%L)', :'alice_key'), :'alice_key');
+SELECT pg_temp.try(format('SELECT apikeys.apikey_disable(%L)', :'alice_key'), :'alice_key');
+SELECT pg_temp.try(format('SELECT apikeys.apikey_delete(%L)', :'alice_key'), :'alice_key');
+SELECT pg_temp.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'alice_key', 'x'), :'alice_key');
+-- but anyone can verify any key
+SELECT status, role FROM apikeys.apikey_verify(:'alice_token');
+-- and nobody but admins can read hashes or write the catalog directly
+SELECT pg_temp.try('SELECT hash FROM apikeys.key_catalog');
+SELECT pg_temp.try('SELECT prev_hash FROM apikeys.key_catalog');
+SELECT pg_temp.try('SELECT * FROM apikeys.key_catalog');
+SELECT pg_temp.try($$UPDATE apikeys.key_catalog SET state = 'active'$$);
+SELECT pg_temp.try($$DELETE FROM apikeys.key_catalog$$);
+SELECT pg_temp.try($$INSERT INTO apikeys.audit_log (action, key_id, actor, actor_role) VALUES ('x', 'y', 'z', 'w')$$);
+-- the internal halves cannot be called to forge a caller
+SELECT pg_temp.try(format($$SELECT * FROM apikeys._apikey_create(%s, 'forged', 'postgres', '{}', NULL, NULL, '{}')$$,
+                          'postgres'::regrole::oid));
+SELECT pg_temp.try(format($$SELECT apikeys._apikey_revoke(%s, %L)$$, 'postgres'::regrole::oid, :'alice_key'));
+SELECT pg_temp.try($$SELECT * FROM apikeys._mint('ak', NULL)$$);
+RESET ROLE;
+
+-- a member of the key's role manages it, even without having created it
+SET ROLE regress_carol;
+SELECT name FROM apikeys.keys ORDER BY name;
+SELECT apikeys.apikey_disable(:'alice_key');
+SELECT apikeys.apikey_enable(:'alice_key');
+SELECT pg_temp.try(format('SELECT apikeys.apikey_disable(%L)', :'alice_own'), :'alice_own');
+RESET ROLE;
+
+-- the creator keeps managing a key after leaving its role
+REVOKE regress_app FROM regress_alice;
+SET ROLE regress_alice;
+SELECT name FROM apikeys.keys ORDER BY name;
+SELECT apikeys.apikey_disable(:'alice_key');
+SELECT apikeys.apikey_enable(:'alice_key');
+RESET ROLE;
+
+-- admins see and manage everything, including hashes
+SET ROLE regress_admin;
+SELECT name, role FROM apikeys.keys ORDER BY name;
+SELECT count(*) AS hashes FROM apikeys.key_catalog WHERE length(hash) = 32;
+SELECT apikeys.apikey_revoke(:'bob_key');
+SELECT key_id AS admin_made FROM apikeys.apikey_create('for bob', role => 'regress_bob') \gset
+SELECT created_by, role FROM apikeys.keys WHERE key_id = :'admin_made';
+RESET ROLE;
+
+-- a SECURITY DEFINER wrapper acts with its owner's rights, not its caller's
+CREATE ROLE regress_issuer NOLOGIN IN ROLE regress_app;
+GRANT CREATE ON SCHEMA public TO regress_issuer;
+SET ROLE regress_issuer;
+CREATE FUNCTION public.issue_app_key(n text) RETURNS text
+    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog
+    AS $$ SELECT key_id FROM apikeys.apikey_create(n, role => 'regress_app') $$;
+RESET ROLE;
+SET ROLE regress_bob;
+SELECT public.issue_app_key('via wrapper') AS wrapped \gset
+RESET ROLE;
+SELECT role, created_by FROM apikeys.keys WHERE key_id = :'wrapped';
+SELECT actor, actor_role FROM apikeys.audit_log WHERE key_id = :'wrapped';
+
+-- the listing view and the audit log are behind forced row-level security
+SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class
+ WHERE oid IN ('apikeys.key_catalog'::regclass, 'apikeys.audit_log'::regclass) ORDER BY relname;
+
+-- every SECURITY DEFINER function pins search_path and is not executable by PUBLIC
+SELECT p.proname,
+       coalesce(array_to_string(p.proconfig, ',') LIKE '%search_path=pg_catalog, pg_temp%', false) AS pinned,
+       has_function_privilege('public', p.oid, 'EXECUTE') AS public_exec
+  FROM pg_proc p WHERE p.pronamespace = 'apikeys'::regnamespace AND p.prosecdef
+ ORDER BY p.proname;
+
+-- clean up
+DROP FUNCTION public.issue_app_key(text);
+REVOKE CREATE ON SCHEMA public FROM regress_issuer;
+SELECT apikeys.apikey_delete(key_id) FROM apikeys.keys WHERE name IN
+    ('alice app key', 'alice own key', 'bob key', 'for bob', 'via wrapper');
+DROP ROLE regress_issuer, regress_admin, regress_carol, regress_bob, regress_alice, regress_app;
