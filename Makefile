@@ -33,3 +33,7 @@ print-regress:
 	@echo $(REGRESS)
 print-isolation:
 	@echo $(ISOLATION)
+
+.PHONY: bench
+bench:
+	bash test/bench.sh

@@ -69,6 +69,57 @@ typedef struct KeyRow
 	bool		metadata_null;
 } KeyRow;
 
+/*
+ * Per-call-site state kept in fn_extra: the catalog's OIDs and the blessed
+ * result descriptor, resolved once per query rather than once per row.  A
+ * dropped and re-created extension gives new functions, hence new call
+ * sites, so nothing here can go stale.
+ */
+typedef struct VerifyCallCache
+{
+	Oid			relid;
+	Oid			indexid;
+	TupleDesc	tupdesc;
+} VerifyCallCache;
+
+/* Resolve (once per call site) what every verification needs. */
+static VerifyCallCache *
+verify_call_cache(FunctionCallInfo fcinfo)
+{
+	VerifyCallCache *cache = (VerifyCallCache *) fcinfo->flinfo->fn_extra;
+	MemoryContext oldcxt;
+	TupleDesc	tupdesc;
+	Oid			nsp;
+
+	if (cache != NULL)
+		return cache;
+
+	nsp = get_namespace_oid(APIKEYS_SCHEMA, true);
+	oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+	cache = palloc0(sizeof(VerifyCallCache));
+	if (OidIsValid(nsp))
+	{
+		cache->relid = get_relname_relid(APIKEYS_CATALOG, nsp);
+		cache->indexid = get_relname_relid(APIKEYS_CATALOG_PKEY, nsp);
+	}
+	if (!OidIsValid(cache->relid) || !OidIsValid(cache->indexid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apikeys catalog is missing"),
+				 errhint("Run CREATE EXTENSION apikeys in this database.")));
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "apikey_verify must return a composite type");
+	if (tupdesc->natts != Vf_natts)
+		elog(ERROR, "apikeys.verification has %d columns, expected %d",
+			 tupdesc->natts, Vf_natts);
+	cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+	MemoryContextSwitchTo(oldcxt);
+
+	fcinfo->flinfo->fn_extra = cache;
+	return cache;
+}
+
 /* Does a stored (version, hash) pair match this digest? */
 static bool
 stored_hash_matches(Datum version, Datum hash, const uint8 *digest)
@@ -99,12 +150,9 @@ copy_varlena(Datum d)
  * Returns false when there is no such key or the prefix differs.
  */
 static bool
-lookup_key(const char *prefix, int prefix_len, const char *key_id,
-		   const uint8 *digest, KeyRow *row)
+lookup_key(VerifyCallCache *cache, const char *prefix, int prefix_len,
+		   const char *key_id, const uint8 *digest, KeyRow *row)
 {
-	Oid			nsp;
-	Oid			relid;
-	Oid			indexid;
 	Relation	rel;
 	Snapshot	snapshot;
 	ScanKeyData skey;
@@ -113,17 +161,8 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 	text	   *key_text;
 	bool		found = false;
 
-	nsp = get_namespace_oid(APIKEYS_SCHEMA, true);
-	relid = OidIsValid(nsp) ? get_relname_relid(APIKEYS_CATALOG, nsp) : InvalidOid;
-	indexid = OidIsValid(nsp) ? get_relname_relid(APIKEYS_CATALOG_PKEY, nsp) : InvalidOid;
-	if (!OidIsValid(relid) || !OidIsValid(indexid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("apikeys catalog is missing"),
-				 errhint("Run CREATE EXTENSION apikeys in this database.")));
-
 	key_text = cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN);
-	rel = table_open(relid, AccessShareLock);
+	rel = table_open(cache->relid, AccessShareLock);
 	if (RelationGetDescr(rel)->natts != Natts_key_catalog)
 		elog(ERROR, "apikeys catalog has %d columns, expected %d",
 			 RelationGetDescr(rel)->natts, Natts_key_catalog);
@@ -131,7 +170,7 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	ScanKeyInit(&skey, Anum_key_key_id, BTEqualStrategyNumber, F_TEXTEQ,
 				PointerGetDatum(key_text));
-	scan = systable_beginscan(rel, indexid, true, snapshot, 1, &skey);
+	scan = systable_beginscan(rel, cache->indexid, true, snapshot, 1, &skey);
 
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup))
@@ -216,19 +255,11 @@ scopes_contain(Datum scopes, text *scope)
 
 /* Build the apikeys.verification row. */
 static Datum
-make_result(FunctionCallInfo fcinfo, const char *status, const char *key_id,
+make_result(VerifyCallCache *cache, const char *status, const char *key_id,
 			const char *role_name, const KeyRow *row)
 {
-	TupleDesc	tupdesc;
 	Datum		values[Vf_natts];
 	bool		nulls[Vf_natts];
-
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "apikey_verify must return a composite type");
-	tupdesc = BlessTupleDesc(tupdesc);
-	if (tupdesc->natts != Vf_natts)
-		elog(ERROR, "apikeys.verification has %d columns, expected %d",
-			 tupdesc->natts, Vf_natts);
 
 	memset(nulls, true, sizeof(nulls));
 	values[Vf_valid] = BoolGetDatum(strcmp(status, "valid") == 0);
@@ -253,7 +284,7 @@ make_result(FunctionCallInfo fcinfo, const char *status, const char *key_id,
 		values[Vf_name] = row->name;
 		nulls[Vf_name] = false;
 	}
-	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+	return HeapTupleGetDatum(heap_form_tuple(cache->tupdesc, values, nulls));
 }
 
 /*
@@ -265,31 +296,32 @@ apikey_verify_parsed(FunctionCallInfo fcinfo, const char *prefix,
 					 int prefix_len, const char *key_id,
 					 const uint8 *digest, text *scope)
 {
+	VerifyCallCache *cache = verify_call_cache(fcinfo);
 	KeyRow		row;
 	char	   *role_name;
 
 	if (key_id == NULL)
-		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
+		return make_result(cache, "invalid", NULL, NULL, NULL);
 
 	memset(&row, 0, sizeof(row));
-	if (!lookup_key(prefix, prefix_len, key_id, digest, &row) || !row.secret_ok)
-		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
+	if (!lookup_key(cache, prefix, prefix_len, key_id, digest, &row) || !row.secret_ok)
+		return make_result(cache, "invalid", NULL, NULL, NULL);
 
 	/* A key whose role was dropped is orphaned: it authenticates nobody. */
 	role_name = GetUserNameFromId(row.role, true);
 	if (role_name == NULL)
-		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
+		return make_result(cache, "invalid", NULL, NULL, NULL);
 
 	if (row.state == 'r')
-		return make_result(fcinfo, "revoked", key_id, role_name, &row);
+		return make_result(cache, "revoked", key_id, role_name, &row);
 	if (row.state != 'a')
-		return make_result(fcinfo, "disabled", key_id, role_name, &row);
+		return make_result(cache, "disabled", key_id, role_name, &row);
 	if (!row.expires_null && row.expires_at <= GetCurrentTimestamp())
-		return make_result(fcinfo, "expired", key_id, role_name, &row);
+		return make_result(cache, "expired", key_id, role_name, &row);
 	if (scope != NULL &&
 		(row.scopes_null || !scopes_contain(row.scopes, scope)))
-		return make_result(fcinfo, "insufficient_scope", key_id, role_name, &row);
-	return make_result(fcinfo, "valid", key_id, role_name, &row);
+		return make_result(cache, "insufficient_scope", key_id, role_name, &row);
+	return make_result(cache, "valid", key_id, role_name, &row);
 }
 
 PG_FUNCTION_INFO_V1(apikey_verify_text);

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# test/bench.sh: what `make bench` runs.
+#
+# Measures apikey_verify against a hand-written pgcrypto baseline (the table
+# and SQL function an application would otherwise write) and a no-op floor,
+# in one run on one throwaway cluster, and prints ratios.  Nothing here is
+# an assertion: the figures go to the README's Performance section.
+#
+#   BENCH_KEYS      keys in the catalog            (default 10000)
+#   BENCH_LOOP      verifications per in-backend loop (default 20000)
+#   BENCH_SECONDS   seconds per pgbench run        (default 10)
+#   BENCH_CLIENTS   pgbench clients                (default 2)
+
+cd "$(dirname "$0")/.."
+. test/lib.sh
+
+KEYS=${BENCH_KEYS:-10000}
+LOOP=${BENCH_LOOP:-20000}
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+CLIENTS=${BENCH_CLIENTS:-2}
+
+ensure_deps
+build_and_install
+start_cluster
+trap stop_cluster EXIT
+WORK=$PGTMP/bench
+mkdir -p "$WORK"
+
+psql -X -q -v ON_ERROR_STOP=1 -d postgres <<SQL >/dev/null
+CREATE EXTENSION apikeys CASCADE;
+-- the tokens the clients present (the benchmark's own copy)
+CREATE TABLE bench_tokens (id int PRIMARY KEY, key_id text, token text);
+INSERT INTO bench_tokens
+    SELECT g, k.key_id, k.token FROM generate_series(1, $KEYS) g,
+           LATERAL apikeys.apikey_create('bench ' || g, scopes => '{read}') k;
+
+-- the baseline: what an application writes by hand with pgcrypto
+CREATE TABLE pgcrypto_keys (key_id text PRIMARY KEY, hash bytea NOT NULL,
+                            role name NOT NULL, scopes text[] NOT NULL,
+                            revoked bool NOT NULL DEFAULT false,
+                            expires_at timestamptz);
+INSERT INTO pgcrypto_keys
+    SELECT key_id, digest(substr(token, length(token) - 37, 32), 'sha256'),
+           current_user, '{read}', false, NULL FROM bench_tokens;
+CREATE FUNCTION pgcrypto_verify(tok text, want text)
+RETURNS TABLE (valid bool, role name) LANGUAGE sql STABLE AS \$\$
+    SELECT k.hash = digest(substr(tok, length(tok) - 37, 32), 'sha256')
+           AND NOT k.revoked
+           AND (k.expires_at IS NULL OR k.expires_at > now())
+           AND (want IS NULL OR want = ANY (k.scopes)),
+           k.role
+      FROM pgcrypto_keys k
+     WHERE k.key_id = split_part(tok, '_', 2)
+\$\$;
+VACUUM ANALYZE;
+SQL
+
+# 1. In-backend loops: per-call cost without client round trips.
+loop_us() {
+    psql -X -q -A -t -d postgres -c "
+        DO \$\$
+        DECLARE t0 timestamptz; n int := $LOOP; r record; toks text[];
+        BEGIN
+            SELECT array_agg(token ORDER BY id) INTO toks FROM bench_tokens;
+            PERFORM $1 FROM unnest(toks[1:100]) AS tok;      -- warm up
+            t0 := clock_timestamp();
+            FOR i IN 1..n LOOP
+                PERFORM $1 FROM (SELECT toks[1 + (i * 7919) % array_length(toks, 1)] AS tok) s;
+            END LOOP;
+            RAISE NOTICE '%', round(extract(epoch FROM clock_timestamp() - t0) * 1e6 / n, 2);
+        END \$\$;" 2>&1 | sed -n 's/^NOTICE:  //p'
+}
+FLOOR_US=$(loop_us "length(tok)")
+OURS_US=$(loop_us "(apikeys.apikey_verify(tok, 'read')).valid")
+BASE_US=$(loop_us "(SELECT valid FROM pgcrypto_verify(tok, 'read'))")
+
+# 2. pgbench: whole statements from $CLIENTS clients over the Unix socket.
+cat >"$WORK/floor.sql" <<'S'
+\set id random(1, :keys)
+SELECT length(token) FROM bench_tokens WHERE id = :id;
+S
+cat >"$WORK/apikeys.sql" <<'S'
+\set id random(1, :keys)
+SELECT (apikeys.apikey_verify(token, 'read')).valid FROM bench_tokens WHERE id = :id;
+S
+cat >"$WORK/pgcrypto.sql" <<'S'
+\set id random(1, :keys)
+SELECT v.valid FROM bench_tokens t, pgcrypto_verify(t.token, 'read') v WHERE t.id = :id;
+S
+tps() {
+    "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -T "$SECONDS_PER_RUN" \
+        -D keys="$KEYS" -f "$WORK/$1.sql" postgres 2>/dev/null \
+        | sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
+}
+FLOOR_TPS=$(tps floor)
+OURS_TPS=$(tps apikeys)
+BASE_TPS=$(tps pgcrypto)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+cat <<EOF
+
+apikeys benchmark: $KEYS keys, PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'), $(nproc) cores
+
+in-backend loop ($LOOP verifications, microseconds per call):
+  no-op floor (length(token))        $FLOOR_US
+  apikey_verify (C)                  $OURS_US
+  pgcrypto baseline (SQL function)   $BASE_US
+  pgcrypto / apikeys                 $(ratio "$BASE_US" "$OURS_US")x
+
+pgbench, $CLIENTS clients, ${SECONDS_PER_RUN}s each, prepared statements (transactions per second):
+  no-op floor                        $FLOOR_TPS
+  apikey_verify                      $OURS_TPS
+  pgcrypto baseline                  $BASE_TPS
+  apikeys / floor                    $(ratio "$OURS_TPS" "$FLOOR_TPS")
+  apikeys / pgcrypto                 $(ratio "$OURS_TPS" "$BASE_TPS")
+EOF

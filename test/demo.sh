@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# test/demo.sh: what `make demo` runs.
+#
+# Installs what is missing, builds and installs the extension, starts a
+# throwaway cluster with apikeys preloaded, and walks a key through its
+# lifecycle in psql.  The cluster is left running for you to explore.
+
+cd "$(dirname "$0")/.."
+. test/lib.sh
+
+ensure_deps
+build_and_install
+KEEP_CLUSTER=1
+start_cluster
+
+psql -X -q -v ON_ERROR_STOP=1 -d postgres <<'SQL'
+\pset footer off
+\echo
+\echo '-- apikeys demo ------------------------------------------------------'
+CREATE EXTENSION apikeys CASCADE;
+CREATE ROLE demo_api NOLOGIN;
+
+\echo
+\echo '1. create a key for role demo_api (the token is shown this once)'
+SELECT key_id, token FROM apikeys.apikey_create('demo key', role => 'demo_api',
+       scopes => '{orders:read}', metadata => '{"owner": "demo"}') \gset
+\echo key_id = :key_id
+\echo token  = :token
+
+\echo
+\echo '2. verify it, with and without the scope it was given'
+SELECT valid, status, key_id, role, scopes FROM apikeys.apikey_verify(:'token', 'orders:read');
+SELECT valid, status FROM apikeys.apikey_verify(:'token', 'orders:write');
+\echo 'a typo is caught by the checksum, before any table is read:'
+SELECT valid, status FROM apikeys.apikey_verify(:'token' || 'x');
+\echo 'the apikey type prints without its secret:'
+SELECT :'token'::apikeys.apikey AS parsed;
+
+\echo
+\echo '3. rotate it: same key id, new secret; the old one stops at commit'
+SELECT apikeys.apikey_rotate(:'key_id') AS new_token \gset
+SELECT (apikeys.apikey_verify(:'token')).status AS old_token,
+       (apikeys.apikey_verify(:'new_token')).status AS new_token;
+
+\echo
+\echo '4. revoke it: permanent, effective for every session at commit'
+SELECT apikeys.apikey_revoke(:'key_id') \g /dev/null
+SELECT (apikeys.apikey_verify(:'new_token')).status;
+SELECT key_id, name, role, status, created_by, rotated_at IS NOT NULL AS rotated
+  FROM apikeys.keys;
+
+\echo
+\echo '5. the audit log (no secret, no hash)'
+SELECT at::time(0) AS at, action, key_id, actor, actor_role, changes
+  FROM apikeys.audit_log ORDER BY at;
+SQL
+
+cat <<EOF
+
+The demo cluster is still running, with apikeys installed in database postgres:
+
+    psql -h $PGSOCK -p $PGPORT -U postgres postgres
+
+  or over TCP:  psql -h 127.0.0.1 -p $PGPORT -U postgres postgres
+
+Stop it and remove its files with:
+
+    $(if [ "$(id -u)" -ne 0 ]; then echo "sudo "; fi)runuser -u postgres -- $PGBIN/pg_ctl -D $PGDATA_DIR stop && $(if [ "$(id -u)" -ne 0 ]; then echo "sudo "; fi)rm -rf $PGTMP
+EOF
