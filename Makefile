@@ -9,7 +9,7 @@ DATA       = apikeys--0.1.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
-REGRESS = type_io create_verify rotate lifecycle privileges audit bad_input
+REGRESS = setup type_io create_verify rotate lifecycle privileges audit bad_input
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify
 

@@ -3,15 +3,6 @@
 \set VERBOSITY terse
 SET search_path = apikeys, public;
 
--- run cmd; show its SQLSTATE and message, with the random key id masked
-CREATE FUNCTION pg_temp.try(cmd text, key_id text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || replace(SQLERRM, coalesce(key_id, '<none>'), '<key_id>');
-END $$;
-
 CREATE ROLE regress_aud NOLOGIN;
 CREATE ROLE regress_aud_member NOLOGIN IN ROLE regress_aud;
 CREATE ROLE regress_aud_other NOLOGIN;
@@ -47,9 +38,9 @@ SELECT count(*) AS leaks
     OR a.changes ?| ARRAY['hash', 'prev_hash', 'hash_version', 'prev_hash_version'];
 
 -- the audit log is append-only, even for superusers
-SELECT pg_temp.try('UPDATE apikeys.audit_log SET actor = ''someone''');
-SELECT pg_temp.try('DELETE FROM apikeys.audit_log');
-SELECT pg_temp.try('TRUNCATE apikeys.audit_log');
+SELECT regress.try('UPDATE apikeys.audit_log SET actor = ''someone''');
+SELECT regress.try('DELETE FROM apikeys.audit_log');
+SELECT regress.try('TRUNCATE apikeys.audit_log');
 
 -- who sees which audit rows
 SET ROLE regress_aud_other;

@@ -3,15 +3,6 @@
 \set VERBOSITY terse
 SET search_path = apikeys, public;
 
--- run cmd; show its SQLSTATE and message, with the random key id masked
-CREATE FUNCTION pg_temp.try(cmd text, key_id text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || replace(SQLERRM, coalesce(key_id, '<none>'), '<key_id>');
-END $$;
-
 CREATE ROLE regress_svc NOLOGIN;
 
 SELECT key_id, token FROM apikey_create(name => 'billing', role => 'regress_svc',
@@ -71,7 +62,7 @@ END $$;
 -- (the forger is right: re-forging the real secret gives the token back)
 SELECT pg_temp.forge(:'token', substr(:'token', length(:'token') - 37, 32)) = :'token' AS forger_ok;
 SELECT pg_temp.forge(:'token', repeat('A', 32)) AS forged \gset
-SELECT pg_temp.try(format('SELECT %L::apikeys.apikey', :'forged')) AS forged_parses;
+SELECT regress.try(format('SELECT %L::apikeys.apikey', :'forged')) AS forged_parses;
 SELECT * FROM apikey_verify(:'forged');
 -- a forged token naming an unknown key id
 SELECT pg_temp.forge(regexp_replace(:'token', '_[0-9A-Za-z]{12}_', '_000000000000_'), repeat('B', 32)) AS unknown \gset
@@ -96,8 +87,8 @@ SELECT role FROM keys WHERE key_id = :'key_id';
 DROP ROLE regress_svc_renamed;
 SELECT * FROM apikey_verify(:'token');
 SELECT status, role::oid <> 0 AS has_oid FROM keys WHERE key_id = :'key_id';
-SELECT pg_temp.try(format('SELECT apikeys.apikey_rotate(%L)', :'key_id'), :'key_id') LIKE 'ok' AS rotate_orphan_ok;
-SELECT pg_temp.try(format('SELECT apikeys.apikey_delete(%L)', :'key_id'), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_rotate(%L)', :'key_id'), :'key_id') LIKE 'ok' AS rotate_orphan_ok;
+SELECT regress.try(format('SELECT apikeys.apikey_delete(%L)', :'key_id'), :'key_id');
 
 -- transactions: a key created in a rolled-back transaction never verifies
 BEGIN;
@@ -115,15 +106,15 @@ ROLLBACK;
 SELECT status FROM apikey_verify(:'t2');
 
 -- argument errors
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('')$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('   ')$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create(NULL)$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', prefix => 'Bad')$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', scopes => '{a,NULL}')$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', scopes => '{a,""}')$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', expires_at => now() - interval '1 day')$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', metadata => '[1,2]')$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('x', role => 'regress_nobody')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('   ')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create(NULL)$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', prefix => 'Bad')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', scopes => '{a,NULL}')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', scopes => '{a,""}')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', expires_at => now() - interval '1 day')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', metadata => '[1,2]')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', role => 'regress_nobody')$$);
 
 -- many keys: ids are unique and every token verifies
 CREATE TEMP TABLE many AS SELECT k.* FROM generate_series(1, 200) g, apikey_create('bulk ' || g) k;

@@ -2,15 +2,6 @@
 \set VERBOSITY terse
 SET search_path = apikeys, public;
 
--- run cmd; show its SQLSTATE and message, with the random key id masked
-CREATE FUNCTION pg_temp.try(cmd text, key_id text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || replace(SQLERRM, coalesce(key_id, '<none>'), '<key_id>');
-END $$;
-
 CREATE ROLE regress_lc_a NOLOGIN;
 CREATE ROLE regress_lc_b NOLOGIN;
 SELECT key_id, token FROM apikey_create('lifecycle', role => 'regress_lc_a', scopes => '{x}') \gset
@@ -35,20 +26,20 @@ SELECT status FROM apikey_verify(:'token', 'x');
 -- 'infinity' removes the expiry
 SELECT apikey_update(:'key_id', expires_at => 'infinity');
 SELECT expires_at FROM keys WHERE key_id = :'key_id';
-SELECT pg_temp.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'key_id', ''), :'key_id');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_update(%L, expires_at => %L)', :'key_id', '2000-01-01'), :'key_id');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_update(%L, metadata => %L)', :'key_id', '"str"'), :'key_id');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_update(%L, role => %L)', :'key_id', '-'), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'key_id', ''), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_update(%L, expires_at => %L)', :'key_id', '2000-01-01'), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_update(%L, metadata => %L)', :'key_id', '"str"'), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_update(%L, role => %L)', :'key_id', '-'), :'key_id');
 
 -- revoke is permanent: the row stays, verifies as revoked
 SELECT apikey_revoke(:'key_id');
 SELECT valid, status, key_id = :'key_id' AS same_id FROM apikey_verify(:'token');
 SELECT status, revoked_at IS NOT NULL AS revoked_at_set FROM keys WHERE key_id = :'key_id';
 SELECT apikey_revoke(:'key_id');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_enable(%L)', :'key_id'), :'key_id');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_disable(%L)', :'key_id'), :'key_id');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_rotate(%L)', :'key_id'), :'key_id');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'key_id', 'again'), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_enable(%L)', :'key_id'), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_disable(%L)', :'key_id'), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_rotate(%L)', :'key_id'), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'key_id', 'again'), :'key_id');
 
 -- delete removes the key (revoked or not); a deleted key is invalid
 SELECT apikey_delete(:'key_id');
@@ -56,16 +47,16 @@ SELECT valid, status, key_id FROM apikey_verify(:'token');
 SELECT count(*) FROM keys WHERE key_id = :'key_id';
 
 -- unknown key ids: a clear error naming the key id
-SELECT pg_temp.try($$SELECT apikeys.apikey_disable('nosuchkey123')$$);
-SELECT pg_temp.try($$SELECT apikeys.apikey_enable('nosuchkey123')$$);
-SELECT pg_temp.try($$SELECT apikeys.apikey_revoke('nosuchkey123')$$);
-SELECT pg_temp.try($$SELECT apikeys.apikey_delete('nosuchkey123')$$);
-SELECT pg_temp.try($$SELECT apikeys.apikey_update('nosuchkey123', name => 'x')$$);
-SELECT pg_temp.try($$SELECT apikeys.apikey_delete(NULL)$$);
+SELECT regress.try($$SELECT apikeys.apikey_disable('nosuchkey123')$$);
+SELECT regress.try($$SELECT apikeys.apikey_enable('nosuchkey123')$$);
+SELECT regress.try($$SELECT apikeys.apikey_revoke('nosuchkey123')$$);
+SELECT regress.try($$SELECT apikeys.apikey_delete('nosuchkey123')$$);
+SELECT regress.try($$SELECT apikeys.apikey_update('nosuchkey123', name => 'x')$$);
+SELECT regress.try($$SELECT apikeys.apikey_delete(NULL)$$);
 -- a token passed where a key id belongs is refused without being echoed
 SELECT key_id AS k_tok, token AS t_tok FROM apikey_create('token as id') \gset
-SELECT pg_temp.try(format('SELECT apikeys.apikey_revoke(%L)', :'t_tok'));
-SELECT pg_temp.try(format('SELECT apikeys.apikey_revoke(%L)', :'t_tok')) LIKE '%' || substr(:'t_tok', 20) || '%' AS echoed;
+SELECT regress.try(format('SELECT apikeys.apikey_revoke(%L)', :'t_tok'));
+SELECT regress.try(format('SELECT apikeys.apikey_revoke(%L)', :'t_tok')) LIKE '%' || substr(:'t_tok', 20) || '%' AS echoed;
 SELECT apikey_delete(:'k_tok');
 
 -- the listing's statuses

@@ -2,15 +2,6 @@
 \set VERBOSITY terse
 SET search_path = apikeys, public;
 
--- run cmd; show its SQLSTATE and message, with the random key id masked
-CREATE FUNCTION pg_temp.try(cmd text, key_id text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || replace(SQLERRM, coalesce(key_id, '<none>'), '<key_id>');
-END $$;
-
 -- the admin role exists and cannot log in
 SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = 'apikeys_admin';
 
@@ -26,11 +17,11 @@ SELECT key_id AS alice_key, token AS alice_token
   FROM apikeys.apikey_create('alice app key', role => 'regress_app') \gset
 SELECT key_id AS alice_own, token AS alice_own_token
   FROM apikeys.apikey_create('alice own key') \gset
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('escalate', role => 'regress_bob')$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('escalate', role => 'postgres')$$);
-SELECT pg_temp.try($$SELECT * FROM apikeys.apikey_create('escalate', role => 'apikeys_admin')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('escalate', role => 'regress_bob')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('escalate', role => 'postgres')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('escalate', role => 'apikeys_admin')$$);
 -- ... and cannot move a key to a role it does not belong to
-SELECT pg_temp.try(format('SELECT apikeys.apikey_update(%L, role => %L)', :'alice_own', 'regress_bob'), :'alice_own');
+SELECT regress.try(format('SELECT apikeys.apikey_update(%L, role => %L)', :'alice_own', 'regress_bob'), :'alice_own');
 SELECT name, role, created_by FROM apikeys.keys ORDER BY name;
 RESET ROLE;
 
@@ -38,25 +29,25 @@ RESET ROLE;
 SET ROLE regress_bob;
 SELECT key_id AS bob_key, token AS bob_token FROM apikeys.apikey_create('bob key') \gset
 SELECT name FROM apikeys.keys ORDER BY name;
-SELECT pg_temp.try(format('SELECT apikeys.apikey_revoke(%L)', :'alice_key'), :'alice_key');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_rotate(%L)', :'alice_key'), :'alice_key');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_disable(%L)', :'alice_key'), :'alice_key');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_delete(%L)', :'alice_key'), :'alice_key');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'alice_key', 'x'), :'alice_key');
+SELECT regress.try(format('SELECT apikeys.apikey_revoke(%L)', :'alice_key'), :'alice_key');
+SELECT regress.try(format('SELECT apikeys.apikey_rotate(%L)', :'alice_key'), :'alice_key');
+SELECT regress.try(format('SELECT apikeys.apikey_disable(%L)', :'alice_key'), :'alice_key');
+SELECT regress.try(format('SELECT apikeys.apikey_delete(%L)', :'alice_key'), :'alice_key');
+SELECT regress.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'alice_key', 'x'), :'alice_key');
 -- but anyone can verify any key
 SELECT status, role FROM apikeys.apikey_verify(:'alice_token');
 -- and nobody but admins can read hashes or write the catalog directly
-SELECT pg_temp.try('SELECT hash FROM apikeys.key_catalog');
-SELECT pg_temp.try('SELECT prev_hash FROM apikeys.key_catalog');
-SELECT pg_temp.try('SELECT * FROM apikeys.key_catalog');
-SELECT pg_temp.try($$UPDATE apikeys.key_catalog SET state = 'active'$$);
-SELECT pg_temp.try($$DELETE FROM apikeys.key_catalog$$);
-SELECT pg_temp.try($$INSERT INTO apikeys.audit_log (action, key_id, actor, actor_role) VALUES ('x', 'y', 'z', 'w')$$);
+SELECT regress.try('SELECT hash FROM apikeys.key_catalog');
+SELECT regress.try('SELECT prev_hash FROM apikeys.key_catalog');
+SELECT regress.try('SELECT * FROM apikeys.key_catalog');
+SELECT regress.try($$UPDATE apikeys.key_catalog SET state = 'active'$$);
+SELECT regress.try($$DELETE FROM apikeys.key_catalog$$);
+SELECT regress.try($$INSERT INTO apikeys.audit_log (action, key_id, actor, actor_role) VALUES ('x', 'y', 'z', 'w')$$);
 -- the internal halves cannot be called to forge a caller
-SELECT pg_temp.try(format($$SELECT * FROM apikeys._apikey_create(%s, 'forged', 'postgres', '{}', NULL, NULL, '{}')$$,
+SELECT regress.try(format($$SELECT * FROM apikeys._apikey_create(%s, 'forged', 'postgres', '{}', NULL, NULL, '{}')$$,
                           'postgres'::regrole::oid));
-SELECT pg_temp.try(format($$SELECT apikeys._apikey_revoke(%s, %L)$$, 'postgres'::regrole::oid, :'alice_key'));
-SELECT pg_temp.try($$SELECT * FROM apikeys._mint('ak', NULL)$$);
+SELECT regress.try(format($$SELECT apikeys._apikey_revoke(%s, %L)$$, 'postgres'::regrole::oid, :'alice_key'));
+SELECT regress.try($$SELECT * FROM apikeys._mint('ak', NULL)$$);
 RESET ROLE;
 
 -- a member of the key's role manages it, even without having created it
@@ -64,7 +55,7 @@ SET ROLE regress_carol;
 SELECT name FROM apikeys.keys ORDER BY name;
 SELECT apikeys.apikey_disable(:'alice_key');
 SELECT apikeys.apikey_enable(:'alice_key');
-SELECT pg_temp.try(format('SELECT apikeys.apikey_disable(%L)', :'alice_own'), :'alice_own');
+SELECT regress.try(format('SELECT apikeys.apikey_disable(%L)', :'alice_own'), :'alice_own');
 RESET ROLE;
 
 -- the creator keeps managing a key after leaving its role

@@ -2,15 +2,6 @@
 \set VERBOSITY terse
 SET search_path = apikeys, public;
 
--- run cmd; show its SQLSTATE and message, with the random key id masked
-CREATE FUNCTION pg_temp.try(cmd text, key_id text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || replace(SQLERRM, coalesce(key_id, '<none>'), '<key_id>');
-END $$;
-
 SELECT key_id, token AS t1 FROM apikey_create('rotating', scopes => '{a,b}',
     prefix => 'ak_live', metadata => '{"env": "prod"}',
     expires_at => '2999-01-01 00:00:00+00') \gset
@@ -66,11 +57,11 @@ SELECT (apikey_verify(:'t8')).status AS previous, (apikey_verify(:'t9')).status 
 SELECT grace_until FROM keys WHERE key_id = :'key_id';
 
 -- errors
-SELECT pg_temp.try(format('SELECT apikeys.apikey_rotate(%L)', :'key_id'), :'key_id');
+SELECT regress.try(format('SELECT apikeys.apikey_rotate(%L)', :'key_id'), :'key_id');
 SELECT key_id AS k2 FROM apikey_create('other') \gset
-SELECT pg_temp.try(format('SELECT apikeys.apikey_rotate(%L, grace => %L)', :'k2', '-1 minute'), :'k2');
-SELECT pg_temp.try($$SELECT apikeys.apikey_rotate('doesnotexist')$$);
-SELECT pg_temp.try($$SELECT apikeys.apikey_rotate(NULL)$$);
+SELECT regress.try(format('SELECT apikeys.apikey_rotate(%L, grace => %L)', :'k2', '-1 minute'), :'k2');
+SELECT regress.try($$SELECT apikeys.apikey_rotate('doesnotexist')$$);
+SELECT regress.try($$SELECT apikeys.apikey_rotate(NULL)$$);
 
 -- clean up
 SELECT count(apikeys.apikey_delete(key_id)) >= 0 AS cleaned FROM apikeys.keys;

@@ -2,15 +2,6 @@
 \set VERBOSITY terse
 SET search_path = apikeys, public;
 
--- run cmd; show its SQLSTATE and message, with the random key id masked
-CREATE FUNCTION pg_temp.try(cmd text, key_id text DEFAULT NULL) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE cmd;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || replace(SQLERRM, coalesce(key_id, '<none>'), '<key_id>');
-END $$;
-
 SELECT key_id, token FROM apikey_create('type io', prefix => 'ak_test') \gset
 
 -- token geometry: prefix, 12-char key id, 32-char secret + 6-char checksum
@@ -24,10 +15,10 @@ SELECT position(substr(:'token', length(:'token') - 37, 38) IN :'token'::apikey:
 SELECT apikey_key_id(:'token') = :'key_id' AS key_id_ok, apikey_prefix(:'token');
 
 -- the redacted form is not a token
-SELECT pg_temp.try(format('SELECT %L::apikeys.apikey', :'token'::apikey::text));
+SELECT regress.try(format('SELECT %L::apikeys.apikey', :'token'::apikey::text));
 
 -- one wrong character anywhere breaks the checksum
-SELECT count(*) FILTER (WHERE pg_temp.try(format('SELECT %L::apikeys.apikey',
+SELECT count(*) FILTER (WHERE regress.try(format('SELECT %L::apikeys.apikey',
            overlay(:'token' PLACING (CASE WHEN substr(:'token', i, 1) = 'A' THEN 'B' ELSE 'A' END) FROM i FOR 1)))
          LIKE '22P02:%') AS rejected,
        count(*) AS positions
@@ -35,13 +26,13 @@ SELECT count(*) FILTER (WHERE pg_temp.try(format('SELECT %L::apikeys.apikey',
  WHERE substr(:'token', i, 1) <> '_';
 
 -- the error never contains the input
-SELECT pg_temp.try($$SELECT 'ak_sEcReTvAlUe_notatoken'::apikeys.apikey$$);
-SELECT pg_temp.try($$SELECT ''::apikeys.apikey$$);
-SELECT pg_temp.try(format('SELECT %L::apikeys.apikey', repeat('z', 200)));
-SELECT pg_temp.try(format('SELECT %L::apikeys.apikey', upper(:'token')));
+SELECT regress.try($$SELECT 'ak_sEcReTvAlUe_notatoken'::apikeys.apikey$$);
+SELECT regress.try($$SELECT ''::apikeys.apikey$$);
+SELECT regress.try(format('SELECT %L::apikeys.apikey', repeat('z', 200)));
+SELECT regress.try(format('SELECT %L::apikeys.apikey', upper(:'token')));
 
 -- prefixes: [a-z][a-z0-9_]{0,19}
-SELECT p, pg_temp.try(format('SELECT * FROM apikeys.apikey_create(%L, prefix => %L)', 'p', p))
+SELECT p, regress.try(format('SELECT * FROM apikeys.apikey_create(%L, prefix => %L)', 'p', p))
   FROM unnest(ARRAY['a', 'dbm', 'ak_live', 'a2345678901234567890',
                     'a23456789012345678901', 'Ak', '1ak', '_ak', 'ak-live', '']) AS p;
 
@@ -51,7 +42,7 @@ SELECT apikey_recv_ok FROM (
 CREATE TABLE binio (k apikeys.apikey);
 INSERT INTO binio VALUES (:'token');
 COPY binio TO '/tmp/apikeys_type_io.bin' WITH (FORMAT binary);
-SELECT pg_temp.try($$COPY binio FROM '/tmp/apikeys_type_io.bin' WITH (FORMAT binary)$$);
+SELECT regress.try($$COPY binio FROM '/tmp/apikeys_type_io.bin' WITH (FORMAT binary)$$);
 -- a binary COPY of a real token is accepted and verifies
 CREATE TABLE tok (t text);
 INSERT INTO tok VALUES (:'token');
