@@ -421,10 +421,11 @@ BEGIN
         RAISE EXCEPTION 'api key name must not be empty'
             USING ERRCODE = '22023';
     END IF;
+    -- (dimensions first: array_position refuses multidimensional arrays)
     IF p_scopes IS NOT NULL AND
-       (pg_catalog.array_position(p_scopes, NULL) IS NOT NULL
-        OR '' OPERATOR(pg_catalog.=) ANY (p_scopes)
-        OR pg_catalog.array_ndims(p_scopes) OPERATOR(pg_catalog.>) 1) THEN
+       (pg_catalog.array_ndims(p_scopes) OPERATOR(pg_catalog.>) 1
+        OR EXISTS (SELECT 1 FROM pg_catalog.unnest(p_scopes) AS s(scope)
+                   WHERE s.scope IS NULL OR s.scope OPERATOR(pg_catalog.=) '')) THEN
         RAISE EXCEPTION 'invalid api key scopes'
             USING ERRCODE = '22023',
                   DETAIL = 'Scopes must be a one-dimensional array of non-empty, non-null strings.';

@@ -112,6 +112,7 @@ SELECT regress.try($$SELECT * FROM apikeys.apikey_create(NULL)$$);
 SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', prefix => 'Bad')$$);
 SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', scopes => '{a,NULL}')$$);
 SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', scopes => '{a,""}')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', scopes => '{{a,b},{c,d}}')$$);
 SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', expires_at => now() - interval '1 day')$$);
 SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', metadata => '[1,2]')$$);
 SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', role => 'regress_nobody')$$);
