@@ -18,6 +18,20 @@ BEGIN
 END
 $do$;
 
+-- The schema may have existed before CREATE EXTENSION: refuse one that a
+-- non-superuser owns, since its owner could plant objects in it.
+DO $do$
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_namespace n
+              JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) n.nspowner
+             WHERE n.nspname OPERATOR(pg_catalog.=) '@extschema@') THEN
+        RAISE EXCEPTION 'schema "@extschema@" is owned by a role that is not a superuser'
+            USING ERRCODE = '42501',
+                  HINT = 'Drop or rename that schema, then run CREATE EXTENSION apikeys again.';
+    END IF;
+END
+$do$;
+
 -- Everyone may look into the schema; what they may do there is granted below.
 GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
 
@@ -29,7 +43,8 @@ CREATE TYPE @extschema@.apikey;
 CREATE FUNCTION @extschema@.apikey_in(pg_catalog.cstring)
 RETURNS @extschema@.apikey
 AS 'MODULE_PATHNAME', 'apikey_in'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+-- stable, restricted: the value's digest is masked for this backend
+LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
 
 CREATE FUNCTION @extschema@.apikey_out(@extschema@.apikey)
 RETURNS pg_catalog.cstring
@@ -39,7 +54,8 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION @extschema@.apikey_recv(pg_catalog.internal)
 RETURNS @extschema@.apikey
 AS 'MODULE_PATHNAME', 'apikey_recv'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+-- stable, restricted: the value's digest is masked for this backend
+LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
 
 CREATE FUNCTION @extschema@.apikey_send(@extschema@.apikey)
 RETURNS pg_catalog.bytea
@@ -56,7 +72,7 @@ CREATE TYPE @extschema@.apikey (
 );
 
 COMMENT ON TYPE @extschema@.apikey IS
-    'a parsed api key token: grammar and checksum validated on input; holds the prefix, the key id and the SHA-256 of the secret, never the secret; prints redacted';
+    'a parsed api key token: grammar and checksum validated on input; holds the prefix, the key id and the SHA-256 of the secret masked for this session, never the secret; prints redacted; meaningful only in the session that parsed it';
 COMMENT ON FUNCTION @extschema@.apikey_in(pg_catalog.cstring) IS
     'apikey input: validates grammar and checksum; the error never contains the input';
 COMMENT ON FUNCTION @extschema@.apikey_out(@extschema@.apikey) IS
@@ -131,6 +147,13 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.key_catalog', '');
 -- Privilege helpers (invoker rights: they answer for current_user or the
 -- role passed in)
 -------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@._current_role()
+RETURNS pg_catalog.oid
+AS 'MODULE_PATHNAME', 'apikeys_current_role'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@._current_role() IS
+    'current_user as an OID (not through its name, which regrole input would parse)';
+
 CREATE FUNCTION @extschema@._is_admin(who pg_catalog.oid)
 RETURNS pg_catalog.bool
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -160,12 +183,12 @@ ALTER TABLE @extschema@.key_catalog FORCE ROW LEVEL SECURITY;
 
 CREATE POLICY key_catalog_visible ON @extschema@.key_catalog
     FOR SELECT
-    USING (@extschema@._can_manage(pg_catalog.current_user()::pg_catalog.regrole::pg_catalog.oid,
+    USING (@extschema@._can_manage(@extschema@._current_role(),
                                    role::pg_catalog.oid, created_by::pg_catalog.oid));
 CREATE POLICY key_catalog_admin ON @extschema@.key_catalog
     FOR ALL
-    USING (@extschema@._is_admin(pg_catalog.current_user()::pg_catalog.regrole::pg_catalog.oid))
-    WITH CHECK (@extschema@._is_admin(pg_catalog.current_user()::pg_catalog.regrole::pg_catalog.oid));
+    USING (@extschema@._is_admin(@extschema@._current_role()))
+    WITH CHECK (@extschema@._is_admin(@extschema@._current_role()));
 
 REVOKE ALL ON @extschema@.key_catalog FROM PUBLIC;
 GRANT SELECT (key_id, name, prefix, role, scopes, expires_at, metadata, state,
@@ -243,12 +266,12 @@ ALTER TABLE @extschema@.audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE @extschema@.audit_log FORCE ROW LEVEL SECURITY;
 CREATE POLICY audit_log_visible ON @extschema@.audit_log
     FOR SELECT
-    USING (@extschema@._is_admin(pg_catalog.current_user()::pg_catalog.regrole::pg_catalog.oid)
+    USING (@extschema@._is_admin(@extschema@._current_role())
            OR actor_role OPERATOR(pg_catalog.=) pg_catalog.current_user()
-           OR pg_catalog.pg_has_role(pg_catalog.current_user(), key_role::pg_catalog.oid, 'MEMBER'));
+           OR pg_catalog.pg_has_role(@extschema@._current_role(), key_role::pg_catalog.oid, 'MEMBER'));
 CREATE POLICY audit_log_append ON @extschema@.audit_log
     FOR INSERT
-    WITH CHECK (@extschema@._is_admin(pg_catalog.current_user()::pg_catalog.regrole::pg_catalog.oid));
+    WITH CHECK (@extschema@._is_admin(@extschema@._current_role()));
 REVOKE ALL ON @extschema@.audit_log FROM PUBLIC;
 GRANT SELECT ON @extschema@.audit_log TO PUBLIC;
 
@@ -419,7 +442,8 @@ AS $$
 BEGIN
     IF p_name IS NOT NULL AND pg_catalog.btrim(p_name) OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION 'api key name must not be empty'
-            USING ERRCODE = '22023';
+            USING ERRCODE = '22023',
+                  HINT = 'Name the key after what uses it, such as ''billing service''.';
     END IF;
     -- (dimensions first: array_position refuses multidimensional arrays)
     IF p_scopes IS NOT NULL AND
@@ -438,7 +462,9 @@ BEGIN
     END IF;
     IF p_metadata IS NOT NULL AND pg_catalog.jsonb_typeof(p_metadata) OPERATOR(pg_catalog.<>) 'object' THEN
         RAISE EXCEPTION 'api key metadata must be a json object'
-            USING ERRCODE = '22023';
+            USING ERRCODE = '22023',
+                  DETAIL = pg_catalog.format('The value given is a json %s.', pg_catalog.jsonb_typeof(p_metadata)),
+                  HINT = 'Wrap it in an object, such as {"value": ...}.';
     END IF;
 END
 $$;
@@ -473,7 +499,10 @@ COMMENT ON FUNCTION @extschema@._check_role_grant(pg_catalog.oid, pg_catalog.reg
 REVOKE ALL ON FUNCTION @extschema@._check_role_grant(pg_catalog.oid, pg_catalog.regrole) FROM PUBLIC;
 
 -- Lock and return the key row the caller may manage, or raise 42704.
-CREATE FUNCTION @extschema@._key_for_update(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+-- p_renew: the change gives the key's role a credential again (rotate,
+-- enable, update), which its creator may do only while still a member.
+CREATE FUNCTION @extschema@._key_for_update(p_caller pg_catalog.oid, p_key_id pg_catalog.text,
+                                            p_renew pg_catalog.bool)
 RETURNS @extschema@.key_catalog
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -503,12 +532,20 @@ BEGIN
             USING ERRCODE = '42704',
                   HINT = 'Keys you did not create, and whose role you are not a member of, are not visible to you.';
     END IF;
+    IF p_renew AND NOT @extschema@._is_admin(p_caller)
+       AND NOT pg_catalog.pg_has_role(p_caller, k.role::pg_catalog.oid, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied to renew api key "%"', p_key_id
+            USING ERRCODE = '42501',
+                  DETAIL = pg_catalog.format('Role %s is no longer a member of the key''s role %s.',
+                                             pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(p_caller)), k.role),
+                  HINT = 'The creator of a key may still disable, revoke or delete it.';
+    END IF;
     RETURN k;
 END
 $$;
-COMMENT ON FUNCTION @extschema@._key_for_update(pg_catalog.oid, pg_catalog.text) IS
-    'internal: locks a key the caller may manage, or raises 42704';
-REVOKE ALL ON FUNCTION @extschema@._key_for_update(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._key_for_update(pg_catalog.oid, pg_catalog.text, pg_catalog.bool) IS
+    'internal: locks a key the caller may manage (and, to renew it, is still entitled to), or raises';
+REVOKE ALL ON FUNCTION @extschema@._key_for_update(pg_catalog.oid, pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 
 CREATE FUNCTION @extschema@._apikey_create(p_caller pg_catalog.oid,
                                            p_name pg_catalog.text,
@@ -528,7 +565,8 @@ DECLARE
 BEGIN
     IF p_name IS NULL THEN
         RAISE EXCEPTION 'api key name must not be null'
-            USING ERRCODE = '22004';
+            USING ERRCODE = '22004',
+                  HINT = 'Name the key after what uses it, such as ''billing service''.';
     END IF;
     PERFORM @extschema@._check_settings(p_name, p_scopes, p_expires_at, p_metadata);
     p_role := COALESCE(p_role, p_caller::pg_catalog.regrole);
@@ -573,7 +611,7 @@ DECLARE
     k @extschema@.key_catalog;
     m record;
 BEGIN
-    k := @extschema@._key_for_update(p_caller, p_key_id);
+    k := @extschema@._key_for_update(p_caller, p_key_id, true);
     IF k.state OPERATOR(pg_catalog.=) 'revoked' THEN
         RAISE EXCEPTION 'cannot rotate revoked api key "%"', p_key_id
             USING ERRCODE = '55000',
@@ -582,7 +620,8 @@ BEGIN
     END IF;
     IF p_grace IS NOT NULL AND p_grace OPERATOR(pg_catalog.<) '0'::pg_catalog.interval THEN
         RAISE EXCEPTION 'grace period must not be negative'
-            USING ERRCODE = '22023';
+            USING ERRCODE = '22023',
+                  HINT = 'Use a positive interval, or none to end the old secret at commit.';
     END IF;
 
     SELECT * INTO m FROM @extschema@._mint(k.prefix, k.key_id);
@@ -618,7 +657,8 @@ AS $$
 DECLARE
     k @extschema@.key_catalog;
 BEGIN
-    k := @extschema@._key_for_update(p_caller, p_key_id);
+    k := @extschema@._key_for_update(p_caller, p_key_id,
+                                     p_state OPERATOR(pg_catalog.=) 'active');
     IF k.state OPERATOR(pg_catalog.=) p_state THEN
         RETURN;                     -- already there: nothing to do, nothing to audit
     END IF;
@@ -686,7 +726,7 @@ AS $$
 DECLARE
     k @extschema@.key_catalog;
 BEGIN
-    k := @extschema@._key_for_update(p_caller, p_key_id);
+    k := @extschema@._key_for_update(p_caller, p_key_id, false);
     DELETE FROM @extschema@.key_catalog c WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
 END
 $$;
@@ -709,7 +749,7 @@ AS $$
 DECLARE
     k @extschema@.key_catalog;
 BEGIN
-    k := @extschema@._key_for_update(p_caller, p_key_id);
+    k := @extschema@._key_for_update(p_caller, p_key_id, true);
     IF k.state OPERATOR(pg_catalog.=) 'revoked' THEN
         RAISE EXCEPTION 'cannot update revoked api key "%"', p_key_id
             USING ERRCODE = '55000',

@@ -58,13 +58,43 @@ SELECT apikeys.apikey_enable(:'alice_key');
 SELECT regress.try(format('SELECT apikeys.apikey_disable(%L)', :'alice_own'), :'alice_own');
 RESET ROLE;
 
--- the creator keeps managing a key after leaving its role
+-- a creator who leaves the key's role still sees it and can switch it off,
+-- but can no longer renew it (rotate, enable, update): a key never exceeds
+-- its creator
 REVOKE regress_app FROM regress_alice;
 SET ROLE regress_alice;
 SELECT name FROM apikeys.keys ORDER BY name;
 SELECT apikeys.apikey_disable(:'alice_key');
+SELECT regress.try(format('SELECT apikeys.apikey_enable(%L)', :'alice_key'), :'alice_key');
+SELECT regress.try(format('SELECT apikeys.apikey_rotate(%L)', :'alice_key'), :'alice_key');
+SELECT regress.try(format('SELECT apikeys.apikey_update(%L, scopes => %L)', :'alice_key', '{admin}'), :'alice_key');
+SELECT status FROM apikeys.keys WHERE key_id = :'alice_key';
+RESET ROLE;
+GRANT regress_app TO regress_alice;
+SET ROLE regress_alice;
 SELECT apikeys.apikey_enable(:'alice_key');
 RESET ROLE;
+
+-- role names are compared as names, never parsed: a role called "10" is not
+-- OID 10 (the bootstrap superuser), and "Regress_Mixed" is not regress_mixed
+CREATE ROLE "10" NOLOGIN;
+CREATE ROLE "Regress_Mixed" NOLOGIN;
+CREATE ROLE regress_mixed NOLOGIN;
+SET ROLE regress_mixed;
+SELECT key_id AS lower_key FROM apikeys.apikey_create('lowercase key') \gset
+RESET ROLE;
+SET ROLE "10";
+SELECT count(*) AS keys_seen_by_10 FROM apikeys.keys;
+SELECT count(*) AS audit_rows_seen_by_10 FROM apikeys.audit_log;
+SELECT regress.try('SELECT count(hash) FROM apikeys.key_catalog');
+RESET ROLE;
+SET ROLE "Regress_Mixed";
+SELECT key_id AS mixed_key FROM apikeys.apikey_create('mixed-case key') \gset
+SELECT name, role, created_by FROM apikeys.keys ORDER BY name;
+SELECT count(*) AS audit_rows_seen FROM apikeys.audit_log;
+RESET ROLE;
+SELECT apikeys.apikey_delete(:'lower_key'), apikeys.apikey_delete(:'mixed_key');
+DROP ROLE "10", "Regress_Mixed", regress_mixed;
 
 -- admins see and manage everything, including hashes
 SET ROLE regress_admin;

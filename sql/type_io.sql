@@ -36,20 +36,29 @@ SELECT p, regress.try(format('SELECT * FROM apikeys.apikey_create(%L, prefix => 
   FROM unnest(ARRAY['a', 'dbm', 'ak_live', 'a2345678901234567890',
                     'a23456789012345678901', 'Ak', '1ak', '_ak', 'ak-live', '']) AS p;
 
--- binary I/O: recv validates like in; send is the redacted text
-SELECT apikey_recv_ok FROM (
-    SELECT apikeys.apikey_send(:'token'::apikey) = convert_to(:'token'::apikey::text, 'UTF8') AS apikey_recv_ok) s;
+-- binary I/O: send is the redacted text; recv validates like in
+SELECT apikeys.apikey_send(:'token'::apikey) = convert_to(:'token'::apikey::text, 'UTF8') AS send_redacted;
+-- (the files go in the data directory)
+SELECT current_setting('data_directory') || '/apikeys_type_io.bin' AS binfile,
+       current_setting('data_directory') || '/apikeys_type_io_tok.bin' AS tokfile \gset
 CREATE TABLE binio (k apikeys.apikey);
 INSERT INTO binio VALUES (:'token');
-COPY binio TO '/tmp/apikeys_type_io.bin' WITH (FORMAT binary);
-SELECT regress.try($$COPY binio FROM '/tmp/apikeys_type_io.bin' WITH (FORMAT binary)$$);
+COPY binio TO :'binfile' WITH (FORMAT binary);
+SELECT regress.try(format('COPY binio FROM %L WITH (FORMAT binary)', :'binfile'));
 -- a binary COPY of a real token is accepted and verifies
 CREATE TABLE tok (t text);
 INSERT INTO tok VALUES (:'token');
-COPY tok TO '/tmp/apikeys_type_io_tok.bin' WITH (FORMAT binary);
+COPY tok TO :'tokfile' WITH (FORMAT binary);
 CREATE TABLE binio2 (k apikeys.apikey);
-COPY binio2 FROM '/tmp/apikeys_type_io_tok.bin' WITH (FORMAT binary);
+COPY binio2 FROM :'tokfile' WITH (FORMAT binary);
 SELECT k::text = 'ak_test_' || :'key_id' || '_********' AS redacted, (apikey_verify(k)).status FROM binio2;
+
+-- a stored apikey value is no credential: it verifies only in the session
+-- that parsed the token
+SELECT (apikey_verify(k)).status AS same_session FROM binio;
+\c
+SET search_path = apikeys, public;
+SELECT (apikey_verify(k)).status AS other_session FROM binio;
 DROP TABLE binio, binio2, tok;
 
 -- text overload wins for untyped literals

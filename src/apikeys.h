@@ -38,15 +38,16 @@ typedef struct ApiKeyToken
 
 /*
  * The apikey type's in-memory and on-disk form.  It never holds the secret:
- * only its SHA-256 digest, so a value that ends up stored somewhere cannot
- * be turned back into a token.
+ * only its SHA-256 digest, XORed with a mask drawn at random once per
+ * backend (apikey_session_mask).  A value that ends up stored somewhere can
+ * neither be turned back into a token nor verified by another session.
  */
 typedef struct ApiKeyData
 {
 	int32		vl_len_;		/* varlena header */
 	uint8		prefix_len;
 	char		key_id[APIKEY_KEY_ID_LEN];
-	uint8		digest[APIKEY_DIGEST_LEN];
+	uint8		digest[APIKEY_DIGEST_LEN];	/* masked SHA-256 of the secret */
 	char		prefix[FLEXIBLE_ARRAY_MEMBER];
 } ApiKeyData;
 
@@ -90,6 +91,7 @@ extern void apikey_checksum(const char *s, size_t len,
 							char out[APIKEY_CHECKSUM_LEN]);
 extern void apikey_digest(const char *secret, size_t len,
 						  uint8 out[APIKEY_DIGEST_LEN]);
+extern void apikey_session_mask(uint8 digest[APIKEY_DIGEST_LEN]);
 extern bool apikey_digest_equal(const uint8 *a, const uint8 *b, size_t len);
 
 /* verify.c */

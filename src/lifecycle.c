@@ -110,8 +110,8 @@ call_internal(FunctionCallInfo fcinfo, bool *isnull)
 	return result;
 }
 
-PG_FUNCTION_INFO_V1(apikeys_lifecycle_call);
 /* SQL functions: apikey_rotate, apikey_disable, apikey_enable, apikey_revoke, apikey_delete, apikey_update */
+PG_FUNCTION_INFO_V1(apikeys_lifecycle_call);
 Datum
 apikeys_lifecycle_call(PG_FUNCTION_ARGS)
 {
@@ -123,8 +123,8 @@ apikeys_lifecycle_call(PG_FUNCTION_ARGS)
 	return result;
 }
 
-PG_FUNCTION_INFO_V1(apikeys_create);
 /* SQL function: apikey_create(text, regrole, text[], timestamptz, text, jsonb) returns table(key_id text, token text) */
+PG_FUNCTION_INFO_V1(apikeys_create);
 Datum
 apikeys_create(PG_FUNCTION_ARGS)
 {
@@ -158,8 +158,8 @@ apikeys_create(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-PG_FUNCTION_INFO_V1(apikeys_actor);
 /* SQL function: apikeys._actor() returns oid */
+PG_FUNCTION_INFO_V1(apikeys_actor);
 Datum
 apikeys_actor(PG_FUNCTION_ARGS)
 {
@@ -168,14 +168,14 @@ apikeys_actor(PG_FUNCTION_ARGS)
 	PG_RETURN_OID(current_actor);
 }
 
-PG_FUNCTION_INFO_V1(apikeys_mint);
 /* SQL function: apikeys._mint(text, text) returns record(key_id text, token text, hash bytea, hash_version int2) */
+PG_FUNCTION_INFO_V1(apikeys_mint);
 Datum
 apikeys_mint(PG_FUNCTION_ARGS)
 {
-	text	   *prefix_t = PG_GETARG_TEXT_PP(0);
-	const char *prefix = VARDATA_ANY(prefix_t);
-	int			prefix_len = VARSIZE_ANY_EXHDR(prefix_t);
+	text	   *prefix_t;
+	const char *prefix;
+	int			prefix_len;
 	char		key_id[APIKEY_KEY_ID_LEN];
 	char		token[APIKEY_TOKEN_MAXLEN];
 	int			len;
@@ -186,6 +186,13 @@ apikeys_mint(PG_FUNCTION_ARGS)
 	bool		nulls[4] = {false, false, false, false};
 	Datum		result;
 
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("api key prefix must not be null")));
+	prefix_t = PG_GETARG_TEXT_PP(0);
+	prefix = VARDATA_ANY(prefix_t);
+	prefix_len = VARSIZE_ANY_EXHDR(prefix_t);
 	if (!apikey_prefix_is_valid(prefix, prefix_len))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -234,4 +241,13 @@ apikeys_mint(PG_FUNCTION_ARGS)
 	explicit_bzero(token, sizeof(token));
 	explicit_bzero(digest, sizeof(digest));
 	PG_RETURN_DATUM(result);
+}
+
+/* SQL function: apikeys._current_role() returns oid */
+PG_FUNCTION_INFO_V1(apikeys_current_role);
+Datum
+apikeys_current_role(PG_FUNCTION_ARGS)
+{
+	/* current_user as an OID, without a round trip through its name */
+	PG_RETURN_OID(GetUserId());
 }

@@ -153,6 +153,30 @@ apikey_digest(const char *secret, size_t len, uint8 out[APIKEY_DIGEST_LEN])
 	pg_cryptohash_free(ctx);
 }
 
+/*
+ * XOR the digest with a random mask drawn once per backend.  The apikey type
+ * keeps its digest masked, so a value stored in a table or a catalog is
+ * useless to any other session: only the backend that parsed the token can
+ * unmask it (applying the mask again does).
+ */
+void
+apikey_session_mask(uint8 digest[APIKEY_DIGEST_LEN])
+{
+	static uint8 mask[APIKEY_DIGEST_LEN];
+	static bool mask_ready = false;
+
+	if (!mask_ready)
+	{
+		if (!pg_strong_random(mask, sizeof(mask)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate random bytes for an api key")));
+		mask_ready = true;
+	}
+	for (int i = 0; i < APIKEY_DIGEST_LEN; i++)
+		digest[i] ^= mask[i];
+}
+
 /* Compare two digests in time independent of where they differ. */
 bool
 apikey_digest_equal(const uint8 *a, const uint8 *b, size_t len)

@@ -4,8 +4,8 @@
  *
  * Input accepts only well-formed tokens and never echoes what it was given.
  * The value keeps the prefix, the key id and the SHA-256 digest of the
- * secret, never the secret itself; output (text and binary) is redacted to
- * the prefix and key id.
+ * secret masked for this backend, never the secret itself; output (text and
+ * binary) is redacted to the prefix and key id.
  */
 #include "postgres.h"
 
@@ -45,6 +45,7 @@ apikey_from_token(const char *s, size_t len)
 	key->prefix_len = (uint8) tok.prefix_len;
 	memcpy(key->key_id, tok.key_id, APIKEY_KEY_ID_LEN);
 	apikey_digest(tok.secret, APIKEY_SECRET_LEN, key->digest);
+	apikey_session_mask(key->digest);
 	memcpy(key->prefix, tok.prefix, tok.prefix_len);
 	return key;
 }
@@ -64,8 +65,8 @@ apikey_redacted_cstring(const ApiKeyData *key)
 	return buf.data;
 }
 
-PG_FUNCTION_INFO_V1(apikey_in);
 /* SQL function: apikey_in(cstring) returns apikey */
+PG_FUNCTION_INFO_V1(apikey_in);
 Datum
 apikey_in(PG_FUNCTION_ARGS)
 {
@@ -74,8 +75,8 @@ apikey_in(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(apikey_from_token(str, strlen(str)));
 }
 
-PG_FUNCTION_INFO_V1(apikey_out);
 /* SQL function: apikey_out(apikey) returns cstring */
+PG_FUNCTION_INFO_V1(apikey_out);
 Datum
 apikey_out(PG_FUNCTION_ARGS)
 {
@@ -84,8 +85,8 @@ apikey_out(PG_FUNCTION_ARGS)
 	PG_RETURN_CSTRING(apikey_redacted_cstring(key));
 }
 
-PG_FUNCTION_INFO_V1(apikey_recv);
 /* SQL function: apikey_recv(internal) returns apikey */
+PG_FUNCTION_INFO_V1(apikey_recv);
 Datum
 apikey_recv(PG_FUNCTION_ARGS)
 {
@@ -100,8 +101,8 @@ apikey_recv(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(apikey_from_token(s, len));
 }
 
-PG_FUNCTION_INFO_V1(apikey_send);
 /* SQL function: apikey_send(apikey) returns bytea */
+PG_FUNCTION_INFO_V1(apikey_send);
 Datum
 apikey_send(PG_FUNCTION_ARGS)
 {
@@ -114,8 +115,8 @@ apikey_send(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
 }
 
-PG_FUNCTION_INFO_V1(apikey_key_id);
 /* SQL function: apikey_key_id(apikey) returns text */
+PG_FUNCTION_INFO_V1(apikey_key_id);
 Datum
 apikey_key_id(PG_FUNCTION_ARGS)
 {
@@ -124,8 +125,8 @@ apikey_key_id(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(key->key_id, APIKEY_KEY_ID_LEN));
 }
 
-PG_FUNCTION_INFO_V1(apikey_prefix);
 /* SQL function: apikey_prefix(apikey) returns text */
+PG_FUNCTION_INFO_V1(apikey_prefix);
 Datum
 apikey_prefix(PG_FUNCTION_ARGS)
 {

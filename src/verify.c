@@ -20,6 +20,7 @@
 #include "access/skey.h"
 #include "access/stratnum.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation_d.h"
 #include "catalog/pg_type_d.h"
@@ -167,7 +168,14 @@ lookup_key(VerifyCallCache *cache, const char *prefix, int prefix_len,
 		elog(ERROR, "apikeys catalog has %d columns, expected %d",
 			 RelationGetDescr(rel)->natts, Natts_key_catalog);
 
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	/*
+	 * The latest snapshot makes a commit elsewhere effective at once.  It
+	 * cannot be taken in parallel mode (verify is PARALLEL UNSAFE, but a
+	 * mislabelled caller could still get there): fall back to the
+	 * statement's snapshot rather than fail.
+	 */
+	snapshot = RegisterSnapshot(IsInParallelMode() ? GetActiveSnapshot()
+								: GetLatestSnapshot());
 	ScanKeyInit(&skey, Anum_key_key_id, BTEqualStrategyNumber, F_TEXTEQ,
 				PointerGetDatum(key_text));
 	scan = systable_beginscan(rel, cache->indexid, true, snapshot, 1, &skey);
@@ -324,8 +332,8 @@ apikey_verify_parsed(FunctionCallInfo fcinfo, const char *prefix,
 	return make_result(cache, "valid", key_id, role_name, &row);
 }
 
-PG_FUNCTION_INFO_V1(apikey_verify_text);
 /* SQL function: apikey_verify(text, text) returns apikeys.verification */
+PG_FUNCTION_INFO_V1(apikey_verify_text);
 Datum
 apikey_verify_text(PG_FUNCTION_ARGS)
 {
@@ -355,17 +363,25 @@ apikey_verify_text(PG_FUNCTION_ARGS)
 	return result;
 }
 
-PG_FUNCTION_INFO_V1(apikey_verify_apikey);
 /* SQL function: apikey_verify(apikey, text) returns apikeys.verification */
+PG_FUNCTION_INFO_V1(apikey_verify_apikey);
 Datum
 apikey_verify_apikey(PG_FUNCTION_ARGS)
 {
 	text	   *scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 	ApiKeyData *key;
+	uint8		digest[APIKEY_DIGEST_LEN];
+	Datum		result;
 
 	if (PG_ARGISNULL(0))
 		return apikey_verify_parsed(fcinfo, NULL, 0, NULL, NULL, scope);
 	key = PG_GETARG_APIKEY_P(0);
-	return apikey_verify_parsed(fcinfo, key->prefix, key->prefix_len,
-								key->key_id, key->digest, scope);
+
+	/* Unmask; a value parsed by another backend yields a wrong digest. */
+	memcpy(digest, key->digest, APIKEY_DIGEST_LEN);
+	apikey_session_mask(digest);
+	result = apikey_verify_parsed(fcinfo, key->prefix, key->prefix_len,
+								  key->key_id, digest, scope);
+	explicit_bzero(digest, sizeof(digest));
+	return result;
 }

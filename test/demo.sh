@@ -61,7 +61,7 @@ The demo cluster is still running, with apikeys installed in database postgres:
 
     psql -h $PGSOCK -p $PGPORT -U postgres postgres
 
-  or over TCP:  psql -h 127.0.0.1 -p $PGPORT -U postgres postgres
+(It trusts connections on that Unix socket only; its loopback port refuses all.)
 
 Stop it and remove its files with:
 

@@ -75,7 +75,12 @@ start_cluster() {
     mkdir -p "$PGDATA_DIR" "$PGSOCK"
     touch "$PGLOG"
     as_root chown postgres "$PGDATA_DIR" "$PGSOCK" "$PGLOG"
-    as_postgres "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres -A trust \
+    # As root, every client runs as root: nobody else needs the socket.
+    [ "$(id -u)" -ne 0 ] || chmod 700 "$PGSOCK"
+    # Trust only on the Unix socket (whose directory only we can reach when
+    # we are root); the loopback port refuses every connection.
+    as_postgres "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres \
+        --auth-local=trust --auth-host=reject \
         --no-sync -E UTF8 --locale=C.UTF-8 >"$PGTMP/initdb.log" 2>&1 \
         || { cat "$PGTMP/initdb.log"; return 1; }
     PGPORT=$(free_port)

@@ -46,6 +46,11 @@ my @tokens = split /\n/, $node->safe_psql('postgres',
     'SELECT token FROM test_tokens ORDER BY label');
 is(scalar @tokens, 5, 'five tokens handed out');
 my @secrets = map { substr($_, -38, 32) } @tokens;
+# the stored digests: only admins may read them, in key_catalog.hash alone
+my @hashes = split /\n/, $node->safe_psql('postgres', q{
+    SELECT encode(c.hash, 'hex') FROM test_tokens t JOIN apikeys.key_catalog c USING (key_id)
+     WHERE t.label IN ('a2', 'b2', 'c')});
+is(scalar @hashes, 3, 'three current hashes');
 
 # Errors that involve tokens: a mangled checksum, each lifecycle error.
 my @errors;
@@ -86,6 +91,24 @@ my $log = slurp_file($node->logfile);
 $node->start;
 
 ok(length($log) > 1000, 'the server log was written at debug1');
+
+# Hashes may be in key_catalog and its COPY block in a dump, nowhere else.
+my $audit_and_listing = $node->safe_psql('postgres', q{
+    SELECT a::text FROM apikeys.audit_log a UNION ALL SELECT k::text FROM apikeys.keys k});
+(my $dump_without_catalog = $dump) =~ s/^COPY apikeys\.key_catalog .*?^\\\.$//ms;
+ok(length($dump_without_catalog) < length($dump), 'key_catalog data cut from the dump scan');
+for my $i (0 .. $#hashes)
+{
+    my $h = $hashes[$i];
+    for my $place ([ 'server log', $log ], [ 'audit rows and listing', $audit_and_listing ],
+                   [ 'pg_dump output outside key_catalog', $dump_without_catalog ],
+                   [ 'error messages', join("\n", @errors) ])
+    {
+        my $hits = () = $place->[1] =~ /\Q$h\E/gi;
+        is($hits, 0, "hash $i in $place->[0]: zero hits");
+    }
+}
+like($dump, qr/\Q$hashes[0]\E/, 'hash scan self-check: the catalog block holds it');
 like($dump, qr/COPY apikeys\.key_catalog/, 'the dump carries the key catalog');
 for my $i (0 .. $#tokens)
 {
