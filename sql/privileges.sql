@@ -136,3 +136,16 @@ REVOKE CREATE ON SCHEMA public FROM regress_issuer;
 SELECT apikeys.apikey_delete(key_id) FROM apikeys.keys WHERE name IN
     ('alice app key', 'alice own key', 'bob key', 'for bob', 'via wrapper');
 DROP ROLE regress_issuer, regress_admin, regress_carol, regress_bob, regress_alice, regress_app;
+
+-- the extension will not move into a schema a non-superuser already owns
+SELECT current_database() AS orig_db \gset
+CREATE ROLE regress_squatter NOLOGIN;
+CREATE DATABASE regress_apikeys_squat;
+\c regress_apikeys_squat
+\set VERBOSITY terse
+CREATE SCHEMA apikeys AUTHORIZATION regress_squatter;
+CREATE EXTENSION apikeys CASCADE;
+SELECT count(*) AS installed FROM pg_extension WHERE extname = 'apikeys';
+\c :orig_db
+DROP DATABASE regress_apikeys_squat;
+DROP ROLE regress_squatter;
