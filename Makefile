@@ -11,7 +11,7 @@ PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit bad_input
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
-ISOLATION = revoke_verify rotate_verify
+ISOLATION = revoke_verify rotate_verify catalog_recreate
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src

@@ -29,10 +29,12 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "apikeys.h"
 #include "compat.h"
@@ -71,54 +73,77 @@ typedef struct KeyRow
 } KeyRow;
 
 /*
- * Per-call-site state kept in fn_extra: the catalog's OIDs and the blessed
- * result descriptor, resolved once per query rather than once per row.  A
- * dropped and re-created extension gives new functions, hence new call
- * sites, so nothing here can go stale.
+ * The catalog's OIDs, resolved once per backend and forgotten whenever a
+ * relcache invalidation names either relation (or all relations): that
+ * covers DROP EXTENSION, REINDEX CONCURRENTLY and anything else that could
+ * make them stale.
  */
-typedef struct VerifyCallCache
-{
-	Oid			relid;
-	Oid			indexid;
-	TupleDesc	tupdesc;
-} VerifyCallCache;
+static Oid	catalog_relid = InvalidOid;
+static Oid	catalog_indexid = InvalidOid;
+static bool catalog_callback_registered = false;
 
-/* Resolve (once per call site) what every verification needs. */
-static VerifyCallCache *
-verify_call_cache(FunctionCallInfo fcinfo)
+/* Relcache callback: forget the catalog's OIDs if they may be stale. */
+static void
+catalog_relcache_callback(Datum arg, Oid relid)
 {
-	VerifyCallCache *cache = (VerifyCallCache *) fcinfo->flinfo->fn_extra;
-	MemoryContext oldcxt;
-	TupleDesc	tupdesc;
+	if (!OidIsValid(relid) || relid == catalog_relid || relid == catalog_indexid)
+	{
+		catalog_relid = InvalidOid;
+		catalog_indexid = InvalidOid;
+	}
+}
+
+/* Look up apikeys.key_catalog and its primary key index, if not known. */
+static void
+resolve_catalog(void)
+{
 	Oid			nsp;
+	Oid			relid = InvalidOid;
+	Oid			indexid = InvalidOid;
 
-	if (cache != NULL)
-		return cache;
-
+	if (OidIsValid(catalog_relid))
+		return;
+	if (!catalog_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(catalog_relcache_callback, (Datum) 0);
+		catalog_callback_registered = true;
+	}
 	nsp = get_namespace_oid(APIKEYS_SCHEMA, true);
-	oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-	cache = palloc0(sizeof(VerifyCallCache));
 	if (OidIsValid(nsp))
 	{
-		cache->relid = get_relname_relid(APIKEYS_CATALOG, nsp);
-		cache->indexid = get_relname_relid(APIKEYS_CATALOG_PKEY, nsp);
+		relid = get_relname_relid(APIKEYS_CATALOG, nsp);
+		indexid = get_relname_relid(APIKEYS_CATALOG_PKEY, nsp);
 	}
-	if (!OidIsValid(cache->relid) || !OidIsValid(cache->indexid))
+	if (!OidIsValid(relid) || !OidIsValid(indexid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apikeys catalog is missing"),
 				 errhint("Run CREATE EXTENSION apikeys in this database.")));
+	catalog_relid = relid;
+	catalog_indexid = indexid;
+}
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "apikey_verify must return a composite type");
-	if (tupdesc->natts != Vf_natts)
-		elog(ERROR, "apikeys.verification has %d columns, expected %d",
-			 tupdesc->natts, Vf_natts);
-	cache->tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-	MemoryContextSwitchTo(oldcxt);
+/*
+ * Open the catalog.  Taking the lock processes pending invalidations; if
+ * they touched the catalog, resolve its OIDs again under the lock.
+ */
+static Relation
+open_catalog(Oid *indexid)
+{
+	Relation	rel;
 
-	fcinfo->flinfo->fn_extra = cache;
-	return cache;
+	resolve_catalog();
+	rel = try_table_open(catalog_relid, AccessShareLock);
+	if (rel == NULL || !OidIsValid(catalog_relid))
+	{
+		if (rel != NULL)
+			table_close(rel, AccessShareLock);
+		catalog_relid = InvalidOid;
+		resolve_catalog();
+		rel = table_open(catalog_relid, AccessShareLock);
+	}
+	*indexid = catalog_indexid;
+	return rel;
 }
 
 /* Does a stored (version, hash) pair match this digest? */
@@ -151,10 +176,11 @@ copy_varlena(Datum d)
  * Returns false when there is no such key or the prefix differs.
  */
 static bool
-lookup_key(VerifyCallCache *cache, const char *prefix, int prefix_len,
-		   const char *key_id, const uint8 *digest, KeyRow *row)
+lookup_key(const char *prefix, int prefix_len, const char *key_id,
+		   const uint8 *digest, KeyRow *row)
 {
 	Relation	rel;
+	Oid			indexid;
 	Snapshot	snapshot;
 	ScanKeyData skey;
 	SysScanDesc scan;
@@ -163,7 +189,7 @@ lookup_key(VerifyCallCache *cache, const char *prefix, int prefix_len,
 	bool		found = false;
 
 	key_text = cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN);
-	rel = table_open(cache->relid, AccessShareLock);
+	rel = open_catalog(&indexid);
 	if (RelationGetDescr(rel)->natts != Natts_key_catalog)
 		elog(ERROR, "apikeys catalog has %d columns, expected %d",
 			 RelationGetDescr(rel)->natts, Natts_key_catalog);
@@ -178,7 +204,7 @@ lookup_key(VerifyCallCache *cache, const char *prefix, int prefix_len,
 								: GetLatestSnapshot());
 	ScanKeyInit(&skey, Anum_key_key_id, BTEqualStrategyNumber, F_TEXTEQ,
 				PointerGetDatum(key_text));
-	scan = systable_beginscan(rel, cache->indexid, true, snapshot, 1, &skey);
+	scan = systable_beginscan(rel, indexid, true, snapshot, 1, &skey);
 
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup))
@@ -263,11 +289,21 @@ scopes_contain(Datum scopes, text *scope)
 
 /* Build the apikeys.verification row. */
 static Datum
-make_result(VerifyCallCache *cache, const char *status, const char *key_id,
+make_result(FunctionCallInfo fcinfo, const char *status, const char *key_id,
 			const char *role_name, const KeyRow *row)
 {
+	Oid			rettype = get_fn_expr_rettype(fcinfo->flinfo);
+	TupleDesc	tupdesc;
 	Datum		values[Vf_natts];
 	bool		nulls[Vf_natts];
+	Datum		result;
+
+	if (!OidIsValid(rettype))
+		rettype = get_func_rettype(fcinfo->flinfo->fn_oid);
+	tupdesc = lookup_rowtype_tupdesc(rettype, -1);
+	if (tupdesc->natts != Vf_natts)
+		elog(ERROR, "apikeys.verification has %d columns, expected %d",
+			 tupdesc->natts, Vf_natts);
 
 	memset(nulls, true, sizeof(nulls));
 	values[Vf_valid] = BoolGetDatum(strcmp(status, "valid") == 0);
@@ -292,7 +328,9 @@ make_result(VerifyCallCache *cache, const char *status, const char *key_id,
 		values[Vf_name] = row->name;
 		nulls[Vf_name] = false;
 	}
-	return HeapTupleGetDatum(heap_form_tuple(cache->tupdesc, values, nulls));
+	result = HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+	ReleaseTupleDesc(tupdesc);
+	return result;
 }
 
 /*
@@ -304,32 +342,31 @@ apikey_verify_parsed(FunctionCallInfo fcinfo, const char *prefix,
 					 int prefix_len, const char *key_id,
 					 const uint8 *digest, text *scope)
 {
-	VerifyCallCache *cache = verify_call_cache(fcinfo);
 	KeyRow		row;
 	char	   *role_name;
 
 	if (key_id == NULL)
-		return make_result(cache, "invalid", NULL, NULL, NULL);
+		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
 
 	memset(&row, 0, sizeof(row));
-	if (!lookup_key(cache, prefix, prefix_len, key_id, digest, &row) || !row.secret_ok)
-		return make_result(cache, "invalid", NULL, NULL, NULL);
+	if (!lookup_key(prefix, prefix_len, key_id, digest, &row) || !row.secret_ok)
+		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
 
 	/* A key whose role was dropped is orphaned: it authenticates nobody. */
 	role_name = GetUserNameFromId(row.role, true);
 	if (role_name == NULL)
-		return make_result(cache, "invalid", NULL, NULL, NULL);
+		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
 
 	if (row.state == 'r')
-		return make_result(cache, "revoked", key_id, role_name, &row);
+		return make_result(fcinfo, "revoked", key_id, role_name, &row);
 	if (row.state != 'a')
-		return make_result(cache, "disabled", key_id, role_name, &row);
+		return make_result(fcinfo, "disabled", key_id, role_name, &row);
 	if (!row.expires_null && row.expires_at <= GetCurrentTimestamp())
-		return make_result(cache, "expired", key_id, role_name, &row);
+		return make_result(fcinfo, "expired", key_id, role_name, &row);
 	if (scope != NULL &&
 		(row.scopes_null || !scopes_contain(row.scopes, scope)))
-		return make_result(cache, "insufficient_scope", key_id, role_name, &row);
-	return make_result(cache, "valid", key_id, role_name, &row);
+		return make_result(fcinfo, "insufficient_scope", key_id, role_name, &row);
+	return make_result(fcinfo, "valid", key_id, role_name, &row);
 }
 
 /* SQL function: apikey_verify(text, text) returns apikeys.verification */
