@@ -236,18 +236,22 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 													 values[COL(Anum_key_prev_hash)],
 													 digest);
 
-			row->state = VARSIZE_ANY_EXHDR(state) > 0 ? *VARDATA_ANY(state) : '?';
-			row->role = DatumGetObjectId(values[COL(Anum_key_role)]);
-			row->name = copy_varlena(values[COL(Anum_key_name)]);
-			row->scopes_null = nulls[COL(Anum_key_scopes)];
-			if (!row->scopes_null)
-				row->scopes = copy_varlena(values[COL(Anum_key_scopes)]);
-			row->expires_null = nulls[COL(Anum_key_expires_at)];
-			if (!row->expires_null)
-				row->expires_at = DatumGetTimestampTz(values[COL(Anum_key_expires_at)]);
-			row->metadata_null = nulls[COL(Anum_key_metadata)];
-			if (!row->metadata_null)
-				row->metadata = copy_varlena(values[COL(Anum_key_metadata)]);
+			/* Nothing more is needed, or returned, for a wrong secret. */
+			if (row->secret_ok)
+			{
+				row->state = VARSIZE_ANY_EXHDR(state) > 0 ? *VARDATA_ANY(state) : '?';
+				row->role = DatumGetObjectId(values[COL(Anum_key_role)]);
+				row->name = copy_varlena(values[COL(Anum_key_name)]);
+				row->scopes_null = nulls[COL(Anum_key_scopes)];
+				if (!row->scopes_null)
+					row->scopes = copy_varlena(values[COL(Anum_key_scopes)]);
+				row->expires_null = nulls[COL(Anum_key_expires_at)];
+				if (!row->expires_null)
+					row->expires_at = DatumGetTimestampTz(values[COL(Anum_key_expires_at)]);
+				row->metadata_null = nulls[COL(Anum_key_metadata)];
+				if (!row->metadata_null)
+					row->metadata = copy_varlena(values[COL(Anum_key_metadata)]);
+			}
 		}
 #undef COL
 	}
