@@ -17,11 +17,12 @@
 #include "access/detoast.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/skey.h"
 #include "access/stratnum.h"
-#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class_d.h"
 #include "catalog/pg_collation_d.h"
 #include "catalog/pg_type_d.h"
 #include "funcapi.h"
@@ -32,6 +33,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
@@ -41,7 +43,6 @@
 
 #define APIKEYS_SCHEMA			"apikeys"
 #define APIKEYS_CATALOG			"key_catalog"
-#define APIKEYS_CATALOG_PKEY	"key_catalog_pkey"
 
 /* Columns of apikeys.verification, in type order. */
 enum
@@ -73,33 +74,28 @@ typedef struct KeyRow
 } KeyRow;
 
 /*
- * The catalog's OIDs, resolved once per backend and forgotten whenever a
- * relcache invalidation names either relation (or all relations): that
- * covers DROP EXTENSION, REINDEX CONCURRENTLY and anything else that could
- * make them stale.
+ * The catalog's OID, resolved once per backend and forgotten whenever a
+ * relcache invalidation names it (or all relations): that covers DROP
+ * EXTENSION and anything else that could make it stale.  Its primary key
+ * index comes from the relcache each time, under the lock.
  */
 static Oid	catalog_relid = InvalidOid;
-static Oid	catalog_indexid = InvalidOid;
 static bool catalog_callback_registered = false;
 
-/* Relcache callback: forget the catalog's OIDs if they may be stale. */
+/* Relcache callback: forget the catalog's OID if it may be stale. */
 static void
 catalog_relcache_callback(Datum arg, Oid relid)
 {
-	if (!OidIsValid(relid) || relid == catalog_relid || relid == catalog_indexid)
-	{
+	if (!OidIsValid(relid) || relid == catalog_relid)
 		catalog_relid = InvalidOid;
-		catalog_indexid = InvalidOid;
-	}
 }
 
-/* Look up apikeys.key_catalog and its primary key index, if not known. */
+/* Look up apikeys.key_catalog by name, if its OID is not known. */
 static void
 resolve_catalog(void)
 {
 	Oid			nsp;
 	Oid			relid = InvalidOid;
-	Oid			indexid = InvalidOid;
 
 	if (OidIsValid(catalog_relid))
 		return;
@@ -110,40 +106,51 @@ resolve_catalog(void)
 	}
 	nsp = get_namespace_oid(APIKEYS_SCHEMA, true);
 	if (OidIsValid(nsp))
-	{
 		relid = get_relname_relid(APIKEYS_CATALOG, nsp);
-		indexid = get_relname_relid(APIKEYS_CATALOG_PKEY, nsp);
-	}
-	if (!OidIsValid(relid) || !OidIsValid(indexid))
+	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apikeys catalog is missing"),
 				 errhint("Run CREATE EXTENSION apikeys in this database.")));
 	catalog_relid = relid;
-	catalog_indexid = indexid;
 }
 
 /*
- * Open the catalog.  Taking the lock processes pending invalidations; if
- * they touched the catalog, resolve its OIDs again under the lock.
+ * Open and lock the catalog; return it with its primary key index.
+ *
+ * Taking the lock processes pending invalidations.  If they made the OID
+ * we used stale (the extension was dropped or re-created meanwhile), let go
+ * and try again with the name looked up afresh; once the lock is held and
+ * nothing was invalidated, the relation cannot change under us.
  */
 static Relation
 open_catalog(Oid *indexid)
 {
-	Relation	rel;
-
-	resolve_catalog();
-	rel = try_table_open(catalog_relid, AccessShareLock);
-	if (rel == NULL || !OidIsValid(catalog_relid))
+	for (int attempt = 0;; attempt++)
 	{
-		if (rel != NULL)
-			table_close(rel, AccessShareLock);
-		catalog_relid = InvalidOid;
+		Oid			relid;
+		Relation	rel;
+
 		resolve_catalog();
-		rel = table_open(catalog_relid, AccessShareLock);
+		relid = catalog_relid;
+		rel = try_relation_open(relid, AccessShareLock);
+		if (rel != NULL && relid == catalog_relid &&
+			rel->rd_rel->relkind == RELKIND_RELATION)
+		{
+			*indexid = RelationGetPrimaryKeyIndex(rel);
+			if (!OidIsValid(*indexid))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("apikeys catalog has no primary key"),
+						 errhint("Re-create the extension.")));
+			return rel;
+		}
+		if (rel != NULL)
+			relation_close(rel, AccessShareLock);
+		catalog_relid = InvalidOid;
+		if (attempt >= 10)
+			elog(ERROR, "apikeys catalog keeps changing while it is opened");
 	}
-	*indexid = catalog_indexid;
-	return rel;
 }
 
 /* Does a stored (version, hash) pair match this digest? */
@@ -258,7 +265,7 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 
 	systable_endscan(scan);
 	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
+	relation_close(rel, AccessShareLock);
 	pfree(key_text);
 	return found;
 }
