@@ -43,7 +43,7 @@ CREATE TYPE @extschema@.apikey;
 CREATE FUNCTION @extschema@.apikey_in(pg_catalog.cstring)
 RETURNS @extschema@.apikey
 AS 'MODULE_PATHNAME', 'apikey_in'
--- stable, restricted: the value's digest is masked for this backend
+-- stable, restricted: the value is masked for this backend and transaction
 LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
 
 CREATE FUNCTION @extschema@.apikey_out(@extschema@.apikey)
@@ -54,7 +54,7 @@ LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 CREATE FUNCTION @extschema@.apikey_recv(pg_catalog.internal)
 RETURNS @extschema@.apikey
 AS 'MODULE_PATHNAME', 'apikey_recv'
--- stable, restricted: the value's digest is masked for this backend
+-- stable, restricted: the value is masked for this backend and transaction
 LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
 
 CREATE FUNCTION @extschema@.apikey_send(@extschema@.apikey)
@@ -72,7 +72,7 @@ CREATE TYPE @extschema@.apikey (
 );
 
 COMMENT ON TYPE @extschema@.apikey IS
-    'a parsed api key token: grammar and checksum validated on input; holds the prefix, the key id and the SHA-256 of the secret masked for this session, never the secret; prints redacted; meaningful only in the session that parsed it';
+    'a parsed api key token: grammar and checksum validated on input; holds the prefix, the key id and the SHA-256 of the secret masked for this backend, never the secret; prints redacted; verifies only in the transaction that parsed it';
 COMMENT ON FUNCTION @extschema@.apikey_in(pg_catalog.cstring) IS
     'apikey input: validates grammar and checksum; the error never contains the input';
 COMMENT ON FUNCTION @extschema@.apikey_out(@extschema@.apikey) IS

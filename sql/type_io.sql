@@ -50,16 +50,26 @@ CREATE TABLE tok (t text);
 INSERT INTO tok VALUES (:'token');
 COPY tok TO :'tokfile' WITH (FORMAT binary);
 CREATE TABLE binio2 (k apikeys.apikey);
+BEGIN;
 COPY binio2 FROM :'tokfile' WITH (FORMAT binary);
 SELECT k::text = 'ak_test_' || :'key_id' || '_********' AS redacted, (apikey_verify(k)).status FROM binio2;
+COMMIT;
 
--- a stored apikey value is no credential: it verifies only in the session
--- that parsed the token
-SELECT (apikey_verify(k)).status AS same_session FROM binio;
+-- a stored apikey value is no credential: it verifies only in the
+-- transaction that parsed the token, not in a later one of this session,
+-- nor in any other session
+CREATE TABLE stored (k apikeys.apikey);
+BEGIN;
+INSERT INTO stored VALUES (:'token');
+SELECT (apikey_verify(k)).status AS same_transaction FROM stored;
+COMMIT;
+SELECT (apikey_verify(k)).status AS later_transaction FROM stored;
 \c
 SET search_path = apikeys, public;
-SELECT (apikey_verify(k)).status AS other_session FROM binio;
-DROP TABLE binio, binio2, tok;
+SELECT (apikey_verify(k)).status AS other_session FROM stored;
+-- a token cast in the statement itself always works
+SELECT (apikey_verify(t::apikeys.apikey)).status AS parsed_here FROM tok;
+DROP TABLE binio, binio2, tok, stored;
 
 -- text overload wins for untyped literals
 SELECT (apikey_verify('not a token')).status;

@@ -39,12 +39,15 @@ typedef struct ApiKeyToken
 /*
  * The apikey type's in-memory and on-disk form.  It never holds the secret:
  * only its SHA-256 digest, XORed with a mask drawn at random once per
- * backend (apikey_session_mask).  A value that ends up stored somewhere can
- * neither be turned back into a token nor verified by another session.
+ * backend (apikey_session_mask), and the local id of the transaction that
+ * parsed it.  A value that ends up stored somewhere can neither be turned
+ * back into a token nor verified by another transaction, in this backend or
+ * any other (a pooled connection's next client included).
  */
 typedef struct ApiKeyData
 {
 	int32		vl_len_;		/* varlena header */
+	uint32		lxid;			/* LocalTransactionId of the parsing transaction */
 	uint8		prefix_len;
 	char		key_id[APIKEY_KEY_ID_LEN];
 	uint8		digest[APIKEY_DIGEST_LEN];	/* masked SHA-256 of the secret */

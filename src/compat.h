@@ -25,4 +25,11 @@
 #define APIKEYS_CRYPTOHASH_ERROR(ctx) "unknown error"
 #endif
 
+/* The backend's current local transaction id moved into MyProc->vxid in 17. */
+#if PG_VERSION_NUM >= 170000
+#define APIKEYS_CURRENT_LXID() (MyProc->vxid.lxid)
+#else
+#define APIKEYS_CURRENT_LXID() (MyProc->lxid)
+#endif
+
 #endif							/* APIKEYS_COMPAT_H */

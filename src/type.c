@@ -4,13 +4,15 @@
  *
  * Input accepts only well-formed tokens and never echoes what it was given.
  * The value keeps the prefix, the key id and the SHA-256 digest of the
- * secret masked for this backend, never the secret itself; output (text and
- * binary) is redacted to the prefix and key id.
+ * secret masked for this backend and bound to the parsing transaction, never
+ * the secret itself; output (text and binary) is redacted to the prefix and
+ * key id.
  */
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
 #include "libpq/pqformat.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 
 #include "apikeys.h"
@@ -46,6 +48,7 @@ apikey_from_token(const char *s, size_t len)
 	memcpy(key->key_id, tok.key_id, APIKEY_KEY_ID_LEN);
 	apikey_digest(tok.secret, APIKEY_SECRET_LEN, key->digest);
 	apikey_session_mask(key->digest);
+	key->lxid = APIKEYS_CURRENT_LXID();
 	memcpy(key->prefix, tok.prefix, tok.prefix_len);
 	return key;
 }

@@ -27,6 +27,7 @@
 #include "catalog/pg_type_d.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -424,6 +425,10 @@ apikey_verify_apikey(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(0))
 		return apikey_verify_parsed(fcinfo, NULL, 0, NULL, NULL, scope);
 	key = PG_GETARG_APIKEY_P(0);
+
+	/* A value parsed in another transaction proves nothing. */
+	if (key->lxid != APIKEYS_CURRENT_LXID())
+		return apikey_verify_parsed(fcinfo, NULL, 0, NULL, NULL, scope);
 
 	/* Unmask; a value parsed by another backend yields a wrong digest. */
 	memcpy(digest, key->digest, APIKEY_DIGEST_LEN);
