@@ -499,10 +499,7 @@ COMMENT ON FUNCTION @extschema@._check_role_grant(pg_catalog.oid, pg_catalog.reg
 REVOKE ALL ON FUNCTION @extschema@._check_role_grant(pg_catalog.oid, pg_catalog.regrole) FROM PUBLIC;
 
 -- Lock and return the key row the caller may manage, or raise 42704.
--- p_renew: the change gives the key's role a credential again (rotate,
--- enable, update), which its creator may do only while still a member.
-CREATE FUNCTION @extschema@._key_for_update(p_caller pg_catalog.oid, p_key_id pg_catalog.text,
-                                            p_renew pg_catalog.bool)
+CREATE FUNCTION @extschema@._key_for_update(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
 RETURNS @extschema@.key_catalog
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -532,20 +529,43 @@ BEGIN
             USING ERRCODE = '42704',
                   HINT = 'Keys you did not create, and whose role you are not a member of, are not visible to you.';
     END IF;
-    IF p_renew AND NOT @extschema@._is_admin(p_caller)
-       AND NOT pg_catalog.pg_has_role(p_caller, k.role::pg_catalog.oid, 'MEMBER') THEN
-        RAISE EXCEPTION 'permission denied to renew api key "%"', p_key_id
-            USING ERRCODE = '42501',
-                  DETAIL = pg_catalog.format('Role %s is no longer a member of the key''s role %s.',
-                                             pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(p_caller)), k.role),
-                  HINT = 'The creator of a key may still disable, revoke or delete it.';
-    END IF;
     RETURN k;
 END
 $$;
-COMMENT ON FUNCTION @extschema@._key_for_update(pg_catalog.oid, pg_catalog.text, pg_catalog.bool) IS
-    'internal: locks a key the caller may manage (and, to renew it, is still entitled to), or raises';
-REVOKE ALL ON FUNCTION @extschema@._key_for_update(pg_catalog.oid, pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
+COMMENT ON FUNCTION @extschema@._key_for_update(pg_catalog.oid, pg_catalog.text) IS
+    'internal: locks a key the caller may manage, or raises 42704';
+REVOKE ALL ON FUNCTION @extschema@._key_for_update(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+-- Raise unless the caller may give the key's role a working credential
+-- again (rotate, enable, update): the role must still exist, and the caller
+-- must be an admin or a member of it; a creator who has left the role may
+-- still disable, revoke and delete the key, not renew it.
+CREATE FUNCTION @extschema@._check_renew(p_caller pg_catalog.oid, k @extschema@.key_catalog)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                   WHERE r.oid OPERATOR(pg_catalog.=) k.role::pg_catalog.oid) THEN
+        RAISE EXCEPTION 'role of api key "%" no longer exists', k.key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'The role the key was issued for has been dropped; the key is orphaned.',
+                  HINT = 'Give the key a role with apikey_update(key_id, role => ...), or delete it.';
+    END IF;
+    IF NOT @extschema@._is_admin(p_caller)
+       AND NOT pg_catalog.pg_has_role(p_caller, k.role::pg_catalog.oid, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied to renew api key "%"', k.key_id
+            USING ERRCODE = '42501',
+                  DETAIL = pg_catalog.format('Role %s is not a member of the key''s role %s.',
+                                             pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(p_caller)), k.role),
+                  HINT = 'The creator of a key may still disable, revoke or delete it.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@._check_renew(pg_catalog.oid, @extschema@.key_catalog) IS
+    'internal: raises unless the caller may rotate, enable or update the key (its role exists and the caller belongs to it, or is an admin)';
+REVOKE ALL ON FUNCTION @extschema@._check_renew(pg_catalog.oid, @extschema@.key_catalog) FROM PUBLIC;
 
 CREATE FUNCTION @extschema@._apikey_create(p_caller pg_catalog.oid,
                                            p_name pg_catalog.text,
@@ -611,13 +631,14 @@ DECLARE
     k @extschema@.key_catalog;
     m record;
 BEGIN
-    k := @extschema@._key_for_update(p_caller, p_key_id, true);
+    k := @extschema@._key_for_update(p_caller, p_key_id);
     IF k.state OPERATOR(pg_catalog.=) 'revoked' THEN
         RAISE EXCEPTION 'cannot rotate revoked api key "%"', p_key_id
             USING ERRCODE = '55000',
                   DETAIL = 'Revocation is permanent.',
                   HINT = 'Create a new key instead.';
     END IF;
+    PERFORM @extschema@._check_renew(p_caller, k);
     IF p_grace IS NOT NULL AND p_grace OPERATOR(pg_catalog.<) '0'::pg_catalog.interval THEN
         RAISE EXCEPTION 'grace period must not be negative'
             USING ERRCODE = '22023',
@@ -657,8 +678,7 @@ AS $$
 DECLARE
     k @extschema@.key_catalog;
 BEGIN
-    k := @extschema@._key_for_update(p_caller, p_key_id,
-                                     p_state OPERATOR(pg_catalog.=) 'active');
+    k := @extschema@._key_for_update(p_caller, p_key_id);
     IF k.state OPERATOR(pg_catalog.=) p_state THEN
         RETURN;                     -- already there: nothing to do, nothing to audit
     END IF;
@@ -667,6 +687,9 @@ BEGIN
             USING ERRCODE = '55000',
                   DETAIL = 'Revocation is permanent.',
                   HINT = 'Create a new key instead.';
+    END IF;
+    IF p_state OPERATOR(pg_catalog.=) 'active' THEN
+        PERFORM @extschema@._check_renew(p_caller, k);
     END IF;
     UPDATE @extschema@.key_catalog c
        SET state = p_state,
@@ -726,7 +749,7 @@ AS $$
 DECLARE
     k @extschema@.key_catalog;
 BEGIN
-    k := @extschema@._key_for_update(p_caller, p_key_id, false);
+    k := @extschema@._key_for_update(p_caller, p_key_id);
     DELETE FROM @extschema@.key_catalog c WHERE c.key_id OPERATOR(pg_catalog.=) k.key_id;
 END
 $$;
@@ -749,15 +772,19 @@ AS $$
 DECLARE
     k @extschema@.key_catalog;
 BEGIN
-    k := @extschema@._key_for_update(p_caller, p_key_id, true);
+    k := @extschema@._key_for_update(p_caller, p_key_id);
     IF k.state OPERATOR(pg_catalog.=) 'revoked' THEN
         RAISE EXCEPTION 'cannot update revoked api key "%"', p_key_id
             USING ERRCODE = '55000',
                   DETAIL = 'Revocation is permanent.';
     END IF;
     PERFORM @extschema@._check_settings(p_name, p_scopes, p_expires_at, p_metadata);
+    -- moving the key to another role needs the right to issue keys for that
+    -- role; any other change needs the right to renew it for its own
     IF p_role IS NOT NULL THEN
         PERFORM @extschema@._check_role_grant(p_caller, p_role);
+    ELSE
+        PERFORM @extschema@._check_renew(p_caller, k);
     END IF;
     UPDATE @extschema@.key_catalog c
        SET name = COALESCE(p_name, c.name),

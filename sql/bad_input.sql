@@ -51,4 +51,5 @@ SELECT (apikey_verify(:'token', 's')).status;
 SELECT apikey_delete(:'key_id');
 
 -- clean up
-SELECT count(apikeys.apikey_delete(key_id)) >= 0 AS cleaned FROM apikeys.keys;
+SELECT apikeys.apikey_delete(key_id) FROM apikeys.keys \g /dev/null
+SELECT count(*) AS keys_left FROM apikeys.keys;

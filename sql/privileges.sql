@@ -59,21 +59,28 @@ SELECT regress.try(format('SELECT apikeys.apikey_disable(%L)', :'alice_own'), :'
 RESET ROLE;
 
 -- a creator who leaves the key's role still sees it and can switch it off,
--- but can no longer renew it (rotate, enable, update): a key never exceeds
--- its creator
+-- but can no longer renew it (rotate, enable, update)
 REVOKE regress_app FROM regress_alice;
 SET ROLE regress_alice;
 SELECT name FROM apikeys.keys ORDER BY name;
+-- the key authenticates as its role, not as its creator: the token alice
+-- already holds still works ...
+SELECT status, role FROM apikeys.apikey_verify(:'alice_token');
+SELECT apikeys.apikey_enable(:'alice_key');     -- already active: a no-op
 SELECT apikeys.apikey_disable(:'alice_key');
 SELECT regress.try(format('SELECT apikeys.apikey_enable(%L)', :'alice_key'), :'alice_key');
 SELECT regress.try(format('SELECT apikeys.apikey_rotate(%L)', :'alice_key'), :'alice_key');
 SELECT regress.try(format('SELECT apikeys.apikey_update(%L, scopes => %L)', :'alice_key', '{admin}'), :'alice_key');
 SELECT status FROM apikeys.keys WHERE key_id = :'alice_key';
 RESET ROLE;
-GRANT regress_app TO regress_alice;
-SET ROLE regress_alice;
+-- ... until a member of the role (or an admin) rotates it, which she cannot undo
+SET ROLE regress_carol;
 SELECT apikeys.apikey_enable(:'alice_key');
+SELECT apikeys.apikey_rotate(:'alice_key') AS carol_token \gset
 RESET ROLE;
+SELECT (apikeys.apikey_verify(:'alice_token')).status AS alice_token,
+       (apikeys.apikey_verify(:'carol_token')).status AS carol_token;
+GRANT regress_app TO regress_alice;
 
 -- role names are compared as names, never parsed: a role called "10" is not
 -- OID 10 (the bootstrap superuser), and "Regress_Mixed" is not regress_mixed
