@@ -28,6 +28,10 @@ my $q = q{SELECT string_agg(label || '=' || (apikeys.apikey_verify(token, 'r')).
 is($standby->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 't', 'standby is in recovery');
 is($standby->safe_psql('postgres', $q), 'a=valid b=insufficient_scope', 'verify on the standby');
 
+# one standby session stays open across the replay: it must not keep stale state
+my $session = $standby->background_psql('postgres');
+is($session->query_safe($q), 'a=valid b=insufficient_scope', 'verify in a long-lived standby session');
+
 # lifecycle changes replay: a revoke, a rotation, a disable
 $primary->safe_psql('postgres', q{
     SELECT apikeys.apikey_revoke(key_id) FROM test_tokens WHERE label = 'a';
@@ -36,6 +40,8 @@ $primary->safe_psql('postgres', q{
 });
 $primary->wait_for_catchup($standby);
 is($standby->safe_psql('postgres', $q), 'a=revoked b=valid', 'revoke and rotation replayed');
+is($session->query_safe($q), 'a=revoked b=valid', 'the long-lived session sees the replayed changes');
+$session->quit;
 is($standby->safe_psql('postgres', $q), $primary->safe_psql('postgres', $q),
    'standby and primary agree');
 
