@@ -34,7 +34,7 @@ rc=0
     --host="$PGSOCK" --port="$PGPORT" --user=postgres \
     --dbname=contrib_regression \
     --load-extension=pgcrypto --load-extension=apikeys \
-    $(make -s --no-print-directory print-regress) || rc=$?
+    $(make -s --no-print-directory print-regress) 2>&1 | tee "$RESULTS/regress.out" || rc=$?
 [ $rc -eq 0 ] || cat "$RESULTS/regress/regression.diffs" 2>/dev/null || true
 suite_result $rc
 
@@ -45,7 +45,7 @@ rc=0
     --host="$PGSOCK" --port="$PGPORT" --user=postgres \
     --dbname=isolation_regression \
     --load-extension=pgcrypto --load-extension=apikeys \
-    $(make -s --no-print-directory print-isolation) || rc=$?
+    $(make -s --no-print-directory print-isolation) 2>&1 | tee "$RESULTS/isolation.out" || rc=$?
 [ $rc -eq 0 ] || cat "$RESULTS/isolation/regression.diffs" 2>/dev/null || true
 suite_result $rc
 
@@ -72,5 +72,11 @@ if [ $rc -ne 0 ]; then
 fi
 suite_result $rc
 
+# One line for the whole run: test files passed and failed, all suites.
+files_ok=$(cat "$RESULTS/regress.out" "$RESULTS/isolation.out" "$RESULTS/tap.out" 2>/dev/null \
+    | grep -cE '^(test | +)?[A-Za-z0-9_/.]+ +\.\.\.* +ok( |$)|^\[[0-9:]+\] t/[^ ]+ \.+ ok' || true)
+files_failed=$(cat "$RESULTS/regress.out" "$RESULTS/isolation.out" "$RESULTS/tap.out" 2>/dev/null \
+    | grep -cE '\.\.\. FAILED|^\[[0-9:]+\] t/[^ ]+ \.+ (Dubious|Failed)' || true)
 echo "suites: $passed passed, $failed failed"
+echo "tests: $files_ok passed, $files_failed failed"
 [ "$failed" -eq 0 ]
