@@ -76,7 +76,7 @@ suite_result $rc
 files_ok=$(cat "$RESULTS/regress.out" "$RESULTS/isolation.out" "$RESULTS/tap.out" 2>/dev/null \
     | grep -cE '^(test | +)?[A-Za-z0-9_/.]+ +\.\.\.* +ok( |$)|^\[[0-9:]+\] t/[^ ]+ \.+ ok' || true)
 files_failed=$(cat "$RESULTS/regress.out" "$RESULTS/isolation.out" "$RESULTS/tap.out" 2>/dev/null \
-    | grep -cE '\.\.\. FAILED|^\[[0-9:]+\] t/[^ ]+ \.+ (Dubious|Failed)' || true)
+    | grep -cE '\.\.\. FAILED|^t/[^ ]+ +\(Wstat: ' || true)
 echo "suites: $passed passed, $failed failed"
 echo "tests: $files_ok passed, $files_failed failed"
 [ "$failed" -eq 0 ]
