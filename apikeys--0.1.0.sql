@@ -164,6 +164,26 @@ $$;
 COMMENT ON FUNCTION @extschema@._is_admin(pg_catalog.oid) IS
     'is the role a superuser or a member of apikeys_admin?';
 
+CREATE FUNCTION @extschema@._role_exists(role pg_catalog.oid)
+RETURNS pg_catalog.bool
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) role)
+$$;
+COMMENT ON FUNCTION @extschema@._role_exists(pg_catalog.oid) IS
+    'does a role with this oid exist? (a key whose role does not is orphaned)';
+
+CREATE FUNCTION @extschema@._may_act_for(who pg_catalog.oid, role pg_catalog.oid)
+RETURNS pg_catalog.bool
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT @extschema@._is_admin(who) OR pg_catalog.pg_has_role(who, role, 'MEMBER')
+$$;
+COMMENT ON FUNCTION @extschema@._may_act_for(pg_catalog.oid, pg_catalog.oid) IS
+    'may the role issue and renew keys for the other role? (admins, and members of it)';
+
 CREATE FUNCTION @extschema@._can_manage(who pg_catalog.oid,
                                         key_role pg_catalog.oid,
                                         key_creator pg_catalog.oid)
@@ -171,9 +191,8 @@ RETURNS pg_catalog.bool
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT @extschema@._is_admin(who)
-        OR key_creator OPERATOR(pg_catalog.=) who
-        OR pg_catalog.pg_has_role(who, key_role, 'MEMBER')
+    SELECT key_creator OPERATOR(pg_catalog.=) who
+        OR @extschema@._may_act_for(who, key_role)
 $$;
 COMMENT ON FUNCTION @extschema@._can_manage(pg_catalog.oid, pg_catalog.oid, pg_catalog.oid) IS
     'may the role see and manage a key with this role and creator? (admins, the creator, members of the key''s role)';
@@ -208,9 +227,7 @@ SELECT k.key_id,
        k.scopes,
        CASE
            WHEN k.state OPERATOR(pg_catalog.=) 'revoked' THEN 'revoked'
-           WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                            WHERE r.oid OPERATOR(pg_catalog.=) k.role::pg_catalog.oid)
-               THEN 'orphaned'
+           WHEN NOT @extschema@._role_exists(k.role::pg_catalog.oid) THEN 'orphaned'
            WHEN k.state OPERATOR(pg_catalog.=) 'disabled' THEN 'disabled'
            WHEN k.expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp() THEN 'expired'
            ELSE 'active'
@@ -479,13 +496,11 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                   WHERE r.oid OPERATOR(pg_catalog.=) p_role::pg_catalog.oid) THEN
+    IF NOT @extschema@._role_exists(p_role::pg_catalog.oid) THEN
         RAISE EXCEPTION 'role with oid % does not exist', p_role::pg_catalog.oid
             USING ERRCODE = '42704';
     END IF;
-    IF NOT @extschema@._is_admin(p_caller)
-       AND NOT pg_catalog.pg_has_role(p_caller, p_role::pg_catalog.oid, 'MEMBER') THEN
+    IF NOT @extschema@._may_act_for(p_caller, p_role::pg_catalog.oid) THEN
         RAISE EXCEPTION 'permission denied to issue api keys for role %', p_role
             USING ERRCODE = '42501',
                   DETAIL = pg_catalog.format('Role %s is not a member of role %s.',
@@ -546,15 +561,13 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                   WHERE r.oid OPERATOR(pg_catalog.=) k.role::pg_catalog.oid) THEN
+    IF NOT @extschema@._role_exists(k.role::pg_catalog.oid) THEN
         RAISE EXCEPTION 'role of api key "%" no longer exists', k.key_id
             USING ERRCODE = '55000',
                   DETAIL = 'The role the key was issued for has been dropped; the key is orphaned.',
                   HINT = 'Give the key a role with apikey_update(key_id, role => ...), or delete it.';
     END IF;
-    IF NOT @extschema@._is_admin(p_caller)
-       AND NOT pg_catalog.pg_has_role(p_caller, k.role::pg_catalog.oid, 'MEMBER') THEN
+    IF NOT @extschema@._may_act_for(p_caller, k.role::pg_catalog.oid) THEN
         RAISE EXCEPTION 'permission denied to renew api key "%"', k.key_id
             USING ERRCODE = '42501',
                   DETAIL = pg_catalog.format('Role %s is not a member of the key''s role %s.',
