@@ -185,7 +185,7 @@ copy_varlena(Datum d)
  */
 static bool
 lookup_key(const char *prefix, int prefix_len, const char *key_id,
-		   const uint8 *digest, KeyRow *row)
+		   const uint8 *digest, TimestampTz now, KeyRow *row)
 {
 	Relation	rel;
 	Oid			indexid;
@@ -227,7 +227,6 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 		if ((int) VARSIZE_ANY_EXHDR(stored_prefix) == prefix_len &&
 			memcmp(VARDATA_ANY(stored_prefix), prefix, prefix_len) == 0)
 		{
-			TimestampTz now = GetCurrentTimestamp();
 			text	   *state = DatumGetTextPP(values[COL(Anum_key_state)]);
 
 			found = true;
@@ -355,13 +354,16 @@ apikey_verify_parsed(FunctionCallInfo fcinfo, const char *prefix,
 					 const uint8 *digest, text *scope)
 {
 	KeyRow		row;
+	TimestampTz now;
 	char	   *role_name;
 
 	if (key_id == NULL)
 		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
 
 	memset(&row, 0, sizeof(row));
-	if (!lookup_key(prefix, prefix_len, key_id, digest, &row) || !row.secret_ok)
+	/* one clock reading serves the grace period and the expiry */
+	now = GetCurrentTimestamp();
+	if (!lookup_key(prefix, prefix_len, key_id, digest, now, &row) || !row.secret_ok)
 		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
 
 	/* A key whose role was dropped is orphaned: it authenticates nobody. */
@@ -373,7 +375,7 @@ apikey_verify_parsed(FunctionCallInfo fcinfo, const char *prefix,
 		return make_result(fcinfo, "revoked", key_id, role_name, &row);
 	if (row.state != 'a')
 		return make_result(fcinfo, "disabled", key_id, role_name, &row);
-	if (!row.expires_null && row.expires_at <= GetCurrentTimestamp())
+	if (!row.expires_null && row.expires_at <= now)
 		return make_result(fcinfo, "expired", key_id, role_name, &row);
 	if (scope != NULL &&
 		(row.scopes_null || !scopes_contain(row.scopes, scope)))
