@@ -2,10 +2,10 @@
 # newcomer needs; both install what is missing first (see test/setup.sh).
 
 EXTENSION  = apikeys
-EXTVERSION = 0.1.0
+EXTVERSION = 0.2.0
 MODULE_big = apikeys
 OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/lifecycle.o
-DATA       = apikeys--0.1.0.sql
+DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)

@@ -1,6 +1,6 @@
 -- bad_input: apikey_verify never raises for client input, whatever it is.
 \set VERBOSITY terse
-SET search_path = apikeys, public;
+SET search_path = apikeys, apikeys_internal, public;
 
 SELECT key_id, token FROM apikey_create('target', scopes => '{s}') \gset
 
@@ -10,7 +10,7 @@ INSERT INTO inputs VALUES
     ('empty', ''),
     ('space', ' '),
     ('garbage', 'hello world'),
-    ('sql', $$'; DROP TABLE apikeys.key_catalog; --$$),
+    ('sql', $$'; DROP TABLE apikeys_internal.key_catalog; --$$),
     ('100 kB', repeat('a', 100000)),
     ('100 kB of underscores', repeat('_', 100000)),
     ('1 MB', repeat('ak_', 350000)),

@@ -1,6 +1,6 @@
 -- lifecycle: disable, enable, revoke, delete, update and their wrong states.
 \set VERBOSITY terse
-SET search_path = apikeys, public;
+SET search_path = apikeys, apikeys_internal, public;
 
 CREATE ROLE regress_lc_a NOLOGIN;
 CREATE ROLE regress_lc_b NOLOGIN;

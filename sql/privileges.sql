@@ -1,6 +1,6 @@
 -- privileges: who may create, see and manage keys; what non-admins can read.
 \set VERBOSITY terse
-SET search_path = apikeys, public;
+SET search_path = apikeys, apikeys_internal, public;
 
 -- the admin role exists and cannot log in
 SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = 'apikeys_admin';
@@ -37,17 +37,17 @@ SELECT regress.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'alic
 -- but anyone can verify any key
 SELECT status, role FROM apikeys.apikey_verify(:'alice_token');
 -- and nobody but admins can read hashes or write the catalog directly
-SELECT regress.try('SELECT hash FROM apikeys.key_catalog');
-SELECT regress.try('SELECT prev_hash FROM apikeys.key_catalog');
-SELECT regress.try('SELECT * FROM apikeys.key_catalog');
-SELECT regress.try($$UPDATE apikeys.key_catalog SET state = 'active'$$);
-SELECT regress.try($$DELETE FROM apikeys.key_catalog$$);
+SELECT regress.try('SELECT hash FROM apikeys_internal.key_catalog');
+SELECT regress.try('SELECT prev_hash FROM apikeys_internal.key_catalog');
+SELECT regress.try('SELECT * FROM apikeys_internal.key_catalog');
+SELECT regress.try($$UPDATE apikeys_internal.key_catalog SET state = 'active'$$);
+SELECT regress.try($$DELETE FROM apikeys_internal.key_catalog$$);
 SELECT regress.try($$INSERT INTO apikeys.audit_log (action, key_id, actor, actor_role) VALUES ('x', 'y', 'z', 'w')$$);
 -- the internal halves cannot be called to forge a caller
-SELECT regress.try(format($$SELECT * FROM apikeys._apikey_create(%s, 'forged', 'postgres', '{}', NULL, NULL, '{}')$$,
+SELECT regress.try(format($$SELECT * FROM apikeys_internal._apikey_create(%s, 'forged', 'postgres', '{}', NULL, NULL, '{}')$$,
                           'postgres'::regrole::oid));
-SELECT regress.try(format($$SELECT apikeys._apikey_revoke(%s, %L)$$, 'postgres'::regrole::oid, :'alice_key'));
-SELECT regress.try($$SELECT * FROM apikeys._mint('ak', NULL)$$);
+SELECT regress.try(format($$SELECT apikeys_internal._apikey_revoke(%s, %L)$$, 'postgres'::regrole::oid, :'alice_key'));
+SELECT regress.try($$SELECT * FROM apikeys_internal._mint('ak', NULL)$$);
 RESET ROLE;
 
 -- a member of the key's role manages it, even without having created it
@@ -93,7 +93,7 @@ RESET ROLE;
 SET ROLE "10";
 SELECT count(*) AS keys_seen_by_10 FROM apikeys.keys;
 SELECT count(*) AS audit_rows_seen_by_10 FROM apikeys.audit_log;
-SELECT regress.try('SELECT count(hash) FROM apikeys.key_catalog');
+SELECT regress.try('SELECT count(hash) FROM apikeys_internal.key_catalog');
 RESET ROLE;
 SET ROLE "Regress_Mixed";
 SELECT key_id AS mixed_key FROM apikeys.apikey_create('mixed-case key') \gset
@@ -106,7 +106,7 @@ DROP ROLE "10", "Regress_Mixed", regress_mixed;
 -- admins see and manage everything, including hashes
 SET ROLE regress_admin;
 SELECT name, role FROM apikeys.keys ORDER BY name;
-SELECT count(*) AS hashes FROM apikeys.key_catalog WHERE length(hash) = 32;
+SELECT count(*) AS hashes FROM apikeys_internal.key_catalog WHERE length(hash) = 32;
 SELECT apikeys.apikey_revoke(:'bob_key');
 SELECT key_id AS admin_made FROM apikeys.apikey_create('for bob', role => 'regress_bob') \gset
 SELECT created_by, role FROM apikeys.keys WHERE key_id = :'admin_made';
@@ -126,16 +126,16 @@ RESET ROLE;
 SELECT role, created_by FROM apikeys.keys WHERE key_id = :'wrapped';
 SELECT actor, actor_role FROM apikeys.audit_log WHERE key_id = :'wrapped';
 
--- the listing view and the audit log are behind forced row-level security
+-- the key catalog and the audit log are behind forced row-level security
 SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class
- WHERE oid IN ('apikeys.key_catalog'::regclass, 'apikeys.audit_log'::regclass) ORDER BY relname;
+ WHERE oid IN ('apikeys_internal.key_catalog'::regclass, 'apikeys_internal.audit_log'::regclass) ORDER BY relname;
 
 -- every SECURITY DEFINER function pins search_path and is not executable by PUBLIC
-SELECT p.proname,
+SELECT p.pronamespace::regnamespace AS schema, p.proname,
        coalesce(array_to_string(p.proconfig, ',') LIKE '%search_path=pg_catalog, pg_temp%', false) AS pinned,
        has_function_privilege('public', p.oid, 'EXECUTE') AS public_exec
-  FROM pg_proc p WHERE p.pronamespace = 'apikeys'::regnamespace AND p.prosecdef
- ORDER BY p.proname;
+  FROM pg_proc p WHERE p.pronamespace IN ('apikeys'::regnamespace, 'apikeys_internal'::regnamespace) AND p.prosecdef
+ ORDER BY 1, 2;
 
 -- clean up
 DROP FUNCTION public.issue_app_key(text);

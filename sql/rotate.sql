@@ -1,6 +1,6 @@
 -- rotate: new secret, same key; the old secret stops at commit or after grace.
 \set VERBOSITY terse
-SET search_path = apikeys, public;
+SET search_path = apikeys, apikeys_internal, public;
 
 SELECT key_id, token AS t1 FROM apikey_create('rotating', scopes => '{a,b}',
     prefix => 'ak_live', metadata => '{"env": "prod"}',

@@ -1,6 +1,6 @@
 -- type_io: the apikey type's input, output, binary I/O and accessors.
 \set VERBOSITY terse
-SET search_path = apikeys, public;
+SET search_path = apikeys, apikeys_internal, public;
 
 SELECT key_id, token FROM apikey_create('type io', prefix => 'ak_test') \gset
 
@@ -65,7 +65,7 @@ SELECT (apikey_verify(k)).status AS same_transaction FROM stored;
 COMMIT;
 SELECT (apikey_verify(k)).status AS later_transaction FROM stored;
 \c
-SET search_path = apikeys, public;
+SET search_path = apikeys, apikeys_internal, public;
 SELECT (apikey_verify(k)).status AS other_session FROM stored;
 -- a token cast in the statement itself always works
 SELECT (apikey_verify(t::apikeys.apikey)).status AS parsed_here FROM tok;

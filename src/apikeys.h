@@ -8,6 +8,14 @@
 #define APIKEYS_H
 
 #include "fmgr.h"
+#include "datatype/timestamp.h"
+#include "utils/array.h"
+#include "utils/inet.h"
+#include "utils/jsonb.h"
+
+/* The schema of the extension's tables and internal functions. */
+#define APIKEYS_INTERNAL_SCHEMA	"apikeys_internal"
+#define APIKEYS_CATALOG			"key_catalog"
 
 /*
  * Token geometry: <prefix>_<key_id>_<secret><checksum>
@@ -82,6 +90,8 @@ enum
 	Anum_key_updated_at,
 	Anum_key_rotated_at,
 	Anum_key_revoked_at,
+	Anum_key_allowed_ips,		/* added in 0.2.0 */
+	Anum_key_allowed_origins,	/* added in 0.2.0 */
 	Natts_key
 };
 #define Natts_key_catalog		(Natts_key - 1)
@@ -97,11 +107,55 @@ extern void apikey_digest(const char *secret, size_t len,
 extern void apikey_session_mask(uint8 digest[APIKEY_DIGEST_LEN]);
 extern bool apikey_digest_equal(const uint8 *a, const uint8 *b, size_t len);
 
-/* verify.c */
-extern Datum apikey_verify_parsed(FunctionCallInfo fcinfo,
-								  const char *prefix, int prefix_len,
-								  const char *key_id,
-								  const uint8 *digest,
-								  text *scope);
+/*
+ * verify.c: the outcome of one verification, for the SQL functions and for
+ * apikey_login.  Statuses are in the order verify checks them.
+ */
+typedef enum ApiKeyStatus
+{
+	APIKEY_VALID = 0,
+	APIKEY_INVALID,
+	APIKEY_REVOKED,
+	APIKEY_DISABLED,
+	APIKEY_EXPIRED,
+	APIKEY_IP_NOT_ALLOWED,
+	APIKEY_ORIGIN_NOT_ALLOWED,
+	APIKEY_INSUFFICIENT_SCOPE,
+	APIKEY_RATE_LIMITED,
+	APIKEY_QUOTA_EXCEEDED
+} ApiKeyStatus;
+
+/* What the caller asks of the key, besides holding a live token. */
+typedef struct ApiKeyRequest
+{
+	text	   *scope;			/* NULL: no scope required */
+	inet	   *client_ip;		/* NULL: unknown */
+	text	   *origin;			/* NULL: unknown */
+} ApiKeyRequest;
+
+/*
+ * The verdict.  Key details are filled in (palloc'd in the caller's memory
+ * context) for every status but APIKEY_INVALID, which reveals nothing.
+ */
+typedef struct ApiKeyVerdict
+{
+	ApiKeyStatus status;
+	char		key_id[APIKEY_KEY_ID_LEN + 1];
+	Oid			role;
+	text	   *name;
+	ArrayType  *scopes;
+	Jsonb	   *metadata;
+	bool		has_expiry;
+	TimestampTz expires_at;
+} ApiKeyVerdict;
+
+extern const char *apikey_status_name(ApiKeyStatus status);
+extern void apikey_verify_token(const char *s, size_t len,
+								const ApiKeyRequest *req, ApiKeyVerdict *out);
+extern void apikey_verify_digest(const char *prefix, int prefix_len,
+								 const char *key_id, const uint8 *digest,
+								 const ApiKeyRequest *req, ApiKeyVerdict *out);
+extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
+							   int want_len);
 
 #endif							/* APIKEYS_H */

@@ -6,12 +6,12 @@
  * Each public lifecycle function is a thin C entry point running as the
  * invoker.  It records who called it (GetUserId(), the role whose
  * privileges a SECURITY DEFINER wrapper of the caller's own would carry)
- * and calls the matching internal PL/pgSQL function apikeys._<name>, which
+ * and calls the matching internal PL/pgSQL function apikeys_internal._<name>, which
  * is SECURITY DEFINER, pinned to a safe search_path and not executable by
  * PUBLIC.  The internal function receives the caller as its first argument
  * and makes every privilege decision with it, so no caller can forge
  * another identity, and the audit trigger reads the same caller through
- * apikeys._actor().
+ * apikeys_internal._actor().
  */
 #include "postgres.h"
 
@@ -21,7 +21,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/value.h"
-#include "parser/parse_func.h"
+#include "catalog/namespace.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
@@ -40,7 +40,10 @@ typedef struct InternalCall
 	int			nargs;
 } InternalCall;
 
-/* Resolve apikeys._<own name>(oid, <own argument types>) once per call site. */
+/*
+ * Resolve apikeys_internal._<own name>(oid, <own argument types>) once per
+ * call site.
+ */
 static InternalCall *
 internal_call_for(FunctionCallInfo fcinfo)
 {
@@ -50,6 +53,7 @@ internal_call_for(FunctionCallInfo fcinfo)
 	Oid			argtypes[FUNC_MAX_ARGS];
 	char	   *internal_name;
 	Oid			internal_oid;
+	Oid			nsp;
 	int			nargs;
 
 	if (ic != NULL)
@@ -67,9 +71,22 @@ internal_call_for(FunctionCallInfo fcinfo)
 	internal_name = psprintf("_%s", NameStr(proc->proname));
 	ReleaseSysCache(tp);
 
-	internal_oid = LookupFuncName(list_make2(makeString("apikeys"),
-											 makeString(internal_name)),
-								  nargs + 1, argtypes, false);
+	/*
+	 * Look the function up by schema OID, name and argument types: the
+	 * caller has no USAGE on the private schema, and needs none (a lookup
+	 * through the parser would check it).
+	 */
+	nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, false);
+	tp = SearchSysCache3(PROCNAMEARGSNSP, CStringGetDatum(internal_name),
+						 PointerGetDatum(buildoidvector(argtypes, nargs + 1)),
+						 ObjectIdGetDatum(nsp));
+	if (!HeapTupleIsValid(tp))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function %s.%s is missing", APIKEYS_INTERNAL_SCHEMA, internal_name),
+				 errhint("Re-create the extension, or finish updating it with ALTER EXTENSION apikeys UPDATE.")));
+	internal_oid = ((Form_pg_proc) GETSTRUCT(tp))->oid;
+	ReleaseSysCache(tp);
 
 	ic = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(InternalCall));
 	fmgr_info_cxt(internal_oid, &ic->flinfo, fcinfo->flinfo->fn_mcxt);
@@ -88,8 +105,14 @@ call_internal(FunctionCallInfo fcinfo, bool *isnull)
 	Oid			saved_actor = current_actor;
 	Datum		result;
 
+	/*
+	 * The caller's collation is not passed on: the internal functions compare
+	 * key ids and match patterns under collations of their own choosing, and
+	 * an ICU or nondeterministic collation on an argument must not change
+	 * that (or make it fail).
+	 */
 	InitFunctionCallInfoData(*inner, &ic->flinfo, ic->nargs + 1,
-							 fcinfo->fncollation, NULL, NULL);
+							 InvalidOid, NULL, NULL);
 	inner->args[0].value = ObjectIdGetDatum(caller);
 	inner->args[0].isnull = false;
 	for (int i = 0; i < ic->nargs; i++)
@@ -140,13 +163,13 @@ apikeys_create(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	result = call_internal(fcinfo, &isnull);
 	if (isnull)
-		elog(ERROR, "apikeys._apikey_create returned null");
+		elog(ERROR, "apikeys_internal._apikey_create returned null");
 
 	th = DatumGetHeapTupleHeader(result);
 	rowdesc = lookup_rowtype_tupdesc(HeapTupleHeaderGetTypeId(th),
 									 HeapTupleHeaderGetTypMod(th));
 	if (rowdesc->natts != 2 || rsinfo->setDesc->natts != 2)
-		elog(ERROR, "unexpected row shape from apikeys._apikey_create");
+		elog(ERROR, "unexpected row shape from apikeys_internal._apikey_create");
 	tuple.t_len = HeapTupleHeaderGetDatumLength(th);
 	ItemPointerSetInvalid(&tuple.t_self);
 	tuple.t_tableOid = InvalidOid;
@@ -158,7 +181,7 @@ apikeys_create(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* SQL function: apikeys._actor() returns oid */
+/* SQL function: apikeys_internal._actor() returns oid */
 PG_FUNCTION_INFO_V1(apikeys_actor);
 Datum
 apikeys_actor(PG_FUNCTION_ARGS)
@@ -168,7 +191,7 @@ apikeys_actor(PG_FUNCTION_ARGS)
 	PG_RETURN_OID(current_actor);
 }
 
-/* SQL function: apikeys._mint(text, text) returns record(key_id text, token text, hash bytea, hash_version int2) */
+/* SQL function: apikeys_internal._mint(text, text) returns record(key_id text, token text, hash bytea, hash_version int2) */
 PG_FUNCTION_INFO_V1(apikeys_mint);
 Datum
 apikeys_mint(PG_FUNCTION_ARGS)
@@ -207,7 +230,7 @@ apikeys_mint(PG_FUNCTION_ARGS)
 		text	   *k = PG_GETARG_TEXT_PP(1);
 
 		if (VARSIZE_ANY_EXHDR(k) != APIKEY_KEY_ID_LEN)
-			elog(ERROR, "malformed key id passed to apikeys._mint");
+			elog(ERROR, "malformed key id passed to apikeys_internal._mint");
 		memcpy(key_id, VARDATA_ANY(k), APIKEY_KEY_ID_LEN);
 	}
 
@@ -230,7 +253,7 @@ apikeys_mint(PG_FUNCTION_ARGS)
 	memcpy(VARDATA(hash), digest, APIKEY_DIGEST_LEN);
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "apikeys._mint must return a composite type");
+		elog(ERROR, "apikeys_internal._mint must return a composite type");
 	tupdesc = BlessTupleDesc(tupdesc);
 	values[0] = PointerGetDatum(cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN));
 	values[1] = PointerGetDatum(cstring_to_text_with_len(token, len));
@@ -243,7 +266,7 @@ apikeys_mint(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(result);
 }
 
-/* SQL function: apikeys._current_role() returns oid */
+/* SQL function: apikeys_internal._current_role() returns oid */
 PG_FUNCTION_INFO_V1(apikeys_current_role);
 Datum
 apikeys_current_role(PG_FUNCTION_ARGS)

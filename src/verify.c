@@ -14,6 +14,8 @@
  */
 #include "postgres.h"
 
+#include <sys/socket.h>
+
 #include "access/detoast.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -37,13 +39,12 @@
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/syscache.h"
 #include "utils/typcache.h"
 
 #include "apikeys.h"
 #include "compat.h"
 
-#define APIKEYS_SCHEMA			"apikeys"
-#define APIKEYS_CATALOG			"key_catalog"
 
 /* Columns of apikeys.verification, in type order. */
 enum
@@ -72,6 +73,10 @@ typedef struct KeyRow
 	bool		expires_null;
 	Datum		metadata;
 	bool		metadata_null;
+	Datum		allowed_ips;
+	bool		ips_null;
+	Datum		allowed_origins;
+	bool		origins_null;
 } KeyRow;
 
 /*
@@ -105,7 +110,7 @@ resolve_catalog(void)
 		CacheRegisterRelcacheCallback(catalog_relcache_callback, (Datum) 0);
 		catalog_callback_registered = true;
 	}
-	nsp = get_namespace_oid(APIKEYS_SCHEMA, true);
+	nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true);
 	if (OidIsValid(nsp))
 		relid = get_relname_relid(APIKEYS_CATALOG, nsp);
 	if (!OidIsValid(relid))
@@ -258,6 +263,12 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 				row->metadata_null = nulls[COL(Anum_key_metadata)];
 				if (!row->metadata_null)
 					row->metadata = copy_varlena(values[COL(Anum_key_metadata)]);
+				row->ips_null = nulls[COL(Anum_key_allowed_ips)];
+				if (!row->ips_null)
+					row->allowed_ips = copy_varlena(values[COL(Anum_key_allowed_ips)]);
+				row->origins_null = nulls[COL(Anum_key_allowed_origins)];
+				if (!row->origins_null)
+					row->allowed_origins = copy_varlena(values[COL(Anum_key_allowed_origins)]);
 			}
 		}
 #undef COL
@@ -270,38 +281,189 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 	return found;
 }
 
-/* Is scope among the key's scopes ('*' grants every scope)? */
-static bool
-scopes_contain(Datum scopes, text *scope)
+/*
+ * Does a key holding scopes hold want?  A held scope ending in '*' holds
+ * every scope that starts with what precedes the '*' ('jobs:*' holds
+ * 'jobs:read'; '*' holds everything); any other held scope only itself.
+ */
+bool
+apikey_scopes_hold(ArrayType *scopes, const char *want, int want_len)
 {
-	ArrayType  *arr = DatumGetArrayTypeP(scopes);
 	Datum	   *elems;
 	bool	   *enulls;
 	int			n;
-	const char *want = VARDATA_ANY(scope);
-	int			want_len = VARSIZE_ANY_EXHDR(scope);
 
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &enulls, &n);
+	deconstruct_array(scopes, TEXTOID, -1, false, TYPALIGN_INT, &elems, &enulls, &n);
 	for (int i = 0; i < n; i++)
 	{
 		text	   *e;
+		const char *p;
 		int			len;
 
 		if (enulls[i])
 			continue;
 		e = DatumGetTextPP(elems[i]);
+		p = VARDATA_ANY(e);
 		len = VARSIZE_ANY_EXHDR(e);
-		if ((len == 1 && *VARDATA_ANY(e) == '*') ||
-			(len == want_len && memcmp(VARDATA_ANY(e), want, len) == 0))
+		if (len == want_len && memcmp(p, want, len) == 0)
+			return true;
+		if (len > 0 && p[len - 1] == '*' &&
+			want_len >= len - 1 && memcmp(p, want, len - 1) == 0)
 			return true;
 	}
 	return false;
 }
 
-/* Build the apikeys.verification row. */
+/*
+ * An IPv4 address written as IPv4-mapped IPv6 (::ffff:a.b.c.d), as a
+ * dual-stack listener reports it, is matched as the IPv4 address.
+ */
+static inet *
+unmap_ipv4(inet *ip)
+{
+	static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	inet	   *v4;
+
+	if (ip_family(ip) != PGSQL_AF_INET6 || ip_bits(ip) < 96 ||
+		memcmp(ip_addr(ip), mapped, sizeof(mapped)) != 0)
+		return ip;
+	v4 = (inet *) palloc0(sizeof(inet));
+	ip_family(v4) = PGSQL_AF_INET;
+	ip_bits(v4) = ip_bits(ip) - 96;
+	memcpy(ip_addr(v4), ip_addr(ip) + 12, 4);
+	SET_INET_VARSIZE(v4);
+	return v4;
+}
+
+/* Is client_ip inside one of the networks? */
+static bool
+ip_allowed(ArrayType *networks, inet *client_ip)
+{
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n;
+	inet	   *ip = unmap_ipv4(client_ip);
+
+	deconstruct_array(networks, CIDROID, -1, false, TYPALIGN_INT, &elems, &enulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		if (!enulls[i] &&
+			DatumGetBool(DirectFunctionCall2(network_subeq, InetPGetDatum(ip),
+											 elems[i])))
+			return true;
+	}
+	return false;
+}
+
+/* Is c allowed in the host part of an origin? */
+static inline bool
+is_host_char(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		c == '-' || c == '.';
+}
+
+/*
+ * Is origin (as sent by a browser: scheme://host[:port], compared without
+ * regard to ASCII case) one of the allowed origins?  An allowed origin
+ * scheme://<star>.example.com admits every subdomain of example.com, at any
+ * depth, with the same scheme and port, and not example.com itself.
+ */
+static bool
+origin_allowed(ArrayType *origins, text *origin)
+{
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n;
+	int			len = VARSIZE_ANY_EXHDR(origin);
+	char	   *o;
+
+	if (len == 0 || len > 255)
+		return false;
+	o = pnstrdup(VARDATA_ANY(origin), len);
+	for (int i = 0; i < len; i++)
+		o[i] = pg_ascii_tolower((unsigned char) o[i]);
+
+	deconstruct_array(origins, TEXTOID, -1, false, TYPALIGN_INT, &elems, &enulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		text	   *e;
+		const char *a;
+		int			alen;
+		const char *star;
+
+		if (enulls[i])
+			continue;
+		e = DatumGetTextPP(elems[i]);
+		a = VARDATA_ANY(e);
+		alen = VARSIZE_ANY_EXHDR(e);
+		star = memchr(a, '*', alen);
+		if (star == NULL)
+		{
+			if (alen == len && memcmp(a, o, len) == 0)
+				return true;
+		}
+		else
+		{
+			/* scheme:// before the star, .domain[:port] after it */
+			int			head = star - a;
+			int			tail = alen - head - 1;
+			int			sub;
+
+			if (len <= head + tail || memcmp(o, a, head) != 0 ||
+				memcmp(o + len - tail, star + 1, tail) != 0)
+				continue;
+			sub = len - head - tail;	/* the subdomain labels */
+			if (o[head] == '.' || o[head + sub - 1] == '.')
+				continue;
+			for (int j = head; j < head + sub; j++)
+			{
+				if (!is_host_char(o[j]))
+				{
+					sub = 0;
+					break;
+				}
+			}
+			if (sub > 0)
+				return true;
+		}
+	}
+	return false;
+}
+
+/* The name of a status, as apikeys.verification reports it. */
+const char *
+apikey_status_name(ApiKeyStatus status)
+{
+	switch (status)
+	{
+		case APIKEY_VALID:
+			return "valid";
+		case APIKEY_INVALID:
+			return "invalid";
+		case APIKEY_REVOKED:
+			return "revoked";
+		case APIKEY_DISABLED:
+			return "disabled";
+		case APIKEY_EXPIRED:
+			return "expired";
+		case APIKEY_IP_NOT_ALLOWED:
+			return "ip_not_allowed";
+		case APIKEY_ORIGIN_NOT_ALLOWED:
+			return "origin_not_allowed";
+		case APIKEY_INSUFFICIENT_SCOPE:
+			return "insufficient_scope";
+		case APIKEY_RATE_LIMITED:
+			return "rate_limited";
+		case APIKEY_QUOTA_EXCEEDED:
+			return "quota_exceeded";
+	}
+	return "invalid";
+}
+
+/* Build the apikeys.verification row from a verdict. */
 static Datum
-make_result(FunctionCallInfo fcinfo, const char *status, const char *key_id,
-			const char *role_name, const KeyRow *row)
+verdict_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
 {
 	Oid			rettype = get_fn_expr_rettype(fcinfo->flinfo);
 	TupleDesc	tupdesc;
@@ -317,26 +479,37 @@ make_result(FunctionCallInfo fcinfo, const char *status, const char *key_id,
 			 tupdesc->natts, Vf_natts);
 
 	memset(nulls, true, sizeof(nulls));
-	values[Vf_valid] = BoolGetDatum(strcmp(status, "valid") == 0);
+	values[Vf_valid] = BoolGetDatum(v->status == APIKEY_VALID);
 	nulls[Vf_valid] = false;
-	values[Vf_status] = CStringGetTextDatum(status);
+	values[Vf_status] = CStringGetTextDatum(apikey_status_name(v->status));
 	nulls[Vf_status] = false;
-	if (row != NULL)
+	if (v->status != APIKEY_INVALID)
 	{
-		values[Vf_key_id] = PointerGetDatum(cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN));
+		char	   *role_name = GetUserNameFromId(v->role, true);
+
+		values[Vf_key_id] = CStringGetTextDatum(v->key_id);
 		nulls[Vf_key_id] = false;
 		if (role_name != NULL)
 		{
 			values[Vf_role] = DirectFunctionCall1(namein, CStringGetDatum(role_name));
 			nulls[Vf_role] = false;
 		}
-		values[Vf_scopes] = row->scopes;
-		nulls[Vf_scopes] = row->scopes_null;
-		values[Vf_expires_at] = TimestampTzGetDatum(row->expires_at);
-		nulls[Vf_expires_at] = row->expires_null;
-		values[Vf_metadata] = row->metadata;
-		nulls[Vf_metadata] = row->metadata_null;
-		values[Vf_name] = row->name;
+		if (v->scopes != NULL)
+		{
+			values[Vf_scopes] = PointerGetDatum(v->scopes);
+			nulls[Vf_scopes] = false;
+		}
+		if (v->has_expiry)
+		{
+			values[Vf_expires_at] = TimestampTzGetDatum(v->expires_at);
+			nulls[Vf_expires_at] = false;
+		}
+		if (v->metadata != NULL)
+		{
+			values[Vf_metadata] = JsonbPGetDatum(v->metadata);
+			nulls[Vf_metadata] = false;
+		}
+		values[Vf_name] = PointerGetDatum(v->name);
 		nulls[Vf_name] = false;
 	}
 	result = HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
@@ -345,98 +518,150 @@ make_result(FunctionCallInfo fcinfo, const char *status, const char *key_id,
 }
 
 /*
- * Verify a parsed token (prefix, key id, digest of the secret) and return
- * the apikeys.verification row.  key_id NULL means the input did not parse.
+ * Verify a parsed token (prefix, key id, digest of the secret) against the
+ * catalog and the request, and fill in the verdict.
  */
-Datum
-apikey_verify_parsed(FunctionCallInfo fcinfo, const char *prefix,
-					 int prefix_len, const char *key_id,
-					 const uint8 *digest, text *scope)
+void
+apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
+					 const uint8 *digest, const ApiKeyRequest *req,
+					 ApiKeyVerdict *out)
 {
 	KeyRow		row;
 	TimestampTz now;
-	char	   *role_name;
 
+	memset(out, 0, sizeof(*out));
+	out->status = APIKEY_INVALID;
 	if (key_id == NULL)
-		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
+		return;
 
 	memset(&row, 0, sizeof(row));
 	/* one clock reading serves the grace period and the expiry */
 	now = GetCurrentTimestamp();
 	if (!lookup_key(prefix, prefix_len, key_id, digest, now, &row) || !row.secret_ok)
-		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
+		return;
 
 	/* A key whose role was dropped is orphaned: it authenticates nobody. */
-	role_name = GetUserNameFromId(row.role, true);
-	if (role_name == NULL)
-		return make_result(fcinfo, "invalid", NULL, NULL, NULL);
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(row.role)))
+		return;
+
+	memcpy(out->key_id, key_id, APIKEY_KEY_ID_LEN);
+	out->key_id[APIKEY_KEY_ID_LEN] = '\0';
+	out->role = row.role;
+	out->name = DatumGetTextP(row.name);
+	out->scopes = row.scopes_null ? NULL : DatumGetArrayTypeP(row.scopes);
+	out->metadata = row.metadata_null ? NULL : DatumGetJsonbP(row.metadata);
+	out->has_expiry = !row.expires_null;
+	out->expires_at = row.expires_at;
 
 	if (row.state == 'r')
-		return make_result(fcinfo, "revoked", key_id, role_name, &row);
-	if (row.state != 'a')
-		return make_result(fcinfo, "disabled", key_id, role_name, &row);
-	if (!row.expires_null && row.expires_at <= now)
-		return make_result(fcinfo, "expired", key_id, role_name, &row);
-	if (scope != NULL &&
-		(row.scopes_null || !scopes_contain(row.scopes, scope)))
-		return make_result(fcinfo, "insufficient_scope", key_id, role_name, &row);
-	return make_result(fcinfo, "valid", key_id, role_name, &row);
+		out->status = APIKEY_REVOKED;
+	else if (row.state != 'a')
+		out->status = APIKEY_DISABLED;
+	else if (!row.expires_null && row.expires_at <= now)
+		out->status = APIKEY_EXPIRED;
+	else if (!row.ips_null &&
+			 (req->client_ip == NULL ||
+			  !ip_allowed(DatumGetArrayTypeP(row.allowed_ips), req->client_ip)))
+		out->status = APIKEY_IP_NOT_ALLOWED;
+	else if (!row.origins_null &&
+			 (req->origin == NULL ||
+			  !origin_allowed(DatumGetArrayTypeP(row.allowed_origins), req->origin)))
+		out->status = APIKEY_ORIGIN_NOT_ALLOWED;
+	else if (req->scope != NULL &&
+			 (out->scopes == NULL ||
+			  !apikey_scopes_hold(out->scopes, VARDATA_ANY(req->scope),
+								  VARSIZE_ANY_EXHDR(req->scope))))
+		out->status = APIKEY_INSUFFICIENT_SCOPE;
+	else
+		out->status = APIKEY_VALID;
 }
 
-/* SQL function: apikey_verify(text, text) returns apikeys.verification */
+/*
+ * Verify a token given as text.  Anything that is not a well-formed token
+ * with a matching checksum is invalid, without touching the catalog.
+ */
+void
+apikey_verify_token(const char *s, size_t len, const ApiKeyRequest *req,
+					ApiKeyVerdict *out)
+{
+	ApiKeyToken tok;
+	uint8		digest[APIKEY_DIGEST_LEN];
+
+	if (s == NULL || !apikey_parse(s, len, &tok))
+	{
+		apikey_verify_digest(NULL, 0, NULL, NULL, req, out);
+		return;
+	}
+	apikey_digest(tok.secret, APIKEY_SECRET_LEN, digest);
+	apikey_verify_digest(tok.prefix, tok.prefix_len, tok.key_id, digest, req, out);
+	explicit_bzero(digest, sizeof(digest));
+}
+
+/* The request arguments shared by both apikey_verify functions. */
+static void
+request_from_args(FunctionCallInfo fcinfo, ApiKeyRequest *req)
+{
+	req->scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	req->client_ip = PG_NARGS() > 2 && !PG_ARGISNULL(2) ? PG_GETARG_INET_PP(2) : NULL;
+	req->origin = PG_NARGS() > 3 && !PG_ARGISNULL(3) ? PG_GETARG_TEXT_PP(3) : NULL;
+}
+
+/* SQL function: apikey_verify(text, text, inet, text) returns apikeys.verification */
 PG_FUNCTION_INFO_V1(apikey_verify_text);
 Datum
 apikey_verify_text(PG_FUNCTION_ARGS)
 {
-	text	   *scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	ApiKeyRequest req;
+	ApiKeyVerdict v;
 	Datum		raw;
 	text	   *token;
-	ApiKeyToken tok;
-	uint8		digest[APIKEY_DIGEST_LEN];
-	Datum		result;
 
+	request_from_args(fcinfo, &req);
 	if (PG_ARGISNULL(0))
-		return apikey_verify_parsed(fcinfo, NULL, 0, NULL, NULL, scope);
-
-	/* Reject oversized input before detoasting it. */
-	raw = PG_GETARG_DATUM(0);
-	if (toast_raw_datum_size(raw) > VARHDRSZ + APIKEY_TOKEN_MAXLEN)
-		return apikey_verify_parsed(fcinfo, NULL, 0, NULL, NULL, scope);
-
-	token = DatumGetTextPP(raw);
-	if (!apikey_parse(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &tok))
-		return apikey_verify_parsed(fcinfo, NULL, 0, NULL, NULL, scope);
-
-	apikey_digest(tok.secret, APIKEY_SECRET_LEN, digest);
-	result = apikey_verify_parsed(fcinfo, tok.prefix, tok.prefix_len,
-								  tok.key_id, digest, scope);
-	explicit_bzero(digest, sizeof(digest));
-	return result;
+		apikey_verify_token(NULL, 0, &req, &v);
+	else
+	{
+		/* Reject oversized input before detoasting it. */
+		raw = PG_GETARG_DATUM(0);
+		if (toast_raw_datum_size(raw) > VARHDRSZ + APIKEY_TOKEN_MAXLEN)
+			apikey_verify_token(NULL, 0, &req, &v);
+		else
+		{
+			token = DatumGetTextPP(raw);
+			apikey_verify_token(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &req, &v);
+		}
+	}
+	return verdict_datum(fcinfo, &v);
 }
 
-/* SQL function: apikey_verify(apikey, text) returns apikeys.verification */
+/* SQL function: apikey_verify(apikey, text, inet, text) returns apikeys.verification */
 PG_FUNCTION_INFO_V1(apikey_verify_apikey);
 Datum
 apikey_verify_apikey(PG_FUNCTION_ARGS)
 {
-	text	   *scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	ApiKeyRequest req;
+	ApiKeyVerdict v;
 	ApiKeyData *key;
 	uint8		digest[APIKEY_DIGEST_LEN];
-	Datum		result;
 
+	request_from_args(fcinfo, &req);
 	if (PG_ARGISNULL(0))
-		return apikey_verify_parsed(fcinfo, NULL, 0, NULL, NULL, scope);
-	key = PG_GETARG_APIKEY_P(0);
-
-	/* A value parsed in another transaction proves nothing. */
-	if (key->lxid != APIKEYS_CURRENT_LXID())
-		return apikey_verify_parsed(fcinfo, NULL, 0, NULL, NULL, scope);
-
-	/* Unmask; a value parsed by another backend yields a wrong digest. */
-	memcpy(digest, key->digest, APIKEY_DIGEST_LEN);
-	apikey_session_mask(digest);
-	result = apikey_verify_parsed(fcinfo, key->prefix, key->prefix_len,
-								  key->key_id, digest, scope);
-	explicit_bzero(digest, sizeof(digest));
-	return result;
+		apikey_verify_digest(NULL, 0, NULL, NULL, &req, &v);
+	else
+	{
+		key = PG_GETARG_APIKEY_P(0);
+		/* A value parsed in another transaction proves nothing. */
+		if (key->lxid != APIKEYS_CURRENT_LXID())
+			apikey_verify_digest(NULL, 0, NULL, NULL, &req, &v);
+		else
+		{
+			/* Unmask; a value parsed by another backend yields a wrong digest. */
+			memcpy(digest, key->digest, APIKEY_DIGEST_LEN);
+			apikey_session_mask(digest);
+			apikey_verify_digest(key->prefix, key->prefix_len, key->key_id,
+								 digest, &req, &v);
+			explicit_bzero(digest, sizeof(digest));
+		}
+	}
+	return verdict_datum(fcinfo, &v);
 }

@@ -48,7 +48,7 @@ is(scalar @tokens, 5, 'five tokens handed out');
 my @secrets = map { substr($_, -38, 32) } @tokens;
 # the stored digests: only admins may read them, in key_catalog.hash alone
 my @hashes = split /\n/, $node->safe_psql('postgres', q{
-    SELECT encode(c.hash, 'hex') FROM test_tokens t JOIN apikeys.key_catalog c USING (key_id)
+    SELECT encode(c.hash, 'hex') FROM test_tokens t JOIN apikeys_internal.key_catalog c USING (key_id)
      WHERE t.label IN ('a2', 'b2', 'c')});
 is(scalar @hashes, 3, 'three current hashes');
 
@@ -73,7 +73,7 @@ is($node->safe_psql('postgres', q{
 
 # Every place a secret could land.
 my $catalog = $node->safe_psql('postgres', q{
-    SELECT k::text FROM apikeys.key_catalog k
+    SELECT k::text FROM apikeys_internal.key_catalog k
     UNION ALL SELECT a::text FROM apikeys.audit_log a
     UNION ALL SELECT k::text FROM apikeys.keys k
     UNION ALL SELECT pg_catalog.pg_get_functiondef(oid) FROM pg_proc
@@ -95,7 +95,7 @@ ok(length($log) > 1000, 'the server log was written at debug1');
 # Hashes may be in key_catalog and its COPY block in a dump, nowhere else.
 my $audit_and_listing = $node->safe_psql('postgres', q{
     SELECT a::text FROM apikeys.audit_log a UNION ALL SELECT k::text FROM apikeys.keys k});
-(my $dump_without_catalog = $dump) =~ s/^COPY apikeys\.key_catalog .*?^\\\.$//ms;
+(my $dump_without_catalog = $dump) =~ s/^COPY apikeys_internal\.key_catalog .*?^\\\.$//ms;
 ok(length($dump_without_catalog) < length($dump), 'key_catalog data cut from the dump scan');
 for my $i (0 .. $#hashes)
 {
@@ -109,7 +109,7 @@ for my $i (0 .. $#hashes)
     }
 }
 like($dump, qr/\Q$hashes[0]\E/, 'hash scan self-check: the catalog block holds it');
-like($dump, qr/COPY apikeys\.key_catalog/, 'the dump carries the key catalog');
+like($dump, qr/COPY apikeys_internal\.key_catalog/, 'the dump carries the key catalog');
 for my $i (0 .. $#tokens)
 {
     my ($tok, $sec) = ($tokens[$i], $secrets[$i]);

@@ -1,0 +1,877 @@
+/* apikeys--0.1.0--0.2.0.sql: upgrade script of the apikeys extension to 0.2.0 */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION apikeys UPDATE TO '0.2.0'" to load this file. \quit
+
+-- A fresh CREATE EXTENSION runs apikeys--0.1.0.sql and then this script, so
+-- an upgraded installation and a new one are the same by construction.
+
+-------------------------------------------------------------------------------
+-- 1. The private schema.
+--
+-- Every table the extension keeps, and every internal function, lives in
+-- apikeys_internal, on which PUBLIC has no USAGE: no unprivileged role can
+-- name those tables, so none can queue a lock on them (CREATE RULE takes an
+-- AccessExclusiveLock before it checks ownership, and a queued lock stalls
+-- every later reader).  Schema apikeys keeps what users call: functions,
+-- types and the listing views.  CREATE SCHEMA fails if the schema already
+-- exists, so nobody can have planted objects in it.
+-------------------------------------------------------------------------------
+CREATE SCHEMA apikeys_internal;
+COMMENT ON SCHEMA apikeys_internal IS
+    'apikeys: tables and internal functions; no USAGE for PUBLIC (read keys through apikeys.keys, history through apikeys.audit_log)';
+REVOKE ALL ON SCHEMA apikeys_internal FROM PUBLIC;
+GRANT USAGE ON SCHEMA apikeys_internal TO apikeys_admin;
+
+-- Objects that read the tables or call the internal functions by name are
+-- dropped here and created again below.
+DROP VIEW @extschema@.keys;
+DROP POLICY key_catalog_visible ON @extschema@.key_catalog;
+DROP POLICY key_catalog_admin ON @extschema@.key_catalog;
+DROP POLICY audit_log_visible ON @extschema@.audit_log;
+DROP POLICY audit_log_append ON @extschema@.audit_log;
+DROP TRIGGER key_catalog_audit ON @extschema@.key_catalog;
+DROP TRIGGER audit_log_no_change ON @extschema@.audit_log;
+DROP TRIGGER audit_log_no_truncate ON @extschema@.audit_log;
+
+DROP FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb);
+DROP FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole);
+DROP FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text);
+DROP FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text);
+
+DROP FUNCTION @extschema@._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb);
+DROP FUNCTION @extschema@._apikey_update(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole);
+DROP FUNCTION @extschema@._apikey_rotate(pg_catalog.oid, pg_catalog.text, pg_catalog.interval);
+DROP FUNCTION @extschema@._apikey_disable(pg_catalog.oid, pg_catalog.text);
+DROP FUNCTION @extschema@._apikey_enable(pg_catalog.oid, pg_catalog.text);
+DROP FUNCTION @extschema@._apikey_revoke(pg_catalog.oid, pg_catalog.text);
+DROP FUNCTION @extschema@._apikey_delete(pg_catalog.oid, pg_catalog.text);
+DROP FUNCTION @extschema@._set_state(pg_catalog.oid, pg_catalog.text, pg_catalog.text);
+DROP FUNCTION @extschema@._check_renew(pg_catalog.oid, @extschema@.key_catalog);
+DROP FUNCTION @extschema@._key_for_update(pg_catalog.oid, pg_catalog.text);
+DROP FUNCTION @extschema@._check_role_grant(pg_catalog.oid, pg_catalog.regrole);
+DROP FUNCTION @extschema@._check_settings(pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb);
+DROP FUNCTION @extschema@._audit_key_change();
+DROP FUNCTION @extschema@._audit_log_append_only();
+DROP FUNCTION @extschema@._can_manage(pg_catalog.oid, pg_catalog.oid, pg_catalog.oid);
+DROP FUNCTION @extschema@._may_act_for(pg_catalog.oid, pg_catalog.oid);
+DROP FUNCTION @extschema@._role_exists(pg_catalog.oid);
+DROP FUNCTION @extschema@._is_admin(pg_catalog.oid);
+
+-- C functions whose bodies do not change move as they are.
+ALTER FUNCTION @extschema@._current_role() SET SCHEMA apikeys_internal;
+ALTER FUNCTION @extschema@._actor() SET SCHEMA apikeys_internal;
+ALTER FUNCTION @extschema@._mint(pg_catalog.text, pg_catalog.text) SET SCHEMA apikeys_internal;
+
+ALTER TABLE @extschema@.key_catalog SET SCHEMA apikeys_internal;
+ALTER TABLE @extschema@.audit_log SET SCHEMA apikeys_internal;
+
+-------------------------------------------------------------------------------
+-- 2. The key catalog gains per-key restrictions (appended: the C verify path
+-- reads columns by position, src/apikeys.h).
+-------------------------------------------------------------------------------
+ALTER TABLE apikeys_internal.key_catalog
+    ADD COLUMN allowed_ips pg_catalog.cidr[],
+    ADD COLUMN allowed_origins pg_catalog.text[];
+COMMENT ON COLUMN apikeys_internal.key_catalog.allowed_ips IS
+    'networks a client must connect from (null: any)';
+COMMENT ON COLUMN apikeys_internal.key_catalog.allowed_origins IS
+    'web origins a request must come from, exact or https://*.example.com (null: any)';
+COMMENT ON TABLE apikeys_internal.key_catalog IS
+    'api keys: one row per key, hashes of secrets only; read it through apikeys.keys';
+GRANT SELECT (allowed_ips, allowed_origins) ON apikeys_internal.key_catalog TO PUBLIC;
+
+-------------------------------------------------------------------------------
+-- 3. Privilege helpers.  Invoker rights, no SET clause, every operator
+-- qualified: they answer for the role passed in and may be inlined into the
+-- policies that call them.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._is_admin(who pg_catalog.oid)
+RETURNS pg_catalog.bool
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.pg_has_role(who, 'apikeys_admin', 'MEMBER')
+$$;
+COMMENT ON FUNCTION apikeys_internal._is_admin(pg_catalog.oid) IS
+    'is the role a superuser or a member of apikeys_admin?';
+
+CREATE FUNCTION apikeys_internal._role_exists(role pg_catalog.oid)
+RETURNS pg_catalog.bool
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) role)
+$$;
+COMMENT ON FUNCTION apikeys_internal._role_exists(pg_catalog.oid) IS
+    'does a role with this oid exist? (a key whose role does not is orphaned)';
+
+CREATE FUNCTION apikeys_internal._may_act_for(who pg_catalog.oid, role pg_catalog.oid)
+RETURNS pg_catalog.bool
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.pg_has_role(who, 'apikeys_admin', 'MEMBER')
+        OR pg_catalog.pg_has_role(who, role, 'MEMBER')
+$$;
+COMMENT ON FUNCTION apikeys_internal._may_act_for(pg_catalog.oid, pg_catalog.oid) IS
+    'may the role issue and renew keys for the other role? (admins, and members of it)';
+
+CREATE FUNCTION apikeys_internal._can_manage(who pg_catalog.oid,
+                                             key_role pg_catalog.oid,
+                                             key_creator pg_catalog.oid)
+RETURNS pg_catalog.bool
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT key_creator OPERATOR(pg_catalog.=) who
+        OR pg_catalog.pg_has_role(who, 'apikeys_admin', 'MEMBER')
+        OR pg_catalog.pg_has_role(who, key_role, 'MEMBER')
+$$;
+COMMENT ON FUNCTION apikeys_internal._can_manage(pg_catalog.oid, pg_catalog.oid, pg_catalog.oid) IS
+    'may the role see and manage a key with this role and creator? (admins, the creator, members of the key''s role)';
+
+CREATE POLICY key_catalog_visible ON apikeys_internal.key_catalog
+    FOR SELECT
+    USING (apikeys_internal._can_manage(apikeys_internal._current_role(),
+                                        role::pg_catalog.oid, created_by::pg_catalog.oid));
+CREATE POLICY key_catalog_admin ON apikeys_internal.key_catalog
+    FOR ALL
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
+    WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+
+CREATE POLICY audit_log_visible ON apikeys_internal.audit_log
+    FOR SELECT
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role())
+           OR actor_role OPERATOR(pg_catalog.=) pg_catalog.current_user()
+           OR pg_catalog.pg_has_role(apikeys_internal._current_role(), key_role::pg_catalog.oid, 'MEMBER'));
+CREATE POLICY audit_log_append ON apikeys_internal.audit_log
+    FOR INSERT
+    WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+
+-------------------------------------------------------------------------------
+-- 4. What users read: views in schema apikeys.  They run with the caller's
+-- rights (security_invoker), so the policies above decide what each role
+-- sees.  A view in a schema PUBLIC can use can be stalled by a queued lock
+-- like any relation; nothing on a hot path (verify, login, the lifecycle
+-- functions) reads through one.
+-------------------------------------------------------------------------------
+CREATE VIEW @extschema@.keys WITH (security_invoker = true) AS
+SELECT k.key_id,
+       k.name,
+       k.prefix,
+       k.role,
+       k.scopes,
+       CASE
+           WHEN k.state OPERATOR(pg_catalog.=) 'revoked' THEN 'revoked'
+           WHEN NOT apikeys_internal._role_exists(k.role::pg_catalog.oid) THEN 'orphaned'
+           WHEN k.state OPERATOR(pg_catalog.=) 'disabled' THEN 'disabled'
+           WHEN k.expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp() THEN 'expired'
+           ELSE 'active'
+       END AS status,
+       k.expires_at,
+       k.metadata,
+       k.created_at,
+       k.created_by,
+       k.updated_at,
+       k.rotated_at,
+       k.revoked_at,
+       k.prev_valid_until AS grace_until,
+       k.allowed_ips,
+       k.allowed_origins
+  FROM apikeys_internal.key_catalog k;
+
+COMMENT ON VIEW @extschema@.keys IS
+    'api keys visible to the current role (admins see all; others the keys they created or whose role they belong to); no hashes';
+COMMENT ON COLUMN @extschema@.keys.status IS
+    'active, disabled, revoked, expired, or orphaned (the key''s role was dropped)';
+COMMENT ON COLUMN @extschema@.keys.grace_until IS
+    'until when the secret replaced by the last rotation still verifies';
+COMMENT ON COLUMN @extschema@.keys.allowed_ips IS
+    'networks a client must connect from (null: any)';
+COMMENT ON COLUMN @extschema@.keys.allowed_origins IS
+    'web origins a request must come from (null: any)';
+GRANT SELECT ON @extschema@.keys TO PUBLIC;
+
+CREATE VIEW @extschema@.audit_log WITH (security_invoker = true) AS
+SELECT a.at, a.txid, a.action, a.key_id, a.actor, a.actor_role, a.key_role, a.changes
+  FROM apikeys_internal.audit_log a;
+COMMENT ON VIEW @extschema@.audit_log IS
+    'append-only history of every change to an api key, as far as the current role may see it (admins: all; others: rows they caused and rows of keys whose role they belong to); never a secret or a hash';
+GRANT SELECT ON @extschema@.audit_log TO PUBLIC;
+
+-------------------------------------------------------------------------------
+-- 5. The audit log's triggers.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._audit_log_append_only()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'apikeys audit log is append-only'
+        USING ERRCODE = '55000',
+              DETAIL = pg_catalog.format('%s is not allowed on the audit log.', TG_OP);
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._audit_log_append_only() IS
+    'trigger: rejects UPDATE, DELETE and TRUNCATE on the audit log';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_log_append_only() FROM PUBLIC;
+
+CREATE TRIGGER audit_log_no_change
+    BEFORE UPDATE OR DELETE ON apikeys_internal.audit_log
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate
+    BEFORE TRUNCATE ON apikeys_internal.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._audit_log_append_only();
+
+-- One audit row per changed key row; secrets and hashes are never copied.
+-- plan_cache_mode is pinned so that no plan ever holds a row value (and its
+-- hash) as a constant: a user's debug_print_plan or an admin's auto_explain
+-- would log it.
+CREATE FUNCTION apikeys_internal._audit_key_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    hidden   text[] := ARRAY['hash', 'hash_version', 'prev_hash', 'prev_hash_version',
+                             'key_id', 'updated_at', 'created_at', 'created_by',
+                             'rotated_at', 'revoked_at'];
+    actor    oid := apikeys_internal._actor();
+    act      text;
+    diff     jsonb := '{}';
+    old_j    jsonb;
+    new_j    jsonb;
+    k        text;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        act := 'create';
+        diff := to_jsonb(NEW) - hidden - ARRAY['state', 'prev_valid_until'];
+    ELSIF TG_OP = 'DELETE' THEN
+        act := 'delete';
+    ELSE
+        old_j := to_jsonb(OLD) - hidden;
+        new_j := to_jsonb(NEW) - hidden;
+        FOR k IN SELECT jsonb_object_keys(new_j) LOOP
+            IF (old_j -> k) IS DISTINCT FROM (new_j -> k) THEN
+                diff := diff || jsonb_build_object(
+                    k, jsonb_build_object('old', old_j -> k, 'new', new_j -> k));
+            END IF;
+        END LOOP;
+        IF OLD.hash <> NEW.hash THEN
+            act := 'rotate';
+            diff := diff || '{"secret": "replaced"}'::jsonb;
+        ELSIF OLD.state <> NEW.state THEN
+            act := CASE NEW.state WHEN 'revoked' THEN 'revoke'
+                                  WHEN 'disabled' THEN 'disable'
+                                  ELSE 'enable' END;
+        ELSIF diff = '{}'::jsonb THEN
+            RETURN NULL;            -- nothing a user could see changed
+        ELSE
+            act := 'update';
+        END IF;
+    END IF;
+
+    -- Changes made to the catalog outside the apikeys functions are marked.
+    IF actor IS NULL THEN
+        act := 'direct_' || lower(TG_OP);
+    END IF;
+
+    INSERT INTO apikeys_internal.audit_log (action, key_id, actor, actor_role, key_role, changes)
+    VALUES (act,
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.key_id ELSE NEW.key_id END,
+            session_user,
+            CASE WHEN actor IS NULL THEN current_user ELSE pg_get_userbyid(actor) END,
+            CASE WHEN TG_OP = 'DELETE' THEN OLD.role ELSE NEW.role END,
+            diff);
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._audit_key_change() IS
+    'trigger: writes one audit row per changed key, without secrets or hashes';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_key_change() FROM PUBLIC;
+
+CREATE TRIGGER key_catalog_audit
+    AFTER INSERT OR UPDATE OR DELETE ON apikeys_internal.key_catalog
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_key_change();
+
+-------------------------------------------------------------------------------
+-- 6. Lifecycle, internal halves.  SECURITY DEFINER ones pin search_path and
+-- are not executable by PUBLIC: the C entry points call them directly and
+-- pass the calling role first.  Every function that handles a row with a
+-- hash pins plan_cache_mode = force_generic_plan, so its plans hold
+-- parameters, never the hash as a constant.
+-------------------------------------------------------------------------------
+
+-- Size limits of user-supplied fields (documented in the README).  They keep
+-- every catalog and audit row bounded whatever the input.
+CREATE FUNCTION apikeys_internal._limit(what pg_catalog.text)
+RETURNS pg_catalog.int4
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE what
+               WHEN 'name' THEN 200             -- characters
+               WHEN 'scopes' THEN 64            -- entries
+               WHEN 'scope' THEN 128            -- characters per scope
+               WHEN 'metadata' THEN 8192        -- bytes of its text form
+               WHEN 'allowed_ips' THEN 64       -- entries
+               WHEN 'allowed_origins' THEN 64   -- entries
+               WHEN 'origin' THEN 255           -- characters per origin
+           END
+$$;
+COMMENT ON FUNCTION apikeys_internal._limit(pg_catalog.text) IS
+    'size limits of user-supplied key fields: name, scopes, scope, metadata, allowed_ips, allowed_origins, origin';
+
+-- Raise 54000 naming the limit when n exceeds it.
+CREATE FUNCTION apikeys_internal._check_limit(what pg_catalog.text, unit pg_catalog.text,
+                                              n pg_catalog.int8)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    lim int4 := apikeys_internal._limit(what);
+BEGIN
+    IF n > lim THEN
+        RAISE EXCEPTION 'api key % exceeds its size limit', replace(what, '_', ' ')
+            USING ERRCODE = '54000',
+                  DETAIL = format('The limit is %s %s; the value given has %s.', lim, unit, n);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_limit(pg_catalog.text, pg_catalog.text, pg_catalog.int8) IS
+    'internal: raises 54000 when a user-supplied field exceeds its documented size limit';
+REVOKE ALL ON FUNCTION apikeys_internal._check_limit(pg_catalog.text, pg_catalog.text, pg_catalog.int8) FROM PUBLIC;
+
+-- The origins a key may be used from, validated and lowercased; an empty
+-- array means no restriction (null).
+CREATE FUNCTION apikeys_internal._normalize_origins(p_origins pg_catalog.text[])
+RETURNS pg_catalog.text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    o text;
+    result text[] := '{}';
+BEGIN
+    IF p_origins IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF array_ndims(p_origins) > 1 THEN
+        RAISE EXCEPTION 'invalid api key allowed_origins'
+            USING ERRCODE = '22023',
+                  DETAIL = 'allowed_origins must be a one-dimensional array.';
+    END IF;
+    PERFORM apikeys_internal._check_limit('allowed_origins', 'entries', cardinality(p_origins));
+    FOREACH o IN ARRAY p_origins LOOP
+        IF o IS NULL THEN
+            RAISE EXCEPTION 'invalid api key allowed_origins'
+                USING ERRCODE = '22023',
+                      DETAIL = 'allowed_origins must not contain null.';
+        END IF;
+        PERFORM apikeys_internal._check_limit('origin', 'characters', length(o));
+        o := lower(o COLLATE "C");
+        IF o !~ '^[a-z][a-z0-9+.-]*://(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?$'
+           AND o !~ '^[a-z][a-z0-9+.-]*://\[[0-9a-f:.]+\](:[0-9]{1,5})?$' THEN
+            RAISE EXCEPTION 'invalid api key allowed origin'
+                USING ERRCODE = '22023',
+                      DETAIL = 'An allowed origin is scheme://host or scheme://host:port, with no path; the host may start with *. to allow its subdomains.',
+                      HINT = 'For example ''https://app.example.com'' or ''https://*.example.com''.';
+        END IF;
+        IF NOT o = ANY (result) THEN
+            result := result || o;
+        END IF;
+    END LOOP;
+    RETURN CASE WHEN cardinality(result) = 0 THEN NULL ELSE result END;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._normalize_origins(pg_catalog.text[]) IS
+    'internal: validates and lowercases allowed origins (22023, 54000); an empty array means no restriction';
+REVOKE ALL ON FUNCTION apikeys_internal._normalize_origins(pg_catalog.text[]) FROM PUBLIC;
+
+-- Validate the user-settable fields shared by create and update.
+CREATE FUNCTION apikeys_internal._check_settings(p_name pg_catalog.text,
+                                                 p_scopes pg_catalog.text[],
+                                                 p_expires_at pg_catalog.timestamptz,
+                                                 p_metadata pg_catalog.jsonb,
+                                                 p_allowed_ips pg_catalog.cidr[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_name IS NOT NULL THEN
+        PERFORM apikeys_internal._check_limit('name', 'characters', length(p_name));
+        -- blank in any script: ASCII and Unicode spaces, line and paragraph
+        -- separators, zero-width and byte-order marks
+        IF p_name COLLATE "C" ~ '^[[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]*$' THEN
+            RAISE EXCEPTION 'api key name must not be empty'
+                USING ERRCODE = '22023',
+                      DETAIL = 'The name given is empty or only white space.',
+                      HINT = 'Name the key after what uses it, such as ''billing service''.';
+        END IF;
+    END IF;
+    IF p_scopes IS NOT NULL THEN
+        -- (dimensions first: unnest would flatten a multidimensional array)
+        IF array_ndims(p_scopes) > 1 THEN
+            RAISE EXCEPTION 'invalid api key scopes'
+                USING ERRCODE = '22023',
+                      DETAIL = 'Scopes must be a one-dimensional array of non-empty, non-null strings.';
+        END IF;
+        PERFORM apikeys_internal._check_limit('scopes', 'entries', cardinality(p_scopes));
+        IF EXISTS (SELECT 1 FROM unnest(p_scopes) AS s(scope)
+                    WHERE s.scope IS NULL OR s.scope = '') THEN
+            RAISE EXCEPTION 'invalid api key scopes'
+                USING ERRCODE = '22023',
+                      DETAIL = 'Scopes must be a one-dimensional array of non-empty, non-null strings.';
+        END IF;
+        PERFORM apikeys_internal._check_limit('scope', 'characters', max(length(s.scope)))
+           FROM unnest(p_scopes) AS s(scope);
+        IF EXISTS (SELECT 1 FROM unnest(p_scopes) AS s(scope)
+                    WHERE s.scope COLLATE "C" ~ '[[:space:][:cntrl:]]') THEN
+            RAISE EXCEPTION 'invalid api key scope'
+                USING ERRCODE = '22023',
+                      DETAIL = 'A scope contains no white space and no control characters.';
+        END IF;
+        IF EXISTS (SELECT 1 FROM unnest(p_scopes) AS s(scope)
+                    WHERE strpos(left(s.scope, -1), '*') > 0) THEN
+            RAISE EXCEPTION 'invalid api key scope'
+                USING ERRCODE = '22023',
+                      DETAIL = 'A wildcard * may only end a scope: ''jobs:*'' holds every scope that starts with ''jobs:'', and ''*'' holds every scope.';
+        END IF;
+    END IF;
+    IF p_expires_at IS NOT NULL AND p_expires_at <> 'infinity'
+       AND p_expires_at <= clock_timestamp() THEN
+        RAISE EXCEPTION 'api key expiry must be in the future'
+            USING ERRCODE = '22023',
+                  HINT = 'To stop a key now, use apikey_disable or apikey_revoke.';
+    END IF;
+    IF p_metadata IS NOT NULL THEN
+        IF jsonb_typeof(p_metadata) <> 'object' THEN
+            RAISE EXCEPTION 'api key metadata must be a json object'
+                USING ERRCODE = '22023',
+                      DETAIL = format('The value given is a json %s.', jsonb_typeof(p_metadata)),
+                      HINT = 'Wrap it in an object, such as {"value": ...}.';
+        END IF;
+        PERFORM apikeys_internal._check_limit('metadata', 'bytes', octet_length(p_metadata::text));
+    END IF;
+    IF p_allowed_ips IS NOT NULL THEN
+        IF array_ndims(p_allowed_ips) > 1
+           OR EXISTS (SELECT 1 FROM unnest(p_allowed_ips) AS a(net) WHERE a.net IS NULL) THEN
+            RAISE EXCEPTION 'invalid api key allowed_ips'
+                USING ERRCODE = '22023',
+                      DETAIL = 'allowed_ips must be a one-dimensional array of networks, without null.';
+        END IF;
+        PERFORM apikeys_internal._check_limit('allowed_ips', 'entries', cardinality(p_allowed_ips));
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_settings(pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.cidr[]) IS
+    'internal: raises 22023 for a blank name, bad scopes, a past expiry, non-object metadata or bad networks, and 54000 past a size limit';
+REVOKE ALL ON FUNCTION apikeys_internal._check_settings(pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.cidr[]) FROM PUBLIC;
+
+-- Check that p_role names an existing role the caller may give keys to.
+CREATE FUNCTION apikeys_internal._check_role_grant(p_caller pg_catalog.oid, p_role pg_catalog.regrole)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT apikeys_internal._role_exists(p_role::oid) THEN
+        RAISE EXCEPTION 'role with oid % does not exist', p_role::oid
+            USING ERRCODE = '42704';
+    END IF;
+    IF NOT apikeys_internal._may_act_for(p_caller, p_role::oid) THEN
+        RAISE EXCEPTION 'permission denied to issue api keys for role %', p_role
+            USING ERRCODE = '42501',
+                  DETAIL = format('Role %s is not a member of role %s.',
+                                  quote_ident(pg_get_userbyid(p_caller)), p_role),
+                  HINT = 'A key never exceeds its creator: only members of a role, members of apikeys_admin and superusers can issue keys for it.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_role_grant(pg_catalog.oid, pg_catalog.regrole) IS
+    'internal: raises unless the role exists and the caller is a member of it or an admin';
+REVOKE ALL ON FUNCTION apikeys_internal._check_role_grant(pg_catalog.oid, pg_catalog.regrole) FROM PUBLIC;
+
+-- Lock and return the key row the caller may manage, or raise 42704.
+CREATE FUNCTION apikeys_internal._key_for_update(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS apikeys_internal.key_catalog
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    k apikeys_internal.key_catalog;
+BEGIN
+    IF p_key_id IS NULL THEN
+        RAISE EXCEPTION 'api key id must not be null'
+            USING ERRCODE = '22004';
+    END IF;
+    -- Only a well-formed key id is ever echoed: the argument could be a
+    -- whole token passed by mistake, and a secret must not reach a message.
+    IF p_key_id COLLATE "C" !~ '^[0-9A-Za-z]{12}$' THEN
+        RAISE EXCEPTION 'invalid api key id'
+            USING ERRCODE = '22023',
+                  DETAIL = 'A key id is 12 letters and digits; the value given is not shown.',
+                  HINT = 'Pass the key id (apikey_key_id(token) gives it), never the token.';
+    END IF;
+    SELECT * INTO k FROM apikeys_internal.key_catalog c
+     WHERE c.key_id = p_key_id COLLATE "C"
+       FOR UPDATE;
+    -- A key the caller may not manage is reported exactly like a missing one.
+    IF NOT FOUND OR NOT apikeys_internal._can_manage(p_caller, k.role::oid, k.created_by::oid) THEN
+        RAISE EXCEPTION 'api key "%" does not exist', p_key_id
+            USING ERRCODE = '42704',
+                  HINT = 'Keys you did not create, and whose role you are not a member of, are not visible to you.';
+    END IF;
+    RETURN k;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._key_for_update(pg_catalog.oid, pg_catalog.text) IS
+    'internal: locks a key the caller may manage, or raises 42704';
+REVOKE ALL ON FUNCTION apikeys_internal._key_for_update(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+-- Raise unless the caller may give the key's role a working credential
+-- again (rotate, enable, update, and moving the key to another role): the
+-- role must still exist, and the caller must be an admin or a member of it.
+-- A creator who has left the role may still disable, revoke and delete the
+-- key, not renew it.
+CREATE FUNCTION apikeys_internal._check_renew(p_caller pg_catalog.oid,
+                                              p_key_id pg_catalog.text,
+                                              p_role pg_catalog.regrole)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT apikeys_internal._role_exists(p_role::oid) THEN
+        RAISE EXCEPTION 'role of api key "%" no longer exists', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'The role the key was issued for has been dropped; the key is orphaned.',
+                  HINT = 'Delete the key, or have an admin give it a role with apikey_update(key_id, role => ...).';
+    END IF;
+    IF NOT apikeys_internal._may_act_for(p_caller, p_role::oid) THEN
+        RAISE EXCEPTION 'permission denied to renew api key "%"', p_key_id
+            USING ERRCODE = '42501',
+                  DETAIL = format('Role %s is not a member of the key''s role %s.',
+                                  quote_ident(pg_get_userbyid(p_caller)), p_role),
+                  HINT = 'The creator of a key may still disable, revoke or delete it.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_renew(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole) IS
+    'internal: raises unless the caller may rotate, enable, update or re-assign the key (its role exists and the caller belongs to it, or is an admin)';
+REVOKE ALL ON FUNCTION apikeys_internal._check_renew(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_create(p_caller pg_catalog.oid,
+                                                p_name pg_catalog.text,
+                                                p_role pg_catalog.regrole,
+                                                p_scopes pg_catalog.text[],
+                                                p_expires_at pg_catalog.timestamptz,
+                                                p_prefix pg_catalog.text,
+                                                p_metadata pg_catalog.jsonb,
+                                                p_allowed_ips pg_catalog.cidr[],
+                                                p_allowed_origins pg_catalog.text[],
+                                                OUT new_key_id pg_catalog.text,
+                                                OUT new_token pg_catalog.text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    m record;
+BEGIN
+    IF p_name IS NULL THEN
+        RAISE EXCEPTION 'api key name must not be null'
+            USING ERRCODE = '22004',
+                  HINT = 'Name the key after what uses it, such as ''billing service''.';
+    END IF;
+    PERFORM apikeys_internal._check_settings(p_name, p_scopes, p_expires_at, p_metadata, p_allowed_ips);
+    p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
+    p_role := COALESCE(p_role, p_caller::regrole);
+    PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+
+    -- 62^12 key ids: a collision is all but impossible, but never fatal.
+    FOR attempt IN 1..5 LOOP
+        SELECT * INTO m FROM apikeys_internal._mint(COALESCE(p_prefix, 'ak'), NULL);
+        BEGIN
+            INSERT INTO apikeys_internal.key_catalog
+                (key_id, name, prefix, role, scopes, expires_at, metadata,
+                 hash_version, hash, created_by, allowed_ips, allowed_origins)
+            VALUES (m.key_id, p_name, COALESCE(p_prefix, 'ak'), p_role,
+                    COALESCE(p_scopes, '{}'),
+                    NULLIF(p_expires_at, 'infinity'),
+                    COALESCE(p_metadata, '{}'),
+                    m.hash_version, m.hash, p_caller::regrole,
+                    NULLIF(p_allowed_ips, '{}'), p_allowed_origins);
+            new_key_id := m.key_id;
+            new_token := m.token;
+            RETURN;
+        EXCEPTION WHEN unique_violation THEN
+            NULL;                   -- draw another key id
+        END;
+    END LOOP;
+    RAISE EXCEPTION 'could not allocate a unique api key id'
+        USING ERRCODE = '23505';
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[]) IS
+    'internal half of apikey_create; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[]) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_rotate(p_caller pg_catalog.oid,
+                                                p_key_id pg_catalog.text,
+                                                p_grace pg_catalog.interval)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    k apikeys_internal.key_catalog;
+    m record;
+BEGIN
+    k := apikeys_internal._key_for_update(p_caller, p_key_id);
+    IF k.state = 'revoked' THEN
+        RAISE EXCEPTION 'cannot rotate revoked api key "%"', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'Revocation is permanent.',
+                  HINT = 'Create a new key instead.';
+    END IF;
+    PERFORM apikeys_internal._check_renew(p_caller, k.key_id, k.role);
+    IF p_grace IS NOT NULL AND p_grace < '0'::interval THEN
+        RAISE EXCEPTION 'grace period must not be negative'
+            USING ERRCODE = '22023',
+                  HINT = 'Use a positive interval, or none to end the old secret at commit.';
+    END IF;
+
+    SELECT * INTO m FROM apikeys_internal._mint(k.prefix, k.key_id);
+    IF p_grace IS NULL OR p_grace = '0'::interval THEN
+        UPDATE apikeys_internal.key_catalog c
+           SET hash_version = m.hash_version, hash = m.hash,
+               prev_hash_version = NULL, prev_hash = NULL, prev_valid_until = NULL,
+               rotated_at = now(), updated_at = now()
+         WHERE c.key_id = k.key_id;
+    ELSE
+        UPDATE apikeys_internal.key_catalog c
+           SET hash_version = m.hash_version, hash = m.hash,
+               prev_hash_version = c.hash_version, prev_hash = c.hash,
+               prev_valid_until = now() + p_grace,
+               rotated_at = now(), updated_at = now()
+         WHERE c.key_id = k.key_id;
+    END IF;
+    RETURN m.token;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_rotate(pg_catalog.oid, pg_catalog.text, pg_catalog.interval) IS
+    'internal half of apikey_rotate; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_rotate(pg_catalog.oid, pg_catalog.text, pg_catalog.interval) FROM PUBLIC;
+
+-- Move a key to another state; revoked is final.
+CREATE FUNCTION apikeys_internal._set_state(p_caller pg_catalog.oid,
+                                            p_key_id pg_catalog.text,
+                                            p_state pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    k apikeys_internal.key_catalog;
+BEGIN
+    k := apikeys_internal._key_for_update(p_caller, p_key_id);
+    IF k.state = p_state THEN
+        RETURN;                     -- already there: nothing to do, nothing to audit
+    END IF;
+    IF k.state = 'revoked' THEN
+        RAISE EXCEPTION 'api key "%" is revoked', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'Revocation is permanent.',
+                  HINT = 'Create a new key instead.';
+    END IF;
+    IF p_state = 'active' THEN
+        PERFORM apikeys_internal._check_renew(p_caller, k.key_id, k.role);
+    END IF;
+    UPDATE apikeys_internal.key_catalog c
+       SET state = p_state,
+           revoked_at = CASE WHEN p_state = 'revoked' THEN now() END,
+           -- a revoked key keeps no secret that could verify
+           prev_hash_version = CASE WHEN p_state = 'revoked' THEN NULL ELSE c.prev_hash_version END,
+           prev_hash = CASE WHEN p_state = 'revoked' THEN NULL ELSE c.prev_hash END,
+           prev_valid_until = CASE WHEN p_state = 'revoked' THEN NULL ELSE c.prev_valid_until END,
+           updated_at = now()
+     WHERE c.key_id = k.key_id;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._set_state(pg_catalog.oid, pg_catalog.text, pg_catalog.text) IS
+    'internal: moves a key the caller may manage to active, disabled or revoked';
+REVOKE ALL ON FUNCTION apikeys_internal._set_state(pg_catalog.oid, pg_catalog.text, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_disable(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT apikeys_internal._set_state(p_caller, p_key_id, 'disabled') $$;
+COMMENT ON FUNCTION apikeys_internal._apikey_disable(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_disable; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_disable(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_enable(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT apikeys_internal._set_state(p_caller, p_key_id, 'active') $$;
+COMMENT ON FUNCTION apikeys_internal._apikey_enable(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_enable; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_enable(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_revoke(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT apikeys_internal._set_state(p_caller, p_key_id, 'revoked') $$;
+COMMENT ON FUNCTION apikeys_internal._apikey_revoke(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_revoke; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_revoke(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_delete(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    k apikeys_internal.key_catalog;
+BEGIN
+    k := apikeys_internal._key_for_update(p_caller, p_key_id);
+    DELETE FROM apikeys_internal.key_catalog c WHERE c.key_id = k.key_id;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_delete(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_delete; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_delete(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_update(p_caller pg_catalog.oid,
+                                                p_key_id pg_catalog.text,
+                                                p_name pg_catalog.text,
+                                                p_scopes pg_catalog.text[],
+                                                p_expires_at pg_catalog.timestamptz,
+                                                p_metadata pg_catalog.jsonb,
+                                                p_role pg_catalog.regrole,
+                                                p_allowed_ips pg_catalog.cidr[],
+                                                p_allowed_origins pg_catalog.text[])
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    k apikeys_internal.key_catalog;
+    origins_given bool := p_allowed_origins IS NOT NULL;
+BEGIN
+    k := apikeys_internal._key_for_update(p_caller, p_key_id);
+    IF k.state = 'revoked' THEN
+        RAISE EXCEPTION 'cannot update revoked api key "%"', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'Revocation is permanent.';
+    END IF;
+    PERFORM apikeys_internal._check_settings(p_name, p_scopes, p_expires_at, p_metadata, p_allowed_ips);
+    p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
+    -- Every update renews the key for its current role, so the caller must
+    -- be able to renew it there.  Moving it to another role needs, on top,
+    -- the right to issue keys for that role.  An orphaned key (its role
+    -- dropped) can only be given a new role by an admin.
+    IF p_role IS NOT NULL AND NOT apikeys_internal._role_exists(k.role::oid)
+       AND apikeys_internal._is_admin(p_caller) THEN
+        NULL;
+    ELSE
+        PERFORM apikeys_internal._check_renew(p_caller, k.key_id, k.role);
+    END IF;
+    IF p_role IS NOT NULL THEN
+        PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+    END IF;
+    UPDATE apikeys_internal.key_catalog c
+       SET name = COALESCE(p_name, c.name),
+           scopes = COALESCE(p_scopes, c.scopes),
+           expires_at = CASE WHEN p_expires_at IS NULL THEN c.expires_at
+                             WHEN p_expires_at = 'infinity' THEN NULL
+                             ELSE p_expires_at END,
+           metadata = COALESCE(p_metadata, c.metadata),
+           role = COALESCE(p_role, c.role),
+           allowed_ips = CASE WHEN p_allowed_ips IS NULL THEN c.allowed_ips
+                              ELSE NULLIF(p_allowed_ips, '{}') END,
+           allowed_origins = CASE WHEN origins_given THEN p_allowed_origins
+                                  ELSE c.allowed_origins END,
+           updated_at = now()
+     WHERE c.key_id = k.key_id;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_update(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[]) IS
+    'internal half of apikey_update; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_update(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[]) FROM PUBLIC;
+
+-------------------------------------------------------------------------------
+-- 7. Lifecycle, public entry points (C, invoker rights; see src/lifecycle.c).
+-- rotate, disable, enable, revoke and delete keep their 0.1.0 definitions.
+-------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.apikey_create(name pg_catalog.text,
+                                          role pg_catalog.regrole DEFAULT NULL,
+                                          scopes pg_catalog.text[] DEFAULT '{}',
+                                          expires_at pg_catalog.timestamptz DEFAULT NULL,
+                                          prefix pg_catalog.text DEFAULT NULL,
+                                          metadata pg_catalog.jsonb DEFAULT '{}',
+                                          allowed_ips pg_catalog.cidr[] DEFAULT NULL,
+                                          allowed_origins pg_catalog.text[] DEFAULT NULL)
+RETURNS TABLE (key_id pg_catalog.text, token pg_catalog.text)
+AS 'MODULE_PATHNAME', 'apikeys_create'
+LANGUAGE C VOLATILE ROWS 1;
+COMMENT ON FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[]) IS
+    'creates a key for role (default: the calling role, which must be a member of it unless an admin); returns the token, shown this once';
+
+CREATE FUNCTION @extschema@.apikey_update(key_id pg_catalog.text,
+                                          name pg_catalog.text DEFAULT NULL,
+                                          scopes pg_catalog.text[] DEFAULT NULL,
+                                          expires_at pg_catalog.timestamptz DEFAULT NULL,
+                                          metadata pg_catalog.jsonb DEFAULT NULL,
+                                          role pg_catalog.regrole DEFAULT NULL,
+                                          allowed_ips pg_catalog.cidr[] DEFAULT NULL,
+                                          allowed_origins pg_catalog.text[] DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[]) IS
+    'changes a key''s settings; a null argument leaves that setting unchanged; expires_at => ''infinity'' removes the expiry, allowed_ips or allowed_origins => ''{}'' removes that restriction';
+
+-------------------------------------------------------------------------------
+-- 8. Verification (C, invoker rights, reads the catalog by direct index
+-- scan).  It takes the client's address and web origin for keys restricted
+-- to networks or origins.
+-------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.apikey_verify(token pg_catalog.text,
+                                          scope pg_catalog.text DEFAULT NULL,
+                                          client_ip pg_catalog.inet DEFAULT NULL,
+                                          origin pg_catalog.text DEFAULT NULL)
+RETURNS @extschema@.verification
+AS 'MODULE_PATHNAME', 'apikey_verify_text'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
+    'checks a token (optionally that the key has scope, and that client_ip and origin are allowed); never raises for bad input: returns status invalid';
+
+CREATE FUNCTION @extschema@.apikey_verify(token @extschema@.apikey,
+                                          scope pg_catalog.text DEFAULT NULL,
+                                          client_ip pg_catalog.inet DEFAULT NULL,
+                                          origin pg_catalog.text DEFAULT NULL)
+RETURNS @extschema@.verification
+AS 'MODULE_PATHNAME', 'apikey_verify_apikey'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
+    'checks a parsed token (optionally that the key has scope, and that client_ip and origin are allowed)';
+
+COMMENT ON TYPE @extschema@.verification IS
+    'result of apikey_verify: status is valid, invalid, expired, disabled, revoked, insufficient_scope, ip_not_allowed or origin_not_allowed; key details are null when status is invalid';
