@@ -20,6 +20,11 @@ PG_CFLAGS  += -Wall -Wextra -Werror -Wno-unused-parameter  # PG headers have unu
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# SHA-256 straight from OpenSSL when the server uses it (src/token.c)
+ifeq ($(with_ssl),openssl)
+SHLIB_LINK += -lcrypto
+endif
+
 .PHONY: test demo
 test:
 	bash test/run.sh
