@@ -875,3 +875,60 @@ COMMENT ON FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.tex
 
 COMMENT ON TYPE @extschema@.verification IS
     'result of apikey_verify: status is valid, invalid, expired, disabled, revoked, insufficient_scope, ip_not_allowed or origin_not_allowed; key details are null when status is invalid';
+
+-------------------------------------------------------------------------------
+-- 9. The backend-local key cache (src/cache.c) and one verification per
+-- statement (src/verify.c).
+--
+-- Ordinary DML sends no relcache invalidation, so this trigger registers one
+-- for every statement that may change an existing key.  It goes out with the
+-- commit (and is replayed on hot standbys), and every backend's key cache
+-- drops what it holds.  Creating a key sends none: a new key id cannot be in
+-- any cache.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._catalog_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'apikeys_catalog_changed'
+LANGUAGE C;
+COMMENT ON FUNCTION apikeys_internal._catalog_changed() IS
+    'trigger: registers a relcache invalidation of the key catalog, so that every backend''s key cache forgets what it holds when the change commits';
+REVOKE ALL ON FUNCTION apikeys_internal._catalog_changed() FROM PUBLIC;
+
+CREATE TRIGGER key_catalog_invalidate
+    AFTER UPDATE OR DELETE OR TRUNCATE ON apikeys_internal.key_catalog
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._catalog_changed();
+
+CREATE FUNCTION @extschema@.apikey_is_valid(token pg_catalog.text,
+                                            scope pg_catalog.text DEFAULT NULL,
+                                            client_ip pg_catalog.inet DEFAULT NULL,
+                                            origin pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikey_is_valid_text'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_is_valid(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
+    'is the token valid (and does the key have scope, and are client_ip and origin allowed)? apikey_verify(...).valid without building the row; never raises for bad input';
+
+CREATE FUNCTION @extschema@.apikey_is_valid(token @extschema@.apikey,
+                                            scope pg_catalog.text DEFAULT NULL,
+                                            client_ip pg_catalog.inet DEFAULT NULL,
+                                            origin pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikey_is_valid_apikey'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_is_valid(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
+    'is the parsed token valid (and does the key have scope, and are client_ip and origin allowed)?';
+
+CREATE FUNCTION @extschema@.apikey_cache_stats(OUT entries pg_catalog.int4,
+                                               OUT capacity pg_catalog.int4,
+                                               OUT memory_bytes pg_catalog.int8,
+                                               OUT hits pg_catalog.int8,
+                                               OUT misses pg_catalog.int8,
+                                               OUT evictions pg_catalog.int8,
+                                               OUT invalidations pg_catalog.int8,
+                                               OUT discarded_loads pg_catalog.int8,
+                                               OUT repeats pg_catalog.int8)
+RETURNS record
+AS 'MODULE_PATHNAME', 'apikey_cache_stats'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_cache_stats() IS
+    'this backend''s key cache: entries held, apikeys.cache_size, memory in bytes, lookups answered from it (hits) and from the catalog (misses), evictions, invalidations received, loads discarded because an invalidation raced them, and repeats answered by the one-verification-per-statement rule';

@@ -108,6 +108,48 @@ extern void apikey_session_mask(uint8 digest[APIKEY_DIGEST_LEN]);
 extern bool apikey_digest_equal(const uint8 *a, const uint8 *b, size_t len);
 
 /*
+ * cache.c: what verify needs of one key, as the backend-local key cache
+ * keeps it.  One allocation: this fixed part, then copies of the variable
+ * columns, found by offset from the entry (0: the column is null).
+ */
+typedef struct ApiKeyEntry
+{
+	char		key_id[APIKEY_KEY_ID_LEN];
+	char		prefix[APIKEY_PREFIX_MAXLEN];
+	uint8		prefix_len;
+	char		state;			/* 'a'ctive, 'd'isabled, 'r'evoked */
+	bool		has_expiry;
+	bool		has_prev;		/* a replaced secret with a grace period */
+	bool		referenced;		/* cache.c's CLOCK bit */
+	int16		hash_version;	/* 0 when the stored hash is unusable */
+	int16		prev_hash_version;
+	Oid			role;
+	TimestampTz expires_at;
+	TimestampTz prev_valid_until;
+	uint8		hash[APIKEY_DIGEST_LEN];
+	uint8		prev_hash[APIKEY_DIGEST_LEN];
+	uint32		name_off;
+	uint32		scopes_off;
+	uint32		metadata_off;
+	uint32		allowed_ips_off;
+	uint32		allowed_origins_off;
+} ApiKeyEntry;
+
+#define APIKEY_ENTRY_FIELD(e, off, type) \
+	((off) == 0 ? (type) NULL : (type) ((const char *) (e) + (off)))
+#define ApiKeyEntryName(e)		APIKEY_ENTRY_FIELD(e, (e)->name_off, text *)
+#define ApiKeyEntryScopes(e)	APIKEY_ENTRY_FIELD(e, (e)->scopes_off, ArrayType *)
+#define ApiKeyEntryMetadata(e)	APIKEY_ENTRY_FIELD(e, (e)->metadata_off, Jsonb *)
+#define ApiKeyEntryAllowedIps(e) APIKEY_ENTRY_FIELD(e, (e)->allowed_ips_off, ArrayType *)
+#define ApiKeyEntryAllowedOrigins(e) APIKEY_ENTRY_FIELD(e, (e)->allowed_origins_off, ArrayType *)
+
+extern void apikey_cache_init(void);
+extern void apikey_cache_poll(void);
+extern uint64 apikey_cache_generation(void);
+extern const ApiKeyEntry *apikey_cache_get(const char *key_id,
+										   uint64 *generation);
+
+/*
  * verify.c: the outcome of one verification, for the SQL functions and for
  * apikey_login.  Statuses are in the order verify checks them.
  */
@@ -147,6 +189,7 @@ typedef struct ApiKeyVerdict
 	Jsonb	   *metadata;
 	bool		has_expiry;
 	TimestampTz expires_at;
+	char		role_name[NAMEDATALEN];	/* the role's name at verification */
 } ApiKeyVerdict;
 
 extern const char *apikey_status_name(ApiKeyStatus status);
@@ -157,5 +200,6 @@ extern void apikey_verify_digest(const char *prefix, int prefix_len,
 								 const ApiKeyRequest *req, ApiKeyVerdict *out);
 extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
 							   int want_len);
+extern uint64 apikey_verify_repeats(void);
 
 #endif							/* APIKEYS_H */

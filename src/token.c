@@ -180,15 +180,16 @@ char_class_init(void)
 
 /*
  * Split s[0..len) into its parts in place and check grammar and checksum,
- * in one pass over the token: each run of eight bytes is checked against
- * the class its position requires and fed to the CRC together.  Returns
- * false for anything that is not a well-formed token; never raises and
- * never allocates.
+ * in one pass over the token: each byte is checked against the class its
+ * position requires (a mask per position, built from the prefix length)
+ * and fed to the CRC, eight bytes at a time.  Returns false for anything
+ * that is not a well-formed token; never raises and never allocates.
  */
 bool
 apikey_parse(const char *s, size_t len, ApiKeyToken *tok)
 {
 	const uint8 *p = (const uint8 *) s;
+	uint8		need[APIKEY_TOKEN_MAXLEN];
 	int			prefix_len;
 	int			body_len;
 	int			sep1,
@@ -210,31 +211,29 @@ apikey_parse(const char *s, size_t len, ApiKeyToken *tok)
 	sep1 = prefix_len;
 	sep2 = prefix_len + 1 + APIKEY_KEY_ID_LEN;
 	body_len = (int) len - APIKEY_CHECKSUM_LEN;
-	if (p[sep1] != '_' || p[sep2] != '_' || !(char_class[p[0]] & CC_LOWER))
+	if (p[sep1] != '_' || p[sep2] != '_')
 		return false;
 
 	/*
-	 * Every byte before the first separator must be a prefix character,
-	 * every byte after it a base62 digit (both separators are '_', which is
-	 * not one: they are let through by position).
+	 * What each position needs: a lowercase letter first, prefix characters
+	 * up to the first separator, base62 digits after it; the separators
+	 * were checked above.
 	 */
+	memset(need, CC_BASE62, len);
+	memset(need, CC_PREFIX, sep1);
+	need[0] = CC_LOWER;
+	need[sep1] = 0;
+	need[sep2] = 0;
+
 	for (i = 0; i + 8 <= body_len; i += 8)
 	{
 		for (int j = i; j < i + 8; j++)
-		{
-			uint8		need = j < sep1 ? CC_PREFIX : CC_BASE62;
-
-			if (j != sep1 && j != sep2)
-				bad |= (char_class[p[j]] & need) ^ need;
-		}
+			bad |= (char_class[p[j]] & need[j]) ^ need[j];
 		crc = crc_8bytes(crc, p + i);
 	}
 	for (; i < body_len; i++)
 	{
-		uint8		need = i < sep1 ? CC_PREFIX : CC_BASE62;
-
-		if (i != sep1 && i != sep2)
-			bad |= (char_class[p[i]] & need) ^ need;
+		bad |= (char_class[p[i]] & need[i]) ^ need[i];
 		crc = crc_byte(crc, p[i]);
 	}
 	crc ^= 0xFFFFFFFF;
@@ -242,7 +241,7 @@ apikey_parse(const char *s, size_t len, ApiKeyToken *tok)
 	/* The checksum: six big-endian base62 digits of the CRC. */
 	for (; i < (int) len; i++)
 	{
-		bad |= (char_class[p[i]] & CC_BASE62) ^ CC_BASE62;
+		bad |= (char_class[p[i]] & need[i]) ^ need[i];
 		sum = sum * 62 + base62_value[p[i]];
 	}
 	if (bad != 0 || sum != crc)
@@ -355,13 +354,26 @@ apikey_session_mask(uint8 digest[APIKEY_DIGEST_LEN])
 		digest[i] ^= mask[i];
 }
 
-/* Compare two digests in time independent of where they differ. */
+/*
+ * Compare two digests in time independent of where they differ: eight bytes
+ * at a time, every word always compared, one branch on the result.
+ */
 bool
 apikey_digest_equal(const uint8 *a, const uint8 *b, size_t len)
 {
-	volatile uint8 diff = 0;
+	uint64		diff = 0;
+	size_t		i = 0;
 
-	for (size_t i = 0; i < len; i++)
+	for (; i + 8 <= len; i += 8)
+	{
+		uint64		wa,
+					wb;
+
+		memcpy(&wa, a + i, 8);
+		memcpy(&wb, b + i, 8);
+		diff |= wa ^ wb;
+	}
+	for (; i < len; i++)
 		diff |= a[i] ^ b[i];
 	return diff == 0;
 }
