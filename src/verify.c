@@ -113,6 +113,13 @@ resolve_catalog(void)
 	nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true);
 	if (OidIsValid(nsp))
 		relid = get_relname_relid(APIKEYS_CATALOG, nsp);
+	/* 0.1.0 kept it in schema apikeys: a database not yet updated still works */
+	if (!OidIsValid(relid))
+	{
+		nsp = get_namespace_oid(APIKEYS_SCHEMA_0_1, true);
+		if (OidIsValid(nsp))
+			relid = get_relname_relid(APIKEYS_CATALOG, nsp);
+	}
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -200,12 +207,14 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 	HeapTuple	tup;
 	text	   *key_text;
 	bool		found = false;
+	int			natts;
 
 	key_text = cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN);
 	rel = open_catalog(&indexid);
-	if (RelationGetDescr(rel)->natts != Natts_key_catalog)
+	natts = RelationGetDescr(rel)->natts;
+	if (natts != Natts_key_catalog && natts != Natts_key_catalog_0_1)
 		elog(ERROR, "apikeys catalog has %d columns, expected %d",
-			 RelationGetDescr(rel)->natts, Natts_key_catalog);
+			 natts, Natts_key_catalog);
 
 	/*
 	 * The latest snapshot makes a commit elsewhere effective at once.  It
@@ -226,6 +235,8 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 		bool		nulls[Natts_key_catalog];
 		text	   *stored_prefix;
 
+		/* columns a 0.1.0 catalog lacks read as null */
+		memset(nulls, true, sizeof(nulls));
 		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
 #define COL(a) ((a) - 1)
 		stored_prefix = DatumGetTextPP(values[COL(Anum_key_prefix)]);
