@@ -331,7 +331,7 @@ DECLARE
     lim int4 := apikeys_internal._limit(what);
 BEGIN
     IF n > lim THEN
-        RAISE EXCEPTION 'api key % exceeds its size limit', replace(what, '_', ' ')
+        RAISE EXCEPTION 'api key field "%" exceeds its size limit', what
             USING ERRCODE = '54000',
                   DETAIL = format('The limit is %s %s; the value given has %s.', lim, unit, n);
     END IF;
@@ -425,11 +425,12 @@ BEGIN
         END IF;
         PERFORM apikeys_internal._check_limit('scope', 'characters', max(length(s.scope)))
            FROM unnest(p_scopes) AS s(scope);
+        -- RFC 6749's scope-token: printable ASCII but space, " and \
         IF EXISTS (SELECT 1 FROM unnest(p_scopes) AS s(scope)
-                    WHERE s.scope COLLATE "C" ~ '[[:space:][:cntrl:]]') THEN
+                    WHERE s.scope COLLATE "C" !~ '^[!#-\[\]-~]+$') THEN
             RAISE EXCEPTION 'invalid api key scope'
                 USING ERRCODE = '22023',
-                      DETAIL = 'A scope contains no white space and no control characters.';
+                      DETAIL = 'A scope is printable ASCII without spaces, double quotes or backslashes (an OAuth scope-token).';
         END IF;
         IF EXISTS (SELECT 1 FROM unnest(p_scopes) AS s(scope)
                     WHERE strpos(left(s.scope, -1), '*') > 0) THEN

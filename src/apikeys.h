@@ -16,6 +16,12 @@
 /* The schema of the extension's tables and internal functions. */
 #define APIKEYS_INTERNAL_SCHEMA	"apikeys_internal"
 #define APIKEYS_CATALOG			"key_catalog"
+/*
+ * Where 0.1.0 kept them.  The library of a newer release must serve a
+ * database whose extension has not been updated yet (between installing the
+ * files and ALTER EXTENSION apikeys UPDATE).
+ */
+#define APIKEYS_SCHEMA_0_1		"apikeys"
 
 /*
  * Token geometry: <prefix>_<key_id>_<secret><checksum>
@@ -95,6 +101,7 @@ enum
 	Natts_key
 };
 #define Natts_key_catalog		(Natts_key - 1)
+#define Natts_key_catalog_0_1	Anum_key_revoked_at
 
 /* token.c */
 extern bool apikey_prefix_is_valid(const char *s, int len);

@@ -174,6 +174,13 @@ resolve_catalog(void)
 	nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true);
 	if (OidIsValid(nsp))
 		relid = get_relname_relid(APIKEYS_CATALOG, nsp);
+	/* 0.1.0 kept it in schema apikeys: a database not yet updated still works */
+	if (!OidIsValid(relid))
+	{
+		nsp = get_namespace_oid(APIKEYS_SCHEMA_0_1, true);
+		if (OidIsValid(nsp))
+			relid = get_relname_relid(APIKEYS_CATALOG, nsp);
+	}
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -214,7 +221,8 @@ open_catalog(Relation *index)
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("apikeys catalog has no primary key"),
 						 errhint("Re-create the extension.")));
-			if (RelationGetDescr(rel)->natts != Natts_key_catalog)
+			if (RelationGetDescr(rel)->natts != Natts_key_catalog &&
+				RelationGetDescr(rel)->natts != Natts_key_catalog_0_1)
 				elog(ERROR, "apikeys catalog has %d columns, expected %d",
 					 RelationGetDescr(rel)->natts, Natts_key_catalog);
 			*index = index_open(indexid, AccessShareLock);
@@ -293,6 +301,8 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 	text	   *state;
 
 #define COL(a) ((a) - 1)
+	/* columns a 0.1.0 catalog lacks read as null */
+	memset(nulls, true, sizeof(nulls));
 	heap_deform_tuple(tup, desc, values, nulls);
 	for (int i = 0; i < (int) lengthof(varcols); i++)
 	{
@@ -389,6 +399,9 @@ load_entry(const char *key_id, MemoryContext cxt, bool *cacheable)
 
 		e = entry_from_row(tup, RelationGetDescr(rel), cxt);
 		*cacheable = !TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
+		/* a 0.1.0 catalog has no trigger to tell us of changes: never cache */
+		if (RelationGetDescr(rel)->natts != Natts_key_catalog)
+			*cacheable = false;
 		if (should_free)
 			heap_freetuple(tup);
 	}

@@ -76,10 +76,17 @@ internal_call_for(FunctionCallInfo fcinfo)
 	 * caller has no USAGE on the private schema, and needs none (a lookup
 	 * through the parser would check it).
 	 */
-	nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, false);
-	tp = SearchSysCache3(PROCNAMEARGSNSP, CStringGetDatum(internal_name),
-						 PointerGetDatum(buildoidvector(argtypes, nargs + 1)),
-						 ObjectIdGetDatum(nsp));
+	tp = NULL;
+	for (int i = 0; i < 2 && !HeapTupleIsValid(tp); i++)
+	{
+		/* 0.1.0 kept them in schema apikeys (a database not yet updated) */
+		nsp = get_namespace_oid(i == 0 ? APIKEYS_INTERNAL_SCHEMA : APIKEYS_SCHEMA_0_1,
+								true);
+		if (OidIsValid(nsp))
+			tp = SearchSysCache3(PROCNAMEARGSNSP, CStringGetDatum(internal_name),
+								 PointerGetDatum(buildoidvector(argtypes, nargs + 1)),
+								 ObjectIdGetDatum(nsp));
+	}
 	if (!HeapTupleIsValid(tp))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),

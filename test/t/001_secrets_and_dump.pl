@@ -77,7 +77,7 @@ my $catalog = $node->safe_psql('postgres', q{
     UNION ALL SELECT a::text FROM apikeys.audit_log a
     UNION ALL SELECT k::text FROM apikeys.keys k
     UNION ALL SELECT pg_catalog.pg_get_functiondef(oid) FROM pg_proc
-              WHERE pronamespace = 'apikeys'::regnamespace AND prokind = 'f'});
+              WHERE pronamespace IN ('apikeys'::regnamespace, 'apikeys_internal'::regnamespace) AND prokind = 'f'});
 my $dump = '';
 {
     my $file = $node->basedir . '/scan.sql';
