@@ -237,7 +237,7 @@ DECLARE
                              'rotated_at', 'revoked_at'];
     actor    oid := apikeys_internal._actor();
     act      text;
-    diff     jsonb := '{}';
+    diff     jsonb := '{}'::jsonb;
     old_j    jsonb;
     new_j    jsonb;
     k        text;
@@ -350,7 +350,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     o text;
-    result text[] := '{}';
+    result text[] := '{}'::text[];
 BEGIN
     IF p_origins IS NULL THEN
         RETURN NULL;
