@@ -237,7 +237,7 @@ DECLARE
                              'rotated_at', 'revoked_at'];
     actor    oid := apikeys_internal._actor();
     act      text;
-    diff     jsonb := '{}';
+    diff     jsonb := '{}'::jsonb;
     old_j    jsonb;
     new_j    jsonb;
     k        text;
@@ -350,7 +350,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     o text;
-    result text[] := '{}';
+    result text[] := '{}'::text[];
 BEGIN
     IF p_origins IS NULL THEN
         RETURN NULL;
@@ -369,11 +369,14 @@ BEGIN
         END IF;
         PERFORM apikeys_internal._check_limit('origin', 'characters', length(o));
         o := lower(o COLLATE "C");
-        IF o !~ '^[a-z][a-z0-9+.-]*://(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?$'
-           AND o !~ '^[a-z][a-z0-9+.-]*://\[[0-9a-f:.]+\](:[0-9]{1,5})?$' THEN
+        -- http or https; a host name, or an IPv6 literal; a wildcard only as
+        -- the first label, with at least two labels after it (no *.com)
+        IF o !~ '^https?://[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?$'
+           AND o !~ '^https?://\*(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?){2,}(:[0-9]{1,5})?$'
+           AND o !~ '^https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?$' THEN
             RAISE EXCEPTION 'invalid api key allowed origin'
                 USING ERRCODE = '22023',
-                      DETAIL = 'An allowed origin is scheme://host or scheme://host:port, with no path; the host may start with *. to allow its subdomains.',
+                      DETAIL = 'An allowed origin is http:// or https:// and a host, with an optional port and no path; *. before a domain of at least two labels allows its subdomains.',
                       HINT = 'For example ''https://app.example.com'' or ''https://*.example.com''.';
         END IF;
         IF NOT o = ANY (result) THEN
@@ -400,13 +403,20 @@ AS $$
 BEGIN
     IF p_name IS NOT NULL THEN
         PERFORM apikeys_internal._check_limit('name', 'characters', length(p_name));
-        -- blank in any script: ASCII and Unicode spaces, line and paragraph
-        -- separators, zero-width and byte-order marks
-        IF p_name COLLATE "C" ~ '^[[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]*$' THEN
+        -- blank in any script: spaces, separators, fillers, zero-width,
+        -- format and variation characters, tags; nothing a listing shows
+        IF p_name COLLATE "C" ~ '^[[:space:]\u0085\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u2800\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001d173-\U0001d17a\U000e0000-\U000e0fff]*$' THEN
             RAISE EXCEPTION 'api key name must not be empty'
                 USING ERRCODE = '22023',
-                      DETAIL = 'The name given is empty or only white space.',
+                      DETAIL = 'The name given is empty, or only white space and invisible characters.',
                       HINT = 'Name the key after what uses it, such as ''billing service''.';
+        END IF;
+        -- control characters and bidirectional controls would let a name
+        -- disguise itself, or its neighbours, in a listing
+        IF p_name COLLATE "C" ~ '[\u0001-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]' THEN
+            RAISE EXCEPTION 'api key name contains a control character'
+                USING ERRCODE = '22023',
+                      DETAIL = 'Names may not contain control characters (line breaks and tabs included) or bidirectional text controls.';
         END IF;
     END IF;
     IF p_scopes IS NOT NULL THEN
@@ -588,6 +598,14 @@ BEGIN
                   HINT = 'Name the key after what uses it, such as ''billing service''.';
     END IF;
     PERFORM apikeys_internal._check_settings(p_name, p_scopes, p_expires_at, p_metadata, p_allowed_ips);
+    -- an empty allow-list at creation is most likely a list that came out
+    -- empty by mistake: refuse it rather than issue an unrestricted key
+    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
+        RAISE EXCEPTION 'empty api key allow-list'
+            USING ERRCODE = '22023',
+                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
+                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
+    END IF;
     p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
     p_role := COALESCE(p_role, p_caller::regrole);
     PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
@@ -604,7 +622,7 @@ BEGIN
                     NULLIF(p_expires_at, 'infinity'),
                     COALESCE(p_metadata, '{}'),
                     m.hash_version, m.hash, p_caller::regrole,
-                    NULLIF(p_allowed_ips, '{}'), p_allowed_origins);
+                    p_allowed_ips, p_allowed_origins);
             new_key_id := m.key_id;
             new_token := m.token;
             RETURN;
@@ -881,11 +899,13 @@ COMMENT ON TYPE @extschema@.verification IS
 -- 9. The backend-local key cache (src/cache.c) and one verification per
 -- statement (src/verify.c).
 --
--- Ordinary DML sends no relcache invalidation, so this trigger registers one
--- for every statement that may change an existing key.  It goes out with the
--- commit (and is replayed on hot standbys), and every backend's key cache
--- drops what it holds.  Creating a key sends none: a new key id cannot be in
--- any cache.
+-- Ordinary DML sends no relcache invalidation, so these triggers register one
+-- for every change to an existing key.  It goes out with the commit (and is
+-- replayed on hot standbys), and every backend's key cache drops what it
+-- holds.  Creating a key sends none: a new key id cannot be in any cache.
+-- They fire ALWAYS: a logical replication subscriber applies changes as a
+-- replica, and its sessions' caches must follow too (its apply worker fires
+-- row triggers only, hence one per row for UPDATE and DELETE).
 -------------------------------------------------------------------------------
 CREATE FUNCTION apikeys_internal._catalog_changed()
 RETURNS trigger
@@ -896,8 +916,13 @@ COMMENT ON FUNCTION apikeys_internal._catalog_changed() IS
 REVOKE ALL ON FUNCTION apikeys_internal._catalog_changed() FROM PUBLIC;
 
 CREATE TRIGGER key_catalog_invalidate
-    AFTER UPDATE OR DELETE OR TRUNCATE ON apikeys_internal.key_catalog
+    AFTER UPDATE OR DELETE ON apikeys_internal.key_catalog
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._catalog_changed();
+CREATE TRIGGER key_catalog_invalidate_truncate
+    AFTER TRUNCATE ON apikeys_internal.key_catalog
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._catalog_changed();
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_invalidate;
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_invalidate_truncate;
 
 CREATE FUNCTION @extschema@.apikey_is_valid(token pg_catalog.text,
                                             scope pg_catalog.text DEFAULT NULL,

@@ -103,6 +103,12 @@ enum
 #define Natts_key_catalog		(Natts_key - 1)
 #define Natts_key_catalog_0_1	Anum_key_revoked_at
 
+/* objects.c */
+extern bool apikeys_owns_object(Oid classid, Oid objid);
+extern Oid	apikeys_relation_oid(const char *relname);
+extern Oid	apikeys_function_oid(const char *proname, int nargs,
+								 const Oid *argtypes);
+
 /* token.c */
 extern bool apikey_prefix_is_valid(const char *s, int len);
 extern bool apikey_parse(const char *s, size_t len, ApiKeyToken *tok);

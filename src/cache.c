@@ -4,8 +4,9 @@
  *		loaded from apikeys_internal.key_catalog by index scan on a miss.
  *
  * Coherence is transactional, never a TTL.  Ordinary DML sends no relcache
- * invalidation, so a statement trigger on the catalog registers one
- * (apikeys_internal._catalog_changed, for UPDATE, DELETE and TRUNCATE) and
+ * invalidation, so a trigger on the catalog registers one
+ * (apikeys_internal._catalog_changed, for UPDATE, DELETE and TRUNCATE,
+ * firing on logical replication subscribers too) and
  * a relcache callback marks the whole cache stale.  The message travels
  * with the commit: to every backend through the shared invalidation queue,
  * to hot standbys in the commit record, and to the changing session at its
@@ -161,26 +162,20 @@ register_callbacks(void)
 	callbacks_registered = true;
 }
 
-/* Look up apikeys_internal.key_catalog by name, if its OID may be stale. */
+/*
+ * Look up apikeys_internal.key_catalog by name, if its OID may be stale (a
+ * 0.1.0 database keeps it in apikeys; objects.c accepts only a member of
+ * the extension).
+ */
 static void
 resolve_catalog(void)
 {
-	Oid			nsp;
-	Oid			relid = InvalidOid;
+	Oid			relid;
 
 	register_callbacks();
 	if (!catalog_stale && OidIsValid(catalog_relid))
 		return;
-	nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true);
-	if (OidIsValid(nsp))
-		relid = get_relname_relid(APIKEYS_CATALOG, nsp);
-	/* 0.1.0 kept it in schema apikeys: a database not yet updated still works */
-	if (!OidIsValid(relid))
-	{
-		nsp = get_namespace_oid(APIKEYS_SCHEMA_0_1, true);
-		if (OidIsValid(nsp))
-			relid = get_relname_relid(APIKEYS_CATALOG, nsp);
-	}
+	relid = apikeys_relation_oid(APIKEYS_CATALOG);
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -560,9 +555,10 @@ apikey_cache_init(void)
 
 /*
  * SQL trigger: apikeys_internal._catalog_changed(), AFTER UPDATE OR DELETE
- * OR TRUNCATE FOR EACH STATEMENT on the catalog.  Registers a relcache
- * invalidation of the catalog, sent with the commit: every backend's key
- * cache (and every standby's, replaying it) drops what it holds.
+ * FOR EACH ROW and AFTER TRUNCATE on the catalog, enabled ALWAYS.  Registers
+ * a relcache invalidation of the catalog (once per command: duplicates are
+ * merged), sent with the commit: every backend's key cache (and every
+ * standby's, replaying it) drops what it holds.
  */
 PG_FUNCTION_INFO_V1(apikeys_catalog_changed);
 Datum

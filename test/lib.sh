@@ -30,6 +30,7 @@ ensure_deps() {
     [ -f "/usr/include/postgresql/$PG_MAJOR/server/postgres.h" ] || missing+=("postgresql-server-dev-$PG_MAJOR")
     [ -x "/usr/lib/postgresql/$PG_MAJOR/bin/postgres" ] || missing+=("postgresql-$PG_MAJOR")
     [ -f "/usr/share/postgresql/$PG_MAJOR/extension/pgcrypto.control" ] || missing+=("postgresql-$PG_MAJOR")
+    [ -f "/usr/share/postgresql/$PG_MAJOR/extension/plpgsql_check.control" ] || missing+=("postgresql-$PG_MAJOR-plpgsql-check")
     perl -MIPC::Run -e 1 2>/dev/null || missing+=(libipc-run-perl)
     command -v make >/dev/null || missing+=(make)
     command -v gcc >/dev/null || missing+=(gcc)
@@ -47,6 +48,16 @@ ensure_deps() {
         echo "installing: ${missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    # A relocated copy of the server (PG_CONFIG pointing into a private
+    # tree, for parallel development) gets the extension files apt put into
+    # the system directories.
+    local share lib
+    share=$("$PG_CONFIG" --sharedir)/extension
+    lib=$("$PG_CONFIG" --pkglibdir)
+    if [ ! -f "$share/plpgsql_check.control" ] && [ -w "$share" ]; then
+        cp /usr/share/postgresql/$PG_MAJOR/extension/plpgsql_check* "$share/"
+        cp /usr/lib/postgresql/$PG_MAJOR/lib/plpgsql_check.so "$lib/"
     fi
 }
 
