@@ -740,29 +740,31 @@ verify_apikey_arg(FunctionCallInfo fcinfo, ApiKeyVerdict *v)
 }
 
 /*
- * The result row's descriptor, looked up once per call site (kept in
- * fn_extra for as long as the calling expression lives).
+ * The result row's descriptor.  The type is resolved once per call site
+ * (fn_extra), and its type cache entry is kept there: the descriptor is read
+ * from it at each call, which costs a pointer load and stays right if the
+ * type is ever altered.
  */
 static TupleDesc
 verification_desc(FunctionCallInfo fcinfo)
 {
-	TupleDesc	desc = (TupleDesc) fcinfo->flinfo->fn_extra;
-	Oid			rettype;
-	MemoryContext old;
+	TypeCacheEntry *tce = (TypeCacheEntry *) fcinfo->flinfo->fn_extra;
 
-	if (desc != NULL)
-		return desc;
-	rettype = get_fn_expr_rettype(fcinfo->flinfo);
-	if (!OidIsValid(rettype))
-		rettype = get_func_rettype(fcinfo->flinfo->fn_oid);
-	old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-	desc = lookup_rowtype_tupdesc_copy(rettype, -1);
-	MemoryContextSwitchTo(old);
-	if (desc->natts != Vf_natts)
+	if (tce == NULL)
+	{
+		Oid			rettype = get_fn_expr_rettype(fcinfo->flinfo);
+
+		if (!OidIsValid(rettype))
+			rettype = get_func_rettype(fcinfo->flinfo->fn_oid);
+		tce = lookup_type_cache(rettype, TYPECACHE_TUPDESC);
+		if (tce->tupDesc == NULL)
+			elog(ERROR, "type %u is not composite", rettype);
+		fcinfo->flinfo->fn_extra = tce;
+	}
+	if (tce->tupDesc->natts != Vf_natts)
 		elog(ERROR, "apikeys.verification has %d columns, expected %d",
-			 desc->natts, Vf_natts);
-	fcinfo->flinfo->fn_extra = desc;
-	return desc;
+			 tce->tupDesc->natts, Vf_natts);
+	return tce->tupDesc;
 }
 
 /* Build the apikeys.verification row from a verdict. */
