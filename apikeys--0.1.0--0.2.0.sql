@@ -290,8 +290,23 @@ COMMENT ON FUNCTION apikeys_internal._audit_key_change() IS
 REVOKE ALL ON FUNCTION apikeys_internal._audit_key_change() FROM PUBLIC;
 
 CREATE TRIGGER key_catalog_audit
-    AFTER INSERT OR UPDATE OR DELETE ON apikeys_internal.key_catalog
+    AFTER UPDATE OR DELETE ON apikeys_internal.key_catalog
     FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_key_change();
+
+-- An insert's audit row, written in C (src/audit.c): the same row as the
+-- INSERT branch of _audit_key_change, without a PL/pgSQL call and the hex
+-- encoding of hashes only to drop them.  Creation is the one bulk operation.
+CREATE FUNCTION apikeys_internal._audit_key_create()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'apikeys_audit_key_create'
+LANGUAGE C;
+COMMENT ON FUNCTION apikeys_internal._audit_key_create() IS
+    'trigger: writes the audit row of a new key (action create, or direct_insert), without secrets or hashes';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_key_create() FROM PUBLIC;
+
+CREATE TRIGGER key_catalog_audit_create
+    AFTER INSERT ON apikeys_internal.key_catalog
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_key_create();
 
 -------------------------------------------------------------------------------
 -- 6. Lifecycle, internal halves.  SECURITY DEFINER ones pin search_path and
@@ -958,3 +973,34 @@ AS 'MODULE_PATHNAME', 'apikey_cache_stats'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.apikey_cache_stats() IS
     'this backend''s key cache: entries held, apikeys.cache_size, memory in bytes, lookups answered from it (hits) and from the catalog (misses), evictions, invalidations received, loads discarded because an invalidation raced them, and repeats answered by the one-verification-per-statement rule';
+
+-------------------------------------------------------------------------------
+-- 10. Creation at the speed of an insert (src/create.c, src/audit.c).
+--
+-- apikey_create decides a plainly valid call in C and writes it with one
+-- saved INSERT as the catalog's owner; anything else goes to _apikey_create
+-- as before.  Every statement that writes the catalog prepares its CHECK
+-- constraints again: the five checks of 0.1.0 become one, with the same
+-- conditions, in C.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._key_row_ok(key_id pg_catalog.text,
+                                             prefix pg_catalog.text,
+                                             name pg_catalog.text,
+                                             state pg_catalog.text,
+                                             no_prev_hash pg_catalog.bool,
+                                             no_prev_valid_until pg_catalog.bool)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikeys_key_row_ok'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION apikeys_internal._key_row_ok(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.bool, pg_catalog.bool) IS
+    'the key catalog''s row check: key_id is 12 letters and digits, prefix matches [a-z][a-z0-9_]{0,19}, name is not blank, state is active, disabled or revoked, and prev_hash and prev_valid_until are both set or both null';
+
+ALTER TABLE apikeys_internal.key_catalog
+    DROP CONSTRAINT key_catalog_key_id_check,
+    DROP CONSTRAINT key_catalog_prefix_check,
+    DROP CONSTRAINT key_catalog_name_check,
+    DROP CONSTRAINT key_catalog_state_check,
+    DROP CONSTRAINT key_catalog_prev_check,
+    ADD CONSTRAINT key_catalog_row_check
+        CHECK (apikeys_internal._key_row_ok(key_id, prefix, name, state,
+                                            prev_hash IS NULL, prev_valid_until IS NULL));

@@ -109,6 +109,11 @@ extern Oid	apikeys_relation_oid(const char *relname);
 extern Oid	apikeys_function_oid(const char *proname, int nargs,
 								 const Oid *argtypes);
 
+/* lifecycle.c, create.c, audit.c */
+extern Oid	apikeys_current_actor(void);
+extern bool apikey_create_fast(FunctionCallInfo fcinfo, Oid caller,
+							   Datum *key_id, Datum *token);
+
 /* token.c */
 extern bool apikey_prefix_is_valid(const char *s, int len);
 extern bool apikey_parse(const char *s, size_t len, ApiKeyToken *tok);
@@ -117,6 +122,11 @@ extern void apikey_checksum(const char *s, size_t len,
 							char out[APIKEY_CHECKSUM_LEN]);
 extern void apikey_digest(const char *secret, size_t len,
 						  uint8 out[APIKEY_DIGEST_LEN]);
+extern void apikey_mint_token(const char *prefix, int prefix_len,
+							  const char *key_id,
+							  char key_id_out[APIKEY_KEY_ID_LEN],
+							  char token[APIKEY_TOKEN_MAXLEN], int *token_len,
+							  uint8 digest[APIKEY_DIGEST_LEN]);
 extern void apikey_session_mask(uint8 digest[APIKEY_DIGEST_LEN]);
 extern bool apikey_digest_equal(const uint8 *a, const uint8 *b, size_t len);
 

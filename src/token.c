@@ -331,6 +331,40 @@ apikey_digest(const char *secret, size_t len, uint8 out[APIKEY_DIGEST_LEN])
 #endif
 
 /*
+ * Mint a token for prefix and key_id (a random key id when key_id is NULL):
+ * <prefix>_<key_id>_<secret><checksum>, with a fresh secret from
+ * pg_strong_random().  Fills key_id_out, token (*token_len bytes, not
+ * terminated) and the secret's digest.  The caller wipes token and digest.
+ */
+void
+apikey_mint_token(const char *prefix, int prefix_len, const char *key_id,
+				  char key_id_out[APIKEY_KEY_ID_LEN],
+				  char token[APIKEY_TOKEN_MAXLEN], int *token_len,
+				  uint8 digest[APIKEY_DIGEST_LEN])
+{
+	int			len = 0;
+
+	Assert(prefix_len >= 1 && prefix_len <= APIKEY_PREFIX_MAXLEN);
+	if (key_id == NULL)
+		apikey_random_base62(key_id_out, APIKEY_KEY_ID_LEN);
+	else
+		memcpy(key_id_out, key_id, APIKEY_KEY_ID_LEN);
+
+	memcpy(token, prefix, prefix_len);
+	len += prefix_len;
+	token[len++] = '_';
+	memcpy(token + len, key_id_out, APIKEY_KEY_ID_LEN);
+	len += APIKEY_KEY_ID_LEN;
+	token[len++] = '_';
+	apikey_random_base62(token + len, APIKEY_SECRET_LEN);
+	apikey_digest(token + len, APIKEY_SECRET_LEN, digest);
+	len += APIKEY_SECRET_LEN;
+	apikey_checksum(token, len, token + len);
+	len += APIKEY_CHECKSUM_LEN;
+	*token_len = len;
+}
+
+/*
  * XOR the digest with a random mask drawn once per backend.  The apikey type
  * keeps its digest masked, so a value stored in a table or a catalog is
  * useless to any other session: only the backend that parsed the token can
