@@ -10,7 +10,8 @@ DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup type_io create_verify rotate lifecycle privileges audit bad_input
+REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
+          restrictions bad_input
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify catalog_recreate
 
