@@ -844,9 +844,10 @@ json_string(StringInfo buf, const char *s)
 }
 
 /*
- * Reject the request the way PostgREST documents for custom errors: SQLSTATE
- * PGRST, the message a JSON object (code, message, details, hint) and the
- * detail a JSON object (status, headers).  Nothing here ever holds a token.
+ * Reject the request the way PostgREST (11.3 and later) documents for custom
+ * errors: SQLSTATE PGRST, the message a JSON object (code, message, and
+ * details and hint when there are some) and the detail a JSON object
+ * (status, headers).  Nothing here ever holds a token.
  */
 static void pg_attribute_noreturn()
 reject(int http_status, const char *code, const char *message,
@@ -861,10 +862,16 @@ reject(int http_status, const char *code, const char *message,
 	json_string(&msg, code);
 	appendStringInfoString(&msg, ",\"message\":");
 	json_string(&msg, message);
-	appendStringInfoString(&msg, ",\"details\":");
-	json_string(&msg, details);
-	appendStringInfoString(&msg, ",\"hint\":");
-	json_string(&msg, hint);
+	if (details != NULL)
+	{
+		appendStringInfoString(&msg, ",\"details\":");
+		json_string(&msg, details);
+	}
+	if (hint != NULL)
+	{
+		appendStringInfoString(&msg, ",\"hint\":");
+		json_string(&msg, hint);
+	}
 	appendStringInfoChar(&msg, '}');
 
 	initStringInfo(&det);
