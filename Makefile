@@ -13,7 +13,7 @@ PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
           restrictions bad_input
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
-ISOLATION = revoke_verify rotate_verify catalog_recreate
+ISOLATION = revoke_verify rotate_verify catalog_recreate login_revoke
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src
