@@ -37,6 +37,9 @@ INSERT INTO regress.pgrst_keys SELECT 'revoked', * FROM apikey_create('revoked',
 INSERT INTO regress.pgrst_keys SELECT 'disabled', * FROM apikey_create('disabled', role => 'regress_pgrst_api');
 INSERT INTO regress.pgrst_keys SELECT 'expired', * FROM apikey_create('expired', role => 'regress_pgrst_api');
 INSERT INTO regress.pgrst_keys SELECT 'super', * FROM apikey_create('super', role => 'postgres');
+CREATE ROLE regress_pgrst_stranger NOLOGIN;
+INSERT INTO regress.pgrst_keys SELECT 'stranger', * FROM apikey_create('not granted to the authenticator',
+    role => 'regress_pgrst_stranger');
 SELECT apikey_revoke(key_id) FROM regress.pgrst_keys WHERE label = 'revoked';
 SELECT apikey_disable(key_id) FROM regress.pgrst_keys WHERE label = 'disabled';
 UPDATE apikeys_internal.key_catalog SET expires_at = now() - interval '1 second'
@@ -184,6 +187,8 @@ BEGIN; SELECT regress.pgrst('{"authorization": "Bearer a.b.c", "x-api-key": "%re
 -- a key whose role is a superuser never logs in; the reason goes to the
 -- server log, not to the client
 BEGIN; SELECT regress.pgrst('{"x-api-key": "%super%"}', path => '/products'); ROLLBACK;
+-- ... nor as a role the authenticator was not granted
+BEGIN; SELECT regress.pgrst('{"x-api-key": "%stranger%"}', path => '/products'); ROLLBACK;
 
 -- route scopes: each matching row's scope is required; wildcards in the
 -- key's scopes count
@@ -260,5 +265,6 @@ DELETE FROM apikeys.route_scopes;
 SELECT apikey_delete(key_id) FROM regress.pgrst_keys \g /dev/null
 DROP TABLE regress.pgrst_keys;
 DROP SCHEMA regress_api CASCADE;
-DROP ROLE regress_pgrst_auth, regress_pgrst_anon, regress_pgrst_api, regress_pgrst_admin;
+DROP ROLE regress_pgrst_auth, regress_pgrst_anon, regress_pgrst_api, regress_pgrst_admin,
+    regress_pgrst_stranger;
 SELECT count(*) AS keys_left FROM apikeys.keys;

@@ -1031,7 +1031,10 @@ apikeys_pre_request(PG_FUNCTION_ARGS)
 	req.scope = scopes != NIL ? cstring_to_text(linitial(scopes)) : NULL;
 	req.client_ip = client_ip_from(&hp.h[H_CLIENT_IP]);
 	req.origin = origin_from(&hp);
-	apikey_verify_token(cr.token, strlen(cr.token), &req, &v);
+	if (strlen(cr.token) > APIKEY_TOKEN_MAXLEN)
+		apikey_verify_token(NULL, 0, &req, &v); /* invalid, unread */
+	else
+		apikey_verify_token(cr.token, strlen(cr.token), &req, &v);
 
 	why = login_check(&v, &rolename);
 	if (why == LOGIN_NO_SCOPE)
