@@ -8,10 +8,12 @@ CREATE ROLE regress_login_svc NOLOGIN;
 CREATE ROLE regress_login_other NOLOGIN;
 CREATE ROLE regress_login_bypass NOLOGIN BYPASSRLS;
 CREATE ROLE regress_login_promoted NOLOGIN;
+CREATE ROLE "regress login ""odd"" Role" NOLOGIN;
 -- the role that connects, like PostgREST's authenticator: NOINHERIT, and
 -- granted the roles its keys map to
 CREATE ROLE regress_login_auth LOGIN NOINHERIT;
-GRANT regress_login_svc, regress_login_bypass, regress_login_promoted TO regress_login_auth;
+GRANT regress_login_svc, regress_login_bypass, regress_login_promoted,
+    "regress login ""odd"" Role" TO regress_login_auth;
 
 -- keys, by label, readable by the test's roles
 CREATE TABLE regress.login_keys (label text PRIMARY KEY, key_id text, token text);
@@ -24,6 +26,8 @@ INSERT INTO regress.login_keys SELECT 'other', * FROM apikey_create('other', rol
 INSERT INTO regress.login_keys SELECT 'super', * FROM apikey_create('super', role => 'postgres');
 INSERT INTO regress.login_keys SELECT 'bypass', * FROM apikey_create('bypass', role => 'regress_login_bypass');
 INSERT INTO regress.login_keys SELECT 'promoted', * FROM apikey_create('promoted', role => 'regress_login_promoted');
+INSERT INTO regress.login_keys SELECT 'odd', * FROM apikey_create('odd',
+    role => (SELECT oid FROM pg_roles WHERE rolname = 'regress login "odd" Role')::regrole);
 INSERT INTO regress.login_keys SELECT 'revoked', * FROM apikey_create('revoked', role => 'regress_login_svc');
 INSERT INTO regress.login_keys SELECT 'disabled', * FROM apikey_create('disabled', role => 'regress_login_svc');
 INSERT INTO regress.login_keys SELECT 'expired', * FROM apikey_create('expired', role => 'regress_login_svc');
@@ -98,6 +102,12 @@ SELECT regress.login_state(), apikey_scopes(), apikey_metadata();
 SELECT id, tenant, item FROM regress_login_orders ORDER BY id;
 INSERT INTO regress_login_orders VALUES (4, 'globex', 'widget');
 SELECT regress.try($$INSERT INTO regress_login_orders VALUES (5, 'acme', 'stolen')$$);
+COMMIT;
+
+-- a role whose name needs quoting
+BEGIN;
+SELECT status, role FROM regress.login_keys k, apikey_login(k.token) WHERE k.label = 'odd';
+SELECT regress.login_state();
 COMMIT;
 
 -- a READ ONLY transaction, as PostgREST runs a GET
@@ -239,5 +249,5 @@ DROP FUNCTION regress.login_state(), regress.login_definer(text),
 SELECT apikey_delete(key_id) FROM regress.login_keys \g /dev/null
 DROP TABLE regress.login_keys;
 DROP ROLE regress_login_auth, regress_login_svc, regress_login_other,
-    regress_login_bypass, regress_login_promoted;
+    regress_login_bypass, regress_login_promoted, "regress login ""odd"" Role";
 SELECT count(*) AS keys_left FROM apikeys.keys;
