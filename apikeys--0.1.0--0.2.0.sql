@@ -959,6 +959,8 @@ CREATE POLICY route_scopes_admin ON apikeys_internal.route_scopes
     FOR ALL
     USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
     WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+COMMENT ON POLICY route_scopes_admin ON apikeys_internal.route_scopes IS
+    'only admins (apikeys_admin members, superusers) read and change route scopes; pre_request reads them from C';
 REVOKE ALL ON apikeys_internal.route_scopes FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON apikeys_internal.route_scopes TO apikeys_admin;
 
