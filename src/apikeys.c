@@ -3,13 +3,30 @@
  *		Module entry point of the apikeys extension.
  *
  * The token format lives in token.c, the apikey type in type.c, the verify
- * hot path in verify.c and the lifecycle entry points in lifecycle.c.
+ * hot path in verify.c, the lifecycle entry points in lifecycle.c, and
+ * logins, the key context and the PostgREST hook in session.c.
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "utils/guc.h"
 
 #include "apikeys.h"
 #include "compat.h"
 
 PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+/*
+ * Library load: define the apikeys.* settings and register callbacks.  Runs
+ * at server start when preloaded, else at the first call in a backend.
+ */
+void
+_PG_init(void)
+{
+	apikeys_session_init();
+
+	/* Define every apikeys.* setting above this line. */
+	MarkGUCPrefixReserved("apikeys");
+}

@@ -171,4 +171,7 @@ extern void apikey_verify_digest(const char *prefix, int prefix_len,
 extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
 							   int want_len);
 
+/* session.c: apikey_login, the key context, pre_request, their settings */
+extern void apikeys_session_init(void);
+
 #endif							/* APIKEYS_H */

@@ -32,4 +32,15 @@
 #define APIKEYS_CURRENT_LXID() (MyProc->lxid)
 #endif
 
+/* MarkGUCPrefixReserved() was EmitWarningsOnPlaceholders() before 15. */
+#if PG_VERSION_NUM < 150000
+#define MarkGUCPrefixReserved(className) EmitWarningsOnPlaceholders(className)
+#endif
+
+/*
+ * Porting note (session.c): from 16 on, JSON semantic actions return
+ * JsonParseErrorType instead of void, and makeJsonLexContextCstringLen()
+ * takes the context to fill as its first argument.
+ */
+
 #endif							/* APIKEYS_COMPAT_H */
