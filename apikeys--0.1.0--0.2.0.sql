@@ -24,7 +24,22 @@ REVOKE ALL ON SCHEMA apikeys_internal FROM PUBLIC;
 GRANT USAGE ON SCHEMA apikeys_internal TO apikeys_admin;
 
 -- Objects that read the tables or call the internal functions by name are
--- dropped here and created again below.
+-- dropped here and created again below.  Privileges a DBA set on the public
+-- ones (revoking apikey_create from PUBLIC, say) are saved first and
+-- applied to the new objects at the end of this script.
+SELECT pg_catalog.set_config('apikeys_upgrade.acl', pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+    'apikey_create', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb)'::pg_catalog.regprocedure),
+    'apikey_update', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole)'::pg_catalog.regprocedure),
+    'apikey_verify_text', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_verify(pg_catalog.text, pg_catalog.text)'::pg_catalog.regprocedure),
+    'apikey_verify_apikey', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text)'::pg_catalog.regprocedure),
+    'keys', (SELECT c.relacl::pg_catalog.text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) '@extschema@.keys'::pg_catalog.regclass),
+    'audit_log', (SELECT c.relacl::pg_catalog.text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) '@extschema@.audit_log'::pg_catalog.regclass)
+    ))::pg_catalog.text, true);
+
 DROP VIEW @extschema@.keys;
 DROP POLICY key_catalog_visible ON @extschema@.key_catalog;
 DROP POLICY key_catalog_admin ON @extschema@.key_catalog;
@@ -1003,3 +1018,45 @@ AS 'MODULE_PATHNAME', 'apikeys_pre_request'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION @extschema@.pre_request() IS
     'PostgREST db-pre-request hook: logs in with the api key from request.headers (Authorization: Bearer or ApiKey, x-api-key, apikey) and enforces route scopes and apikeys.require_key; rejects with HTTP 401, 403 or 429 (RAISE SQLSTATE PGRST)';
+
+-------------------------------------------------------------------------------
+-- 10. The result type.  It is a composite type, so a relation in schema
+-- apikeys: a role that could hold a lock on it for long (CREATE TABLE ... OF
+-- it, in an open transaction) while queueing CREATE RULE on it could stall
+-- every backend that loads the type.  Only the creation of objects of the
+-- type needs USAGE; calling apikey_verify and reading its fields do not.
+-------------------------------------------------------------------------------
+REVOKE USAGE ON TYPE @extschema@.verification FROM PUBLIC;
+
+-------------------------------------------------------------------------------
+-- 11. Privileges saved at the top of this script, applied to the objects
+-- that replaced the 0.1.0 ones (an object a DBA never touched keeps the new
+-- defaults).
+-------------------------------------------------------------------------------
+DO $do$
+DECLARE
+    saved pg_catalog.jsonb := pg_catalog.current_setting('apikeys_upgrade.acl')::pg_catalog.jsonb;
+    o record;
+    a record;
+BEGIN
+    FOR o IN SELECT * FROM (VALUES
+        ('apikey_create', 'FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[])', 'EXECUTE'),
+        ('apikey_update', 'FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[])', 'EXECUTE'),
+        ('apikey_verify_text', 'FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text)', 'EXECUTE'),
+        ('apikey_verify_apikey', 'FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text)', 'EXECUTE'),
+        ('keys', 'TABLE @extschema@.keys', 'SELECT'),
+        ('audit_log', 'TABLE @extschema@.audit_log', 'SELECT')) AS t(name, object, privilege)
+    LOOP
+        CONTINUE WHEN NOT saved OPERATOR(pg_catalog.?) o.name;
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', o.object);
+        FOR a IN SELECT e.grantee, e.is_grantable
+                   FROM pg_catalog.aclexplode((saved OPERATOR(pg_catalog.->>) o.name)::pg_catalog.aclitem[]) e
+                  WHERE e.privilege_type OPERATOR(pg_catalog.=) o.privilege LOOP
+            EXECUTE pg_catalog.format('GRANT %s ON %s TO %s%s', o.privilege, o.object,
+                CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                     ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END,
+                CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+    END LOOP;
+END
+$do$;

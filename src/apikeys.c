@@ -4,7 +4,9 @@
  *
  * The token format lives in token.c, the apikey type in type.c, the verify
  * hot path in verify.c, the lifecycle entry points in lifecycle.c, and
- * logins, the key context and the PostgREST hook in session.c.
+ * logins, the key context and the PostgREST hook in session.c, the lock
+ * guard for CREATE RULE in guard.c, and the lookup of the extension's own
+ * objects in objects.c.
  */
 #include "postgres.h"
 
@@ -26,6 +28,7 @@ void
 _PG_init(void)
 {
 	apikeys_session_init();
+	apikeys_guard_init();
 
 	/* Define every apikeys.* setting above this line. */
 	MarkGUCPrefixReserved("apikeys");

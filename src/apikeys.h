@@ -103,6 +103,9 @@ enum
 #define Natts_key_catalog		(Natts_key - 1)
 #define Natts_key_catalog_0_1	Anum_key_revoked_at
 
+/* guard.c */
+extern void apikeys_guard_init(void);
+
 /* objects.c */
 extern bool apikeys_owns_object(Oid classid, Oid objid);
 extern Oid	apikeys_relation_oid(const char *relname);

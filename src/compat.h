@@ -43,4 +43,12 @@
  * takes the context to fill as its first argument.
  */
 
+/* pg_class_ownercheck() became object_ownercheck() in 16. */
+#if PG_VERSION_NUM >= 160000
+#define APIKEYS_CLASS_OWNERCHECK(relid, role) \
+	object_ownercheck(RelationRelationId, (relid), (role))
+#else
+#define APIKEYS_CLASS_OWNERCHECK(relid, role) pg_class_ownercheck((relid), (role))
+#endif
+
 #endif							/* APIKEYS_COMPAT_H */
