@@ -24,7 +24,22 @@ REVOKE ALL ON SCHEMA apikeys_internal FROM PUBLIC;
 GRANT USAGE ON SCHEMA apikeys_internal TO apikeys_admin;
 
 -- Objects that read the tables or call the internal functions by name are
--- dropped here and created again below.
+-- dropped here and created again below.  Privileges a DBA set on the public
+-- ones (revoking apikey_create from PUBLIC, say) are saved first and
+-- applied to the new objects at the end of this script.
+SELECT pg_catalog.set_config('apikeys_upgrade.acl', pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+    'apikey_create', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb)'::pg_catalog.regprocedure),
+    'apikey_update', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole)'::pg_catalog.regprocedure),
+    'apikey_verify_text', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_verify(pg_catalog.text, pg_catalog.text)'::pg_catalog.regprocedure),
+    'apikey_verify_apikey', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text)'::pg_catalog.regprocedure),
+    'keys', (SELECT c.relacl::pg_catalog.text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) '@extschema@.keys'::pg_catalog.regclass),
+    'audit_log', (SELECT c.relacl::pg_catalog.text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) '@extschema@.audit_log'::pg_catalog.regclass)
+    ))::pg_catalog.text, true);
+
 DROP VIEW @extschema@.keys;
 DROP POLICY key_catalog_visible ON @extschema@.key_catalog;
 DROP POLICY key_catalog_admin ON @extschema@.key_catalog;
@@ -911,7 +926,168 @@ COMMENT ON TYPE @extschema@.verification IS
     'result of apikey_verify: status is valid, invalid, expired, disabled, revoked, insufficient_scope, ip_not_allowed or origin_not_allowed; key details are null when status is invalid';
 
 -------------------------------------------------------------------------------
--- 9. The backend-local key cache (src/cache.c) and one verification per
+-- 9. Keys as roles: apikey_login, the key context for policies, and the
+-- PostgREST pre-request hook (C, invoker rights; see src/session.c).
+--
+-- apikey_login and pre_request do SET LOCAL ROLE, which PostgreSQL refuses
+-- inside SECURITY DEFINER functions: they run as the caller, and the
+-- session user must be a member of the key's role (as PostgREST's
+-- authenticator is of the roles it switches to).  The key context lives in
+-- backend memory, not in a setting: nothing a client SETs can forge it.
+-------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.apikey_login(token pg_catalog.text,
+                                         scope pg_catalog.text DEFAULT NULL,
+                                         client_ip pg_catalog.inet DEFAULT NULL,
+                                         origin pg_catalog.text DEFAULT NULL)
+RETURNS @extschema@.verification
+AS 'MODULE_PATHNAME', 'apikey_login'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apikey_login(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
+    'verifies a token, then SET LOCAL ROLE to the key''s role and records the key until the transaction ends; 28000 for a bad key, 42501 for a missing scope or a role the session user may not become, 53400 when over a limit';
+
+CREATE FUNCTION @extschema@.apikey_login(token @extschema@.apikey,
+                                         scope pg_catalog.text DEFAULT NULL,
+                                         client_ip pg_catalog.inet DEFAULT NULL,
+                                         origin pg_catalog.text DEFAULT NULL)
+RETURNS @extschema@.verification
+AS 'MODULE_PATHNAME', 'apikey_login_apikey'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apikey_login(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
+    'apikey_login for a parsed token ($1::apikeys.apikey): a plan that holds the token prints it redacted';
+
+-- The helpers are STABLE, so policies that use them can use indexes; a
+-- login is therefore seen by the statements that follow it, not by the
+-- statement that makes it.
+CREATE FUNCTION @extschema@.apikey_current()
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikey_current'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.apikey_current() IS
+    'key id this transaction logged in with (apikey_login, pre_request), or null; for row-level security policies';
+
+CREATE FUNCTION @extschema@.apikey_has_scope(scope pg_catalog.text)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikey_has_scope'
+LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.apikey_has_scope(pg_catalog.text) IS
+    'does the key this transaction logged in with hold scope (''jobs:*'' holds ''jobs:read'', ''*'' holds all)? false without a login';
+
+CREATE FUNCTION @extschema@.apikey_scopes()
+RETURNS pg_catalog.text[]
+AS 'MODULE_PATHNAME', 'apikey_scopes'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.apikey_scopes() IS
+    'scopes of the key this transaction logged in with, or null';
+
+CREATE FUNCTION @extschema@.apikey_metadata()
+RETURNS pg_catalog.jsonb
+AS 'MODULE_PATHNAME', 'apikey_metadata'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.apikey_metadata() IS
+    'metadata of the key this transaction logged in with (a tenant id for policies, say), or null';
+
+-- Route scopes: which scopes a key needs for a request, by HTTP method and
+-- a LIKE pattern on request.path.  The table lives in the private schema
+-- (no unprivileged role can lock it); pre_request reads it directly from C.
+-- Admins manage it through the view apikeys.route_scopes.
+CREATE TABLE apikeys_internal.route_scopes (
+    method       pg_catalog.text COLLATE "C" NOT NULL DEFAULT '*',
+    path_pattern pg_catalog.text COLLATE "C" NOT NULL,
+    scope        pg_catalog.text COLLATE "C" NOT NULL,
+    PRIMARY KEY (method, path_pattern, scope),
+    CONSTRAINT route_scopes_method_check
+        CHECK (method OPERATOR(pg_catalog.~) '^(\*|[A-Z]{1,20})$'),
+    CONSTRAINT route_scopes_path_pattern_check
+        CHECK (pg_catalog.left(path_pattern, 1) OPERATOR(pg_catalog.=) '/'
+               AND pg_catalog.length(path_pattern) OPERATOR(pg_catalog.<=) 1000),
+    CONSTRAINT route_scopes_scope_check
+        CHECK (scope OPERATOR(pg_catalog.~) '^[^[:space:][:cntrl:]*]{1,128}$')
+);
+COMMENT ON TABLE apikeys_internal.route_scopes IS
+    'scopes a key needs for a request, by method and path; read by pre_request, managed through apikeys.route_scopes';
+COMMENT ON COLUMN apikeys_internal.route_scopes.method IS
+    'HTTP method in upper case (GET, POST, ...), or * for every method';
+COMMENT ON COLUMN apikeys_internal.route_scopes.path_pattern IS
+    'LIKE pattern matched against request.path (such as /orders or /rpc/%), starting with /';
+COMMENT ON COLUMN apikeys_internal.route_scopes.scope IS
+    'scope the key must hold (its own scopes may be wildcards); no * here';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.route_scopes', '');
+ALTER TABLE apikeys_internal.route_scopes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.route_scopes FORCE ROW LEVEL SECURITY;
+CREATE POLICY route_scopes_admin ON apikeys_internal.route_scopes
+    FOR ALL
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
+    WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+COMMENT ON POLICY route_scopes_admin ON apikeys_internal.route_scopes IS
+    'only admins (apikeys_admin members, superusers) read and change route scopes; pre_request reads them from C';
+REVOKE ALL ON apikeys_internal.route_scopes FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON apikeys_internal.route_scopes TO apikeys_admin;
+
+CREATE VIEW @extschema@.route_scopes WITH (security_invoker = true) AS
+SELECT r.method, r.path_pattern, r.scope
+  FROM apikeys_internal.route_scopes r;
+COMMENT ON VIEW @extschema@.route_scopes IS
+    'scopes pre_request requires by route: INSERT (method, path_pattern, scope) to make GET /orders demand orders:read; admins only';
+COMMENT ON COLUMN @extschema@.route_scopes.method IS
+    'HTTP method in upper case (GET, POST, ...), or * for every method (the default)';
+COMMENT ON COLUMN @extschema@.route_scopes.path_pattern IS
+    'LIKE pattern matched against request.path, such as /orders or /rpc/%';
+COMMENT ON COLUMN @extschema@.route_scopes.scope IS
+    'scope a key must hold for a matching request';
+REVOKE ALL ON @extschema@.route_scopes FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON @extschema@.route_scopes TO apikeys_admin;
+
+CREATE FUNCTION @extschema@.pre_request()
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_pre_request'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.pre_request() IS
+    'PostgREST db-pre-request hook: logs in with the api key from request.headers (Authorization: Bearer or ApiKey, x-api-key, apikey) and enforces route scopes and apikeys.require_key; rejects with HTTP 401, 403 or 429 (RAISE SQLSTATE PGRST)';
+
+-------------------------------------------------------------------------------
+-- 10. The result type.  It is a composite type, so a relation in schema
+-- apikeys: a role that could hold a lock on it for long (CREATE TABLE ... OF
+-- it, in an open transaction) while queueing CREATE RULE on it could stall
+-- every backend that loads the type.  Only the creation of objects of the
+-- type needs USAGE; calling apikey_verify and reading its fields do not.
+-------------------------------------------------------------------------------
+REVOKE USAGE ON TYPE @extschema@.verification FROM PUBLIC;
+
+-------------------------------------------------------------------------------
+-- 11. Privileges saved at the top of this script, applied to the objects
+-- that replaced the 0.1.0 ones (an object a DBA never touched keeps the new
+-- defaults).
+-------------------------------------------------------------------------------
+DO $do$
+DECLARE
+    saved pg_catalog.jsonb := pg_catalog.current_setting('apikeys_upgrade.acl')::pg_catalog.jsonb;
+    o record;
+    a record;
+BEGIN
+    FOR o IN SELECT * FROM (VALUES
+        ('apikey_create', 'FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[])', 'EXECUTE'),
+        ('apikey_update', 'FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[])', 'EXECUTE'),
+        ('apikey_verify_text', 'FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text)', 'EXECUTE'),
+        ('apikey_verify_apikey', 'FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text)', 'EXECUTE'),
+        ('keys', 'TABLE @extschema@.keys', 'SELECT'),
+        ('audit_log', 'TABLE @extschema@.audit_log', 'SELECT')) AS t(name, object, privilege)
+    LOOP
+        CONTINUE WHEN NOT saved OPERATOR(pg_catalog.?) o.name;
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', o.object);
+        FOR a IN SELECT e.grantee, e.is_grantable
+                   FROM pg_catalog.aclexplode((saved OPERATOR(pg_catalog.->>) o.name)::pg_catalog.aclitem[]) e
+                  WHERE e.privilege_type OPERATOR(pg_catalog.=) o.privilege LOOP
+            EXECUTE pg_catalog.format('GRANT %s ON %s TO %s%s', o.privilege, o.object,
+                CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                     ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END,
+                CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+    END LOOP;
+END
+$do$;
+
+-------------------------------------------------------------------------------
+-- 12. The backend-local key cache (src/cache.c) and one verification per
 -- statement (src/verify.c).
 --
 -- Ordinary DML sends no relcache invalidation, so these triggers register one
@@ -975,7 +1151,7 @@ COMMENT ON FUNCTION @extschema@.apikey_cache_stats() IS
     'this backend''s key cache: entries held, apikeys.cache_size, memory in bytes, lookups answered from it (hits) and from the catalog (misses), evictions, invalidations received, loads discarded because an invalidation raced them, and repeats answered by the one-verification-per-statement rule';
 
 -------------------------------------------------------------------------------
--- 10. Creation at the speed of an insert (src/create.c, src/audit.c).
+-- 13. Creation at the speed of an insert (src/create.c, src/audit.c).
 --
 -- apikey_create decides a plainly valid call in C and writes it with one
 -- saved INSERT as the catalog's owner; anything else goes to _apikey_create

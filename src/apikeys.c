@@ -3,8 +3,11 @@
  *		Module entry point of the apikeys extension.
  *
  * The token format lives in token.c, the apikey type in type.c, the verify
- * hot path in verify.c, the backend-local key cache in cache.c and the
- * lifecycle entry points in lifecycle.c.
+ * hot path in verify.c, the backend-local key cache in cache.c, the
+ * lifecycle entry points in lifecycle.c (the fast path of apikey_create in
+ * create.c, the audit row of a new key in audit.c), logins, the key context
+ * and the PostgREST hook in session.c, the lock guard for CREATE RULE in
+ * guard.c, and the lookup of the extension's own objects in objects.c.
  */
 #include "postgres.h"
 
@@ -18,10 +21,17 @@ PG_MODULE_MAGIC;
 
 void		_PG_init(void);
 
-/* Module load: define the settings. */
+/*
+ * Library load: define the apikeys.* settings and register callbacks.  Runs
+ * at server start when preloaded, else at the first call in a backend.
+ */
 void
 _PG_init(void)
 {
 	apikey_cache_init();
+	apikeys_session_init();
+	apikeys_guard_init();
+
+	/* Define every apikeys.* setting above this line. */
 	MarkGUCPrefixReserved("apikeys");
 }

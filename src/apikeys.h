@@ -103,6 +103,9 @@ enum
 #define Natts_key_catalog		(Natts_key - 1)
 #define Natts_key_catalog_0_1	Anum_key_revoked_at
 
+/* guard.c */
+extern void apikeys_guard_init(void);
+
 /* objects.c */
 extern bool apikeys_owns_object(Oid classid, Oid objid);
 extern Oid	apikeys_relation_oid(const char *relname);
@@ -113,6 +116,10 @@ extern Oid	apikeys_function_oid(const char *proname, int nargs,
 extern Oid	apikeys_current_actor(void);
 extern bool apikey_create_fast(FunctionCallInfo fcinfo, Oid caller,
 							   Datum *key_id, Datum *token);
+
+/* type.c */
+extern bool apikey_value_digest(const ApiKeyData *key,
+								uint8 digest[APIKEY_DIGEST_LEN]);
 
 /* token.c */
 extern bool apikey_prefix_is_valid(const char *s, int len);
@@ -224,5 +231,8 @@ extern void apikey_verify_digest(const char *prefix, int prefix_len,
 extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
 							   int want_len);
 extern uint64 apikey_verify_repeats(void);
+
+/* session.c: apikey_login, the key context, pre_request, their settings */
+extern void apikeys_session_init(void);
 
 #endif							/* APIKEYS_H */

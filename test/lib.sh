@@ -43,6 +43,8 @@ ensure_deps() {
         command -v "${clang:-clang}" >/dev/null || missing+=(clang-14 llvm-14)
     fi
     command -v prove >/dev/null || missing+=(perl)
+    # test/t/005_pgbouncer.pl pools connections through a real pgbouncer
+    [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
     id postgres >/dev/null 2>&1 || missing+=("postgresql-$PG_MAJOR")
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing: ${missing[*]}"

@@ -124,6 +124,30 @@ is($node->safe_psql('upgraded', q{
 
 $node->safe_psql('fresh', 'CREATE EXTENSION apikeys CASCADE');
 
+# Privileges a DBA set on 0.1.0 objects that the update re-creates survive it.
+$node->safe_psql('postgres', 'CREATE DATABASE acls');
+$node->safe_psql('acls', q{
+    CREATE EXTENSION apikeys VERSION '0.1.0' CASCADE;
+    CREATE ROLE regress_minter NOLOGIN;
+    CREATE ROLE regress_reader NOLOGIN;
+    REVOKE EXECUTE ON FUNCTION apikeys.apikey_create(text, regrole, text[], timestamptz, text, jsonb) FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION apikeys.apikey_create(text, regrole, text[], timestamptz, text, jsonb) TO regress_minter;
+    REVOKE SELECT ON apikeys.keys, apikeys.audit_log FROM PUBLIC;
+    GRANT SELECT ON apikeys.keys TO regress_reader;
+    ALTER EXTENSION apikeys UPDATE;
+});
+is($node->safe_psql('acls', q{
+    SELECT has_function_privilege('public', 'apikeys.apikey_create(text, regrole, text[], timestamptz, text, jsonb, cidr[], text[])', 'EXECUTE'),
+           has_function_privilege('regress_minter', 'apikeys.apikey_create(text, regrole, text[], timestamptz, text, jsonb, cidr[], text[])', 'EXECUTE'),
+           has_function_privilege('public', 'apikeys.apikey_verify(text, text, inet, text)', 'EXECUTE'),
+           has_table_privilege('public', 'apikeys.keys', 'SELECT'),
+           has_table_privilege('regress_reader', 'apikeys.keys', 'SELECT'),
+           has_table_privilege('public', 'apikeys.audit_log', 'SELECT')}),
+   'f|t|t|f|t|f', 'revoked and granted privileges carried over to the re-created objects');
+$node->safe_psql('acls', 'DROP EXTENSION apikeys');
+$node->safe_psql('postgres', 'DROP DATABASE acls');
+$node->safe_psql('postgres', 'DROP ROLE regress_minter, regress_reader');
+
 # Every object of the extension, described without OIDs.
 my $describe = q{
 WITH members AS (
