@@ -107,8 +107,40 @@ SELECT split_part(regress.try($$INSERT INTO apikeys_internal.key_catalog (key_id
                      VALUES ('AAAAAAAAAAAA', 'n', 'ak', 'regress_fast', '\x00', 1, '\x00', 'regress_fast')$$), ' DETAIL:', 1);
 SELECT split_part(regress.try($$UPDATE apikeys_internal.key_catalog SET state = 'gone' WHERE key_id = 'DirectInsert'$$), ' DETAIL:', 1);
 
+-- The direct insert (src/insert.c) follows the table: a changed default or
+-- an added CHECK constraint applies at once (both undone by the rollback).
+BEGIN;
+ALTER TABLE apikeys_internal.key_catalog ALTER COLUMN state SET DEFAULT 'disabled';
+SELECT v.status FROM apikey_create('default follows') c, apikey_verify(c.token) v;
+ALTER TABLE apikeys_internal.key_catalog ADD CONSTRAINT regress_no_q CHECK (name !~ 'q');
+SELECT split_part(regress.try($$SELECT * FROM apikeys.apikey_create('has a q')$$), ' DETAIL:', 1);
+ROLLBACK;
+SELECT v.status FROM apikey_create('default restored') c, apikey_verify(c.token) v;
+-- a read-only transaction refuses, as an INSERT would
+BEGIN READ ONLY;
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('read only')$$);
+ROLLBACK;
+-- a direct insert by an admin who is not a superuser: row-level security
+-- applies to it, so the executor writes the audit row (the policy lets
+-- admins append); without INSERT on the audit log, the insert fails
+CREATE ROLE regress_fast_admin NOLOGIN IN ROLE apikeys_admin;
+GRANT INSERT ON apikeys_internal.key_catalog TO regress_fast_admin;
+SET ROLE regress_fast_admin;
+SELECT regress.try($$INSERT INTO apikeys_internal.key_catalog (key_id, name, prefix, role, hash_version, hash, created_by)
+                     VALUES ('AdminInsert0', 'by admin', 'ak', 'regress_fast', 1, '\x00', 'regress_fast')$$);
+RESET ROLE;
+GRANT INSERT ON apikeys_internal.audit_log TO regress_fast_admin;
+SET ROLE regress_fast_admin;
+INSERT INTO apikeys_internal.key_catalog (key_id, name, prefix, role, hash_version, hash, created_by)
+VALUES ('AdminInsert0', 'by admin', 'ak', 'regress_fast', 1, '\x00', 'regress_fast');
+RESET ROLE;
+SELECT action, actor_role, key_role, changes->>'name' AS name FROM audit_log WHERE key_id = 'AdminInsert0';
+REVOKE INSERT ON apikeys_internal.key_catalog FROM regress_fast_admin;
+REVOKE INSERT ON apikeys_internal.audit_log FROM regress_fast_admin;
+
 -- clean up
 SELECT count(*) > 0 AS cleaned FROM apikeys_internal.key_catalog c, LATERAL apikey_delete(c.key_id)
  WHERE c.created_at >= :'t0';
+DROP ROLE regress_fast_admin;
 DROP ROLE regress_fast_user;
 DROP ROLE regress_fast;

@@ -112,6 +112,31 @@ extern Oid	apikeys_relation_oid(const char *relname);
 extern Oid	apikeys_function_oid(const char *proname, int nargs,
 								 const Oid *argtypes);
 
+/*
+ * insert.c: one row into one of the extension's tables, without an
+ * executor per row.  A DirectInsert names the columns a caller sets; keep
+ * it in static storage (it caches what it prepared).
+ */
+typedef struct DirectInsertPrepared DirectInsertPrepared;
+typedef struct DirectInsert
+{
+	int			ncolumns;
+	const char *const *columns;
+	DirectInsertPrepared *prepared;
+} DirectInsert;
+extern bool apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
+								 const char *nulls);
+
+/* A relation of the extension, looked up once and again after invalidation. */
+typedef struct CachedRelation
+{
+	const char *relname;
+	Oid			relid;
+	bool		valid;
+	bool		registered;
+} CachedRelation;
+extern Oid	apikey_cached_relation_oid(CachedRelation *c);
+
 /* lifecycle.c, create.c, audit.c */
 extern Oid	apikeys_current_actor(void);
 extern bool apikey_create_fast(FunctionCallInfo fcinfo, Oid caller,

@@ -23,17 +23,28 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type_d.h"
+#include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "rewrite/rewriteHandler.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -68,6 +79,13 @@ static const char insert_sql[] =
 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 static SPIPlanPtr insert_plan = NULL;
+
+static const char *const insert_columns[INSERT_NARGS] = {
+	"key_id", "name", "prefix", "role", "scopes", "expires_at", "metadata",
+	"hash_version", "hash", "created_by"
+};
+static DirectInsert catalog_insert = {INSERT_NARGS, insert_columns, NULL};
+static CachedRelation catalog_rel = {APIKEYS_CATALOG, InvalidOid, false, false};
 
 /* Is the name plainly valid: printable ASCII, not blank, within its limit? */
 static bool
@@ -165,9 +183,8 @@ may_issue_for(Oid caller, Oid role)
 
 /* The owner of the key catalog of an up-to-date (0.2.0) installation. */
 static Oid
-catalog_owner(void)
+catalog_owner(Oid relid)
 {
-	Oid			relid = apikeys_relation_oid(APIKEYS_CATALOG);
 	HeapTuple	tp;
 	Form_pg_class rel;
 	Oid			owner = InvalidOid;
@@ -208,13 +225,14 @@ get_insert_plan(void)
 	return plan;
 }
 
+
 /*
  * Run the INSERT as the catalog's owner, as the SECURITY DEFINER half would
  * run it.  A key id that exists already (62^12 of them: never seen) fails
  * the primary key with 23505, where _apikey_create would draw another.
  */
 static void
-insert_as_owner(Oid owner, Datum *values, const char *nulls)
+insert_as_owner(Oid relid, Oid owner, Datum *values, const char *nulls)
 {
 	Oid			save_userid;
 	int			save_sec;
@@ -224,12 +242,15 @@ insert_as_owner(Oid owner, Datum *values, const char *nulls)
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	PG_TRY();
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		rc = SPI_execute_plan(get_insert_plan(), values, nulls, false, 0);
-		if (rc != SPI_OK_INSERT || SPI_processed != 1)
-			elog(ERROR, "api key insert failed: %s", SPI_result_code_string(rc));
-		SPI_finish();
+		if (!apikey_insert_direct(&catalog_insert, relid, values, nulls))
+		{
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			rc = SPI_execute_plan(get_insert_plan(), values, nulls, false, 0);
+			if (rc != SPI_OK_INSERT || SPI_processed != 1)
+				elog(ERROR, "api key insert failed: %s", SPI_result_code_string(rc));
+			SPI_finish();
+		}
 	}
 	PG_FINALLY();
 	{
@@ -255,6 +276,7 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 	const char *prefix = APIKEY_DEFAULT_PREFIX;
 	int			prefix_len = strlen(APIKEY_DEFAULT_PREFIX);
 	Datum		metadata;
+	Oid			relid;
 	Oid			owner;
 	char		id[APIKEY_KEY_ID_LEN];
 	char		tok[APIKEY_TOKEN_MAXLEN];
@@ -307,7 +329,8 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 	if (!may_issue_for(caller, role))
 		return false;
 
-	owner = catalog_owner();
+	relid = apikey_cached_relation_oid(&catalog_rel);
+	owner = catalog_owner(relid);
 	if (!OidIsValid(owner))
 		return false;			/* not an up-to-date installation */
 
@@ -337,7 +360,7 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 	values[8] = PointerGetDatum(hash);
 	values[9] = ObjectIdGetDatum(caller);
 
-	insert_as_owner(owner, values, nulls);
+	insert_as_owner(relid, owner, values, nulls);
 	MemoryContextSwitchTo(outer);
 	*key_id = values[0];
 	*token = PointerGetDatum(cstring_to_text_with_len(tok, tok_len));
