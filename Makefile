@@ -39,3 +39,10 @@ print-isolation:
 .PHONY: bench
 bench:
 	bash test/bench.sh
+
+# Long-running checks, not part of `make test` (see README, Contributing).
+.PHONY: test-valgrind fuzz
+test-valgrind:
+	bash test/valgrind.sh
+fuzz:
+	bash test/fuzz/run.sh $${FUZZ_SECONDS:-600}
