@@ -1,24 +1,26 @@
 /*
  * create.c
  *		The fast path of apikey_create: the common call checked and written
- *		in C, with one saved plan.
+ *		in C.
  *
  * apikey_create is the one lifecycle function called in bulk (a service
  * that issues keys), and the PL/pgSQL reference implementation,
  * apikeys_internal._apikey_create, spends most of its time outside the
  * insert: SECURITY DEFINER with SET clauses, nested PL/pgSQL checks each
  * running queries, a subtransaction per attempt.  Here, a call whose
- * arguments are plainly valid is decided in C and written by one saved
- * INSERT, executed as the catalog's owner (what SECURITY DEFINER did); the
- * table's constraints and triggers (the audit row included) apply as for
- * any insert.  Everything else (a value that could fail a check, a
+ * arguments are plainly valid is decided in C and its row inserted as the
+ * catalog's owner (what SECURITY DEFINER did): directly (insert.c), or by a
+ * saved INSERT if the catalog has something the direct insert does not
+ * handle.  The table's constraints and triggers (the audit row included)
+ * apply as for any insert.  Everything else (a value that could fail a check, a
  * restriction list to normalise, a role the caller may not act for) takes
  * the reference implementation, which raises the documented errors: the C
  * test below is a strict subset of what _apikey_create accepts, so both
  * paths accept and store exactly the same keys.
  *
- * The INSERT carries the hash as a parameter of a generic plan, never as a
- * constant (the rule of apikeys_internal's plan_cache_mode settings).
+ * No plan ever holds the hash as a constant (the rule of apikeys_internal's
+ * plan_cache_mode settings): the direct insert has no plan, and the saved
+ * INSERT takes it as a parameter of a generic plan.
  */
 #include "postgres.h"
 
