@@ -118,6 +118,11 @@ SELECT entries <= 2 AS bounded, evictions > 0 AS evicted FROM apikey_cache_stats
 SET apikeys.cache_size = 0;
 SELECT count(*) FILTER (WHERE apikey_is_valid(token)) AS valid FROM few;
 SELECT entries FROM apikey_cache_stats();
+-- a key loaded but not kept, then an invalidation handled in between
+SELECT apikey_is_valid(token) FROM few WHERE g = 1;
+SELECT apikey_update(key_id, name => 'few one') FROM few WHERE g = 2;
+SELECT entries FROM apikey_cache_stats();
+SELECT apikey_is_valid(token) FROM few WHERE g = 1;
 RESET apikeys.cache_size;
 SELECT count(*) FILTER (WHERE apikey_is_valid(token)) AS valid FROM few;
 SELECT entries >= 6 AS cached FROM apikey_cache_stats();

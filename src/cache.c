@@ -149,6 +149,7 @@ cache_flush(void)
 	if (cache_cxt != NULL)
 		MemoryContextReset(cache_cxt);
 	cache = NULL;
+	transient_entry = NULL;		/* it lived in cache_cxt too */
 	clock_hand = 0;
 }
 

@@ -210,6 +210,7 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 	ExprContext *econtext;
 	TupleDesc	desc;
 	List	   *recheck;
+	MemoryContext old;
 
 	/* what the executor checks first: a read-only transaction, a standby */
 	PreventCommandIfReadOnly("INSERT");
@@ -227,6 +228,8 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 	desc = RelationGetDescr(rel);
 
 	estate = CreateExecutorState();
+	/* everything below is freed with the executor state */
+	old = MemoryContextSwitchTo(estate->es_query_cxt);
 	rte = makeNode(RangeTblEntry);
 	rte->rtekind = RTE_RELATION;
 	rte->relid = relid;
@@ -259,6 +262,7 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 		slot->tts_isnull[prepared->attnums[i] - 1] = nulls[i] == 'n';
 	}
 	ExecStoreVirtualTuple(slot);
+	MemoryContextSwitchTo(old);
 
 	AfterTriggerBeginQuery();
 	if (desc->constr != NULL)
