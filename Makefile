@@ -4,7 +4,8 @@
 EXTENSION  = apikeys
 EXTVERSION = 0.2.0
 MODULE_big = apikeys
-OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/lifecycle.o
+OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/lifecycle.o \
+             src/shmem.o src/limits.o src/usage.o src/worker.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
