@@ -74,7 +74,8 @@ enum
 	Anum_quota_set_at,
 	Anum_quota_remaining,
 	Anum_quota_refilled_at,
-	Natts_quota_state = Anum_quota_refilled_at
+	Anum_quota_updated_at,
+	Natts_quota_state = Anum_quota_updated_at
 };
 
 #define MAX_LIMIT_COUNT			INT64CONST(1000000000)
@@ -1122,7 +1123,7 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 }
 
 /*
- * SQL function: apikeys_internal._remaining(key_id text, quota int8, refill text, set_at timestamptz, state_set_at timestamptz, state_remaining int8, state_refilled_at timestamptz) returns int8
+ * SQL function: apikeys_internal._remaining(key_id text, quota int8, refill text, set_at timestamptz) returns int8
  *
  * A key's remaining quota now: its live value in shared memory when there
  * is one, else its flushed state, else the value last set; with any refill
@@ -1134,11 +1135,18 @@ apikeys_remaining(PG_FUNCTION_ARGS)
 {
 	ApiKeyLimits lim;
 	TimestampTz now = GetCurrentTimestamp();
+	text	   *k;
 	int64		remaining;
 	TimestampTz refilled_at;
 	bool		live = false;
+	TimestampTz st_set_at;
+	int64		st_remaining;
+	TimestampTz st_refilled_at;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3))
+		PG_RETURN_NULL();
+	k = PG_GETARG_TEXT_PP(0);
+	if (VARSIZE_ANY_EXHDR(k) != APIKEY_KEY_ID_LEN)
 		PG_RETURN_NULL();
 	memset(&lim, 0, sizeof(lim));
 	lim.has_quota = true;
@@ -1153,40 +1161,36 @@ apikeys_remaining(PG_FUNCTION_ARGS)
 	}
 	remaining = lim.quota;
 	refilled_at = lim.refill_unit ? apikeys_quota_period_start(&lim, lim.quota_set_at) : 0;
-	if (!PG_ARGISNULL(4) && !PG_ARGISNULL(5) &&
-		PG_GETARG_TIMESTAMPTZ(4) == lim.quota_set_at)
-	{
-		remaining = PG_GETARG_INT64(5);
-		if (!PG_ARGISNULL(6))
-			refilled_at = PG_GETARG_TIMESTAMPTZ(6);
-	}
+
 	if (apikeys_shmem_ready())
 	{
-		text	   *k = PG_GETARG_TEXT_PP(0);
 		ApiKeysEntryKey kk;
 		ApiKeysEntry *e;
 		uint32		h;
 		LWLock	   *lock;
 
-		if (VARSIZE_ANY_EXHDR(k) == APIKEY_KEY_ID_LEN)
+		apikeys_entry_key(&kk, MyDatabaseId, APIKEYS_ENTRY_KEY, VARDATA_ANY(k));
+		h = apikeys_entry_hash(&kk);
+		lock = apikeys_partition_lock(h);
+		LWLockAcquire(lock, LW_SHARED);
+		e = apikeys_entry_find(&kk, h);
+		if (e != NULL && e->has_quota && e->quota_set_at >= lim.quota_set_at)
 		{
-			apikeys_entry_key(&kk, MyDatabaseId, APIKEYS_ENTRY_KEY, VARDATA_ANY(k));
-			h = apikeys_entry_hash(&kk);
-			lock = apikeys_partition_lock(h);
-			LWLockAcquire(lock, LW_SHARED);
-			e = apikeys_entry_find(&kk, h);
-			if (e != NULL && e->has_quota && e->quota_set_at >= lim.quota_set_at)
-			{
-				remaining = e->remaining;
-				refilled_at = e->refilled_at;
-				live = true;
-			}
-			LWLockRelease(lock);
+			remaining = e->remaining;
+			refilled_at = e->refilled_at;
+			live = true;
 		}
+		LWLockRelease(lock);
+	}
+	if (!live &&
+		load_quota_state(VARDATA_ANY(k), &st_set_at, &st_remaining, &st_refilled_at) &&
+		st_set_at == lim.quota_set_at)
+	{
+		remaining = st_remaining;
+		refilled_at = st_refilled_at;
 	}
 	if (lim.refill_unit && refilled_at < apikeys_quota_period_start(&lim, now))
 		remaining = lim.refill_amount;
-	(void) live;
 	PG_RETURN_INT64(remaining);
 }
 

@@ -29,6 +29,7 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
@@ -38,7 +39,10 @@
 #include "funcapi.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -341,11 +345,52 @@ apikeys_usage(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/* The flushed last use of a key, by index scan of apikeys_internal.usage. */
+static TimestampTz
+flushed_last_used(text *key_text)
+{
+	Oid			nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid(APIKEYS_USAGE_TABLE, nsp) : InvalidOid;
+	Relation	rel;
+	Oid			indexid;
+	Snapshot	snapshot;
+	ScanKeyData skey;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	TimestampTz lu = 0;
+
+	if (!OidIsValid(relid))
+		return 0;
+	rel = relation_open(relid, AccessShareLock);
+	indexid = RelationGetPrimaryKeyIndex(rel);
+	if (OidIsValid(indexid) && RelationGetDescr(rel)->natts == Natts_usage)
+	{
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		ScanKeyInit(&skey, Anum_usage_key_id, BTEqualStrategyNumber, F_TEXTEQ,
+					PointerGetDatum(key_text));
+		scan = systable_beginscan(rel, indexid, true, snapshot, 1, &skey);
+		tup = systable_getnext(scan);
+		if (HeapTupleIsValid(tup))
+		{
+			bool		isnull;
+			Datum		d = heap_getattr(tup, Anum_usage_last_used_at,
+										 RelationGetDescr(rel), &isnull);
+
+			if (!isnull)
+				lu = DatumGetTimestampTz(d);
+		}
+		systable_endscan(scan);
+		UnregisterSnapshot(snapshot);
+	}
+	relation_close(rel, AccessShareLock);
+	return lu;
+}
+
 /*
  * SQL function: apikeys_internal._last_used(key_id text) returns timestamptz
  *
- * The last valid use of a key not yet flushed, or null; for the listing,
- * which takes the later of this and the flushed value.
+ * The last valid use of a key: counted in shared memory and not yet
+ * flushed, or flushed; null if never.
  */
 PG_FUNCTION_INFO_V1(apikeys_last_used);
 Datum
@@ -358,19 +403,23 @@ apikeys_last_used(PG_FUNCTION_ARGS)
 	LWLock	   *lock;
 	TimestampTz lu = 0;
 
-	if (PG_ARGISNULL(0) || !apikeys_shmem_ready())
+	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	k = PG_GETARG_TEXT_PP(0);
 	if (VARSIZE_ANY_EXHDR(k) != APIKEY_KEY_ID_LEN)
 		PG_RETURN_NULL();
-	apikeys_entry_key(&kk, MyDatabaseId, APIKEYS_ENTRY_KEY, VARDATA_ANY(k));
-	h = apikeys_entry_hash(&kk);
-	lock = apikeys_partition_lock(h);
-	LWLockAcquire(lock, LW_SHARED);
-	e = apikeys_entry_find(&kk, h);
-	if (e != NULL)
-		lu = (TimestampTz) pg_atomic_read_u64(&e->last_used);
-	LWLockRelease(lock);
+	if (apikeys_shmem_ready())
+	{
+		apikeys_entry_key(&kk, MyDatabaseId, APIKEYS_ENTRY_KEY, VARDATA_ANY(k));
+		h = apikeys_entry_hash(&kk);
+		lock = apikeys_partition_lock(h);
+		LWLockAcquire(lock, LW_SHARED);
+		e = apikeys_entry_find(&kk, h);
+		if (e != NULL)
+			lu = (TimestampTz) pg_atomic_read_u64(&e->last_used);
+		LWLockRelease(lock);
+	}
+	lu = Max(lu, flushed_last_used(k));
 	if (lu == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_TIMESTAMPTZ(lu);

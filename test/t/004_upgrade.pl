@@ -135,7 +135,7 @@ my $upgraded = $node->safe_psql('upgraded', $describe);
 my $fresh = $node->safe_psql('fresh', $describe);
 ok(length($fresh) > 10000, 'the description covers the extension (' . length($fresh) . ' bytes)');
 like($fresh, qr/^policy apikeys_internal\.key_catalog key_catalog_visible/m, 'description includes policies');
-like($fresh, qr/^function apikeys\.apikey_verify\(text,text,inet,text\)/m, 'description includes functions');
+like($fresh, qr/^function apikeys\.apikey_verify\(text,text,inet,text,integer\)/m, 'description includes functions');
 if ($upgraded ne $fresh)
 {
     my %f = map { $_ => 1 } split /\n/, $fresh;
