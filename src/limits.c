@@ -124,6 +124,7 @@ read_count(const char **pp, int64 max, int64 *out)
 	}
 	if (v < 1)
 		return false;
+	*out = v;
 	*pp = p;
 	return true;
 }

@@ -66,6 +66,9 @@ char	   *apikeys_database = NULL;
 
 PGDLLEXPORT void apikeys_worker_main(Datum arg);
 
+/* What a flush copies out of shared memory lives here, past its commit. */
+static MemoryContext flush_cxt = NULL;
+
 /* One entry's share of a flush, copied out of shared memory. */
 typedef struct FlushItem
 {
@@ -100,7 +103,7 @@ collect(int *nitems)
 	int			n = 0;
 	int			cap = 64;
 
-	items = palloc(cap * sizeof(FlushItem));
+	items = MemoryContextAlloc(flush_cxt, cap * sizeof(FlushItem));
 	apikeys_lock_all(LW_SHARED);
 	hash_seq_init(&seq, apikeys_entries);
 	while ((e = hash_seq_search(&seq)) != NULL)
@@ -279,21 +282,24 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 	run("INSERT INTO apikeys_internal.usage AS u"
 		"       (key_id, uses, failures, rate_limited, quota_exceeded, last_used_at, updated_at)"
 		" SELECT t.k, t.a, t.b, t.c, t.d, t.l, pg_catalog.now()"
-		"   FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6) AS t(k, a, b, c, d, l)"
+		"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		"                  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
+		"        AS t(k, a, b, c, d, l)"
 		" ON CONFLICT (key_id) DO UPDATE"
 		"    SET uses = u.uses OPERATOR(pg_catalog.+) excluded.uses,"
 		"        failures = u.failures OPERATOR(pg_catalog.+) excluded.failures,"
 		"        rate_limited = u.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited,"
 		"        quota_exceeded = u.quota_exceeded OPERATOR(pg_catalog.+) excluded.quota_exceeded,"
-		"        last_used_at = pg_catalog.\"greatest\"(u.last_used_at, excluded.last_used_at),"
+		"        last_used_at = GREATEST(u.last_used_at, excluded.last_used_at),"
 		"        updated_at = excluded.updated_at",
 		6, types, values);
 	run("INSERT INTO apikeys_internal.usage_hourly AS h"
 		"       (key_id, hour, uses, failures, rate_limited, quota_exceeded)"
 		" SELECT t.k, $7, t.a, t.b, t.c, t.d"
-		"   FROM pg_catalog.unnest($1, $2, $3, $4, $5) AS t(k, a, b, c, d)"
-		"  WHERE t.a OPERATOR(pg_catalog.+) t.b OPERATOR(pg_catalog.+) t.c"
-		"        OPERATOR(pg_catalog.+) t.d OPERATOR(pg_catalog.>) 0"
+		"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		"                  pg_catalog.unnest($4), pg_catalog.unnest($5)) AS t(k, a, b, c, d)"
+		"  WHERE (t.a OPERATOR(pg_catalog.+) t.b OPERATOR(pg_catalog.+) t.c"
+		"         OPERATOR(pg_catalog.+) t.d) OPERATOR(pg_catalog.>) 0"
 		" ON CONFLICT (key_id, hour) DO UPDATE"
 		"    SET uses = h.uses OPERATOR(pg_catalog.+) excluded.uses,"
 		"        failures = h.failures OPERATOR(pg_catalog.+) excluded.failures,"
@@ -327,7 +333,8 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 		run("INSERT INTO apikeys_internal.quota_state AS q"
 			"       (key_id, quota_set_at, remaining, refilled_at, updated_at)"
 			" SELECT t.k, t.s, t.r, t.f, pg_catalog.now()"
-			"   FROM pg_catalog.unnest($1, $2, $3, $4) AS t(k, s, r, f)"
+			"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		"                  pg_catalog.unnest($4)) AS t(k, s, r, f)"
 			" ON CONFLICT (key_id) DO UPDATE"
 			"    SET quota_set_at = excluded.quota_set_at, remaining = excluded.remaining,"
 			"        refilled_at = excluded.refilled_at, updated_at = excluded.updated_at"
@@ -428,8 +435,7 @@ duty_flush(TimestampTz *prev_cut)
 	}
 	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
-	if (items != NULL)
-		pfree(items);
+	MemoryContextReset(flush_cxt);
 }
 
 /* Duty "maintain": retention of hourly buckets, rows of deleted keys. */
@@ -453,8 +459,8 @@ duty_maintain(void)
 				Datum		values[1] = {Int32GetDatum(apikeys_usage_retention)};
 
 				run("DELETE FROM apikeys_internal.usage_hourly h"
-					" WHERE h.hour OPERATOR(pg_catalog.<) pg_catalog.now()"
-					"       OPERATOR(pg_catalog.-) pg_catalog.make_interval(mins => $1)",
+					" WHERE h.hour OPERATOR(pg_catalog.<)"
+					"       (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(mins => $1))",
 					1, types, values);
 			}
 			run("DELETE FROM apikeys_internal.usage u WHERE NOT EXISTS"
@@ -552,6 +558,8 @@ apikeys_worker_main(Datum arg)
 	SpinLockRelease(&apikeys_shmem->mutex);
 	before_shmem_exit(worker_exit, (Datum) 0);
 
+	flush_cxt = AllocSetContextCreate(TopMemoryContext, "apikeys flush",
+									  ALLOCSET_DEFAULT_SIZES);
 	prev_cut = GetCurrentTimestamp();
 	for (;;)
 	{
