@@ -10,9 +10,9 @@ DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup type_io create_verify rotate lifecycle privileges audit bad_input renewal limits hardening
+REGRESS = setup type_io create_verify rotate lifecycle privileges audit bad_input renewal limits hardening limits_usage
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
-ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks
+ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks rate_limit_verify
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src
