@@ -35,6 +35,7 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 
 #include "apikeys.h"
 #include "compat.h"
@@ -351,6 +352,34 @@ error:
 	unlink(APIKEYS_DUMP_FILE ".tmp");
 }
 
+/*
+ * An entry read back from the file: an immediate shutdown writes the table
+ * while backends may have been stopped mid-update, so keep its values in
+ * their possible ranges (a bucket is at most empty, a quota not below 0).
+ */
+static void
+sanitize_entry(ApiKeysEntry *e, TimestampTz now)
+{
+	if (e->nwindows < 0 || e->nwindows > APIKEY_MAX_WINDOWS)
+		e->nwindows = 0;
+	for (int i = 0; i < e->nwindows; i++)
+	{
+		ApiKeysWindowState *ws = &e->windows[i];
+		int128		limit;
+
+		if (ws->w.count < 1 || ws->w.burst < 1 || ws->w.period < 1)
+		{
+			e->nwindows = 0;	/* re-synced from the catalog at next use */
+			break;
+		}
+		limit = (int128) now * ws->w.count + (int128) ws->w.burst * ws->w.period;
+		if (ws->tat > limit)
+			ws->tat = limit;
+	}
+	if (e->remaining < 0)
+		e->remaining = 0;
+}
+
 /* At postmaster start: read back the table written at the last shutdown. */
 static void
 load_entries(void)
@@ -359,6 +388,7 @@ load_entries(void)
 	uint32		header[3];
 	ApiKeysEntry buf;
 	int			loaded = 0;
+	TimestampTz now = GetCurrentTimestamp();
 
 	f = AllocateFile(APIKEYS_DUMP_FILE, PG_BINARY_R);
 	if (f == NULL)
@@ -383,6 +413,7 @@ load_entries(void)
 			memcpy((char *) e + sizeof(ApiKeysEntryKey),
 				   (char *) &buf + sizeof(ApiKeysEntryKey),
 				   sizeof(ApiKeysEntry) - sizeof(ApiKeysEntryKey));
+			sanitize_entry(e, now);
 			loaded++;
 		}
 	}
