@@ -989,18 +989,22 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 	}
 
 	/* limits that cannot be enforced here are an error, never a free pass */
+	/* (key_id points into the token: print its 12 characters, no more) */
 	if (!apikeys_shmem_ready())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("api key \"%s\" has %s, which need apikeys loaded at server start",
-						key_id, lim->has_quota ? "a quota" : "rate limits"),
+				 lim->has_quota ?
+				 errmsg("api key \"%.*s\" has a quota, which needs apikeys loaded at server start",
+						APIKEY_KEY_ID_LEN, key_id) :
+				 errmsg("api key \"%.*s\" has rate limits (its own or its role's), which need apikeys loaded at server start",
+						APIKEY_KEY_ID_LEN, key_id),
 				 errdetail("Rate limits and quotas are enforced in shared memory."),
 				 errhint("Add apikeys to shared_preload_libraries in postgresql.conf and restart the server.")));
 	if (lim->has_quota && !apikeys_database_served())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("api key \"%s\" has a quota, and quotas are kept only in database \"%s\"",
-						key_id, apikeys_database),
+				 errmsg("api key \"%.*s\" has a quota, and quotas are kept only in database \"%s\"",
+						APIKEY_KEY_ID_LEN, key_id, apikeys_database),
 				 errhint("Set apikeys.database to this database's name in postgresql.conf and restart the server.")));
 
 	apikeys_entry_key(&kk, MyDatabaseId, APIKEYS_ENTRY_KEY, key_id);

@@ -430,17 +430,21 @@ load_entries(void)
 void
 apikeys_shmem_init(void)
 {
-	DefineCustomIntVariable("apikeys.max_tracked_keys",
-							"Keys and roles whose limits and usage shared memory can track at once.",
-							"Keys without limits use at most 90% of it. Takes effect at server start.",
-							&apikeys_max_tracked_keys,
-							10000, 16, 10000000,
-							PGC_POSTMASTER, 0,
-							NULL, NULL, NULL);
-	apikeys_limits_define_settings();
-	apikeys_worker_define_settings();
+	bool		preloading = process_shared_preload_libraries_in_progress;
 
-	if (!process_shared_preload_libraries_in_progress)
+	/* server-start settings can only be defined while preloading */
+	if (preloading)
+		DefineCustomIntVariable("apikeys.max_tracked_keys",
+								"Keys and roles whose limits and usage shared memory can track at once.",
+								"Keys without limits use at most 90% of it. Takes effect at server start.",
+								&apikeys_max_tracked_keys,
+								10000, 16, 10000000,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+	apikeys_limits_define_settings();
+	apikeys_worker_define_settings(preloading);
+
+	if (!preloading)
 		return;
 
 	prev_shmem_request_hook = shmem_request_hook;

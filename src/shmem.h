@@ -149,7 +149,7 @@ extern void apikeys_usage_count(const char *key_id, ApiKeyStatus status,
 extern bool apikeys_entry_clean(ApiKeysEntry *e, TimestampTz now);
 
 /* worker.c */
-extern void apikeys_worker_define_settings(void);
+extern void apikeys_worker_define_settings(bool preloading);
 extern void apikeys_worker_register(void);
 
 #endif							/* APIKEYS_SHMEM_H */

@@ -623,17 +623,18 @@ apikeys_worker_register(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* Define the settings of usage and of the worker. */
+/* Define the settings of usage and of the worker (server-start ones only when preloading). */
 void
-apikeys_worker_define_settings(void)
+apikeys_worker_define_settings(bool preloading)
 {
-	DefineCustomStringVariable("apikeys.database",
-							   "Database whose usage and quotas the apikeys background worker keeps.",
-							   "Usage is counted and quotas are allowed only there. Takes effect at server start.",
-							   &apikeys_database,
-							   "postgres",
-							   PGC_POSTMASTER, 0,
-							   NULL, NULL, NULL);
+	if (preloading)
+		DefineCustomStringVariable("apikeys.database",
+								   "Database whose usage and quotas the apikeys background worker keeps.",
+								   "Usage is counted and quotas are allowed only there. Takes effect at server start.",
+								   &apikeys_database,
+								   "postgres",
+								   PGC_POSTMASTER, 0,
+								   NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.usage_flush_interval",
 							"How often the apikeys worker writes usage and quota state from shared memory to tables.",
 							"A crash loses at most this much usage and quota spending.",
