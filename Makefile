@@ -21,6 +21,10 @@ PG_CFLAGS  += -Wall -Wextra -Werror -Wno-unused-parameter  # PG headers have unu
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies: rebuild everything when one changes
+# (shared-memory structs must agree across files).
+$(OBJS): src/apikeys.h src/compat.h src/shmem.h
+
 .PHONY: test demo
 test:
 	bash test/run.sh

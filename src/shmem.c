@@ -133,6 +133,7 @@ apikeys_shmem_startup(void)
 		pg_atomic_init_u64(&apikeys_shmem->refused, 0);
 		pg_atomic_init_u64(&apikeys_shmem->evicted, 0);
 		pg_atomic_init_u64(&apikeys_shmem->flush_seq, 0);
+		pg_atomic_init_u32(&apikeys_shmem->full, 0);
 		SpinLockInit(&apikeys_shmem->mutex);
 	}
 	for (size_t i = 0; i < lengthof(areas); i++)
@@ -219,7 +220,10 @@ apikeys_entry_enter(const ApiKeysEntryKey *k, uint32 hash, bool limited)
 	if (pg_atomic_fetch_add_u32(&apikeys_shmem->nentries, 1) >= cap)
 	{
 		pg_atomic_fetch_sub_u32(&apikeys_shmem->nentries, 1);
-		apikeys_wake_worker();	/* it may be able to free some */
+		/* the worker may be able to free some: tell it, once per attempt */
+		if (pg_atomic_read_u32(&apikeys_shmem->full) == 0 &&
+			pg_atomic_exchange_u32(&apikeys_shmem->full, 1) == 0)
+			apikeys_wake_worker();
 		return NULL;
 	}
 	e = (ApiKeysEntry *) hash_search_with_hash_value(apikeys_entries, k, hash,

@@ -98,6 +98,8 @@ typedef struct ApiKeysShmem
 	pg_atomic_uint64 refused;	/* limited requests refused: table full */
 	pg_atomic_uint64 evicted;	/* entries dropped by the worker */
 	pg_atomic_uint64 flush_seq; /* odd while the worker commits a flush */
+	pg_atomic_uint32 full;		/* the table was found full since the
+								 * worker last tried to free entries */
 
 	slock_t		mutex;			/* protects the fields below */
 	Latch	   *worker_latch;	/* NULL while no worker runs */

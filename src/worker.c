@@ -499,6 +499,8 @@ duty_evict(bool standby)
 	uint32		n = pg_atomic_read_u32(&apikeys_shmem->nentries);
 	uint64		evicted = 0;
 
+	/* (backends found it full: they will say so again if it still is) */
+	pg_atomic_write_u32(&apikeys_shmem->full, 0);
 	if (n <= (uint32) apikeys_shmem->max_entries / 4 * 3)
 		return;
 	apikeys_lock_all(LW_EXCLUSIVE);
@@ -539,6 +541,7 @@ apikeys_worker_main(Datum arg)
 	TimestampTz prev_cut;
 	TimestampTz last_flush = 0;
 	TimestampTz last_maintain = 0;
+	TimestampTz last_evict = 0;
 	bool		woken = false;
 	bool		deferred = false;
 
@@ -575,6 +578,7 @@ apikeys_worker_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		deferred = false;
 		if (!standby)
 		{
 			/* woken too soon after a flush: come back for it shortly */
@@ -593,7 +597,20 @@ apikeys_worker_main(Datum arg)
 				last_maintain = now;
 			}
 		}
-		duty_evict(standby);
+		/*
+		 * Evict once per flush interval, or sooner when backends found the
+		 * table full, but no more than five times a second: a full table of
+		 * busy keys has nothing to free, and each pass locks it all.
+		 */
+		if (now - last_evict >= (int64) apikeys_flush_interval * 1000 ||
+			(pg_atomic_read_u32(&apikeys_shmem->full) != 0 &&
+			 now - last_evict >= 200 * 1000))
+		{
+			duty_evict(standby);
+			last_evict = now;
+		}
+		else if (pg_atomic_read_u32(&apikeys_shmem->full) != 0)
+			deferred = true;
 
 		now = GetCurrentTimestamp();
 		to_hour = hour_of(now) + USECS_PER_HOUR - now;
