@@ -1226,7 +1226,9 @@ LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION apikeys_internal._usage() IS
     'internal: usage of every key of this database, flushed plus live, each request counted once; raises 55000 when usage is unavailable';
 
-CREATE VIEW @extschema@.usage WITH (security_invoker = true) AS
+-- security_barrier: a caller's own conditions are applied after the join
+-- with the keys the caller may see, never to other keys' rows.
+CREATE VIEW @extschema@.usage WITH (security_invoker = true, security_barrier = true) AS
 SELECT k.key_id,
        COALESCE(u.uses, 0) AS uses,
        COALESCE(u.failures, 0) AS failures,

@@ -177,6 +177,34 @@ subtract(FlushItem *items, int n)
 	}
 }
 
+/*
+ * The extension is not installed here (dropped, or not yet updated): what
+ * this database's entries hold can never be written, so let it go, and let
+ * the entries be freed.
+ */
+static void
+discard(void)
+{
+	HASH_SEQ_STATUS seq;
+	ApiKeysEntry *e;
+
+	apikeys_lock_all(LW_EXCLUSIVE);
+	hash_seq_init(&seq, apikeys_entries);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->key.dboid != MyDatabaseId)
+			continue;
+		pg_atomic_write_u64(&e->uses, 0);
+		pg_atomic_write_u64(&e->failures, 0);
+		pg_atomic_write_u64(&e->rate_limited, 0);
+		pg_atomic_write_u64(&e->quota_exceeded, 0);
+		pg_atomic_write_u64(&e->last_used, 0);
+		e->quota_flushed = e->quota_changes;
+		e->notify_pending = 0;
+	}
+	apikeys_unlock_all();
+}
+
 /* Is the extension installed here, at a version with the usage tables? */
 static bool
 extension_ready(void)
@@ -402,6 +430,8 @@ duty_flush(TimestampTz *prev_cut)
 				write_items(items, n, hour_of(*prev_cut));
 			*prev_cut = cut;
 		}
+		else
+			discard();
 		SPI_finish();
 		PopActiveSnapshot();
 		/* readers of usage wait while the flush commits and is subtracted */
