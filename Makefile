@@ -5,14 +5,16 @@ EXTENSION  = apikeys
 EXTVERSION = 0.2.0
 MODULE_big = apikeys
 OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/lifecycle.o \
+             src/objects.o src/session.o src/guard.o \
              src/shmem.o src/limits.o src/usage.o src/worker.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
-REGRESS = setup type_io create_verify rotate lifecycle privileges audit bad_input renewal limits hardening limits_usage
+REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
+          restrictions bad_input renewal limits hardening plpgsql_check limits_usage
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
-ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks rate_limit_verify
+ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke rate_limit_verify
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src
@@ -42,3 +44,10 @@ print-isolation:
 .PHONY: bench
 bench:
 	bash test/bench.sh
+
+# Long-running checks, not part of `make test` (see README, Contributing).
+.PHONY: test-valgrind fuzz
+test-valgrind:
+	bash test/valgrind.sh
+fuzz:
+	bash test/fuzz/run.sh $${FUZZ_SECONDS:-600}

@@ -24,7 +24,22 @@ REVOKE ALL ON SCHEMA apikeys_internal FROM PUBLIC;
 GRANT USAGE ON SCHEMA apikeys_internal TO apikeys_admin;
 
 -- Objects that read the tables or call the internal functions by name are
--- dropped here and created again below.
+-- dropped here and created again below.  Privileges a DBA set on the public
+-- ones (revoking apikey_create from PUBLIC, say) are saved first and
+-- applied to the new objects at the end of this script.
+SELECT pg_catalog.set_config('apikeys_upgrade.acl', pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+    'apikey_create', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb)'::pg_catalog.regprocedure),
+    'apikey_update', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole)'::pg_catalog.regprocedure),
+    'apikey_verify_text', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_verify(pg_catalog.text, pg_catalog.text)'::pg_catalog.regprocedure),
+    'apikey_verify_apikey', (SELECT p.proacl::pg_catalog.text FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=)
+        '@extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text)'::pg_catalog.regprocedure),
+    'keys', (SELECT c.relacl::pg_catalog.text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) '@extschema@.keys'::pg_catalog.regclass),
+    'audit_log', (SELECT c.relacl::pg_catalog.text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) '@extschema@.audit_log'::pg_catalog.regclass)
+    ))::pg_catalog.text, true);
+
 DROP VIEW @extschema@.keys;
 DROP POLICY key_catalog_visible ON @extschema@.key_catalog;
 DROP POLICY key_catalog_admin ON @extschema@.key_catalog;
@@ -307,7 +322,7 @@ DECLARE
                              'rotated_at', 'revoked_at'];
     actor    oid := apikeys_internal._actor();
     act      text;
-    diff     jsonb := '{}';
+    diff     jsonb := '{}'::jsonb;
     old_j    jsonb;
     new_j    jsonb;
     k        text;
@@ -421,7 +436,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     o text;
-    result text[] := '{}';
+    result text[] := '{}'::text[];
 BEGIN
     IF p_origins IS NULL THEN
         RETURN NULL;
@@ -440,11 +455,14 @@ BEGIN
         END IF;
         PERFORM apikeys_internal._check_limit('origin', 'characters', length(o));
         o := lower(o COLLATE "C");
-        IF o !~ '^[a-z][a-z0-9+.-]*://(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?$'
-           AND o !~ '^[a-z][a-z0-9+.-]*://\[[0-9a-f:.]+\](:[0-9]{1,5})?$' THEN
+        -- http or https; a host name, or an IPv6 literal; a wildcard only as
+        -- the first label, with at least two labels after it (no *.com)
+        IF o !~ '^https?://[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?$'
+           AND o !~ '^https?://\*(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?){2,}(:[0-9]{1,5})?$'
+           AND o !~ '^https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?$' THEN
             RAISE EXCEPTION 'invalid api key allowed origin'
                 USING ERRCODE = '22023',
-                      DETAIL = 'An allowed origin is scheme://host or scheme://host:port, with no path; the host may start with *. to allow its subdomains.',
+                      DETAIL = 'An allowed origin is http:// or https:// and a host, with an optional port and no path; *. before a domain of at least two labels allows its subdomains.',
                       HINT = 'For example ''https://app.example.com'' or ''https://*.example.com''.';
         END IF;
         IF NOT o = ANY (result) THEN
@@ -471,13 +489,20 @@ AS $$
 BEGIN
     IF p_name IS NOT NULL THEN
         PERFORM apikeys_internal._check_limit('name', 'characters', length(p_name));
-        -- blank in any script: ASCII and Unicode spaces, line and paragraph
-        -- separators, zero-width and byte-order marks
-        IF p_name COLLATE "C" ~ '^[[:space:]\u0085\u00a0\u1680\u180e\u2000-\u200d\u2028\u2029\u202f\u205f\u2060\u3000\ufeff]*$' THEN
+        -- blank in any script: spaces, separators, fillers, zero-width,
+        -- format and variation characters, tags; nothing a listing shows
+        IF p_name COLLATE "C" ~ '^[[:space:]\u0085\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u2800\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001d173-\U0001d17a\U000e0000-\U000e0fff]*$' THEN
             RAISE EXCEPTION 'api key name must not be empty'
                 USING ERRCODE = '22023',
-                      DETAIL = 'The name given is empty or only white space.',
+                      DETAIL = 'The name given is empty, or only white space and invisible characters.',
                       HINT = 'Name the key after what uses it, such as ''billing service''.';
+        END IF;
+        -- control characters and bidirectional controls would let a name
+        -- disguise itself, or its neighbours, in a listing
+        IF p_name COLLATE "C" ~ '[\u0001-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]' THEN
+            RAISE EXCEPTION 'api key name contains a control character'
+                USING ERRCODE = '22023',
+                      DETAIL = 'Names may not contain control characters (line breaks and tabs included) or bidirectional text controls.';
         END IF;
     END IF;
     IF p_scopes IS NOT NULL THEN
@@ -644,7 +669,7 @@ CREATE FUNCTION apikeys_internal._check_limits(p_rate_limit pg_catalog.text,
                                                OUT rate_limit pg_catalog.text[],
                                                OUT quota pg_catalog.int8,
                                                OUT refill pg_catalog.text)
-LANGUAGE plpgsql
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -692,6 +717,14 @@ BEGIN
                   HINT = 'Name the key after what uses it, such as ''billing service''.';
     END IF;
     PERFORM apikeys_internal._check_settings(p_name, p_scopes, p_expires_at, p_metadata, p_allowed_ips);
+    -- an empty allow-list at creation is most likely a list that came out
+    -- empty by mistake: refuse it rather than issue an unrestricted key
+    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
+        RAISE EXCEPTION 'empty api key allow-list'
+            USING ERRCODE = '22023',
+                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
+                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
+    END IF;
     p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
     p_role := COALESCE(p_role, p_caller::regrole);
     PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
@@ -710,7 +743,7 @@ BEGIN
                     NULLIF(p_expires_at, 'infinity'),
                     COALESCE(p_metadata, '{}'),
                     m.hash_version, m.hash, p_caller::regrole,
-                    NULLIF(p_allowed_ips, '{}'), p_allowed_origins,
+                    p_allowed_ips, p_allowed_origins,
                     lim.rate_limit, lim.quota, lim.refill,
                     CASE WHEN lim.quota IS NOT NULL THEN clock_timestamp() END);
             new_key_id := m.key_id;
@@ -1023,7 +1056,128 @@ COMMENT ON TYPE @extschema@.verification IS
     'result of apikey_verify: status is valid, invalid, expired, disabled, revoked, ip_not_allowed, origin_not_allowed, insufficient_scope, rate_limited or quota_exceeded; key details are null when status is invalid; retry_after says when a rate-limited request (or an exhausted quota with a refill) can succeed; remaining is the quota left';
 
 -------------------------------------------------------------------------------
--- 9. Rate limits, quotas and usage (src/shmem.c, limits.c, usage.c,
+-- 9. Keys as roles: apikey_login, the key context for policies, and the
+-- PostgREST pre-request hook (C, invoker rights; see src/session.c).
+--
+-- apikey_login and pre_request do SET LOCAL ROLE, which PostgreSQL refuses
+-- inside SECURITY DEFINER functions: they run as the caller, and the
+-- session user must be a member of the key's role (as PostgREST's
+-- authenticator is of the roles it switches to).  The key context lives in
+-- backend memory, not in a setting: nothing a client SETs can forge it.
+-------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.apikey_login(token pg_catalog.text,
+                                         scope pg_catalog.text DEFAULT NULL,
+                                         client_ip pg_catalog.inet DEFAULT NULL,
+                                         origin pg_catalog.text DEFAULT NULL,
+                                         cost pg_catalog.int4 DEFAULT 1)
+RETURNS @extschema@.verification
+AS 'MODULE_PATHNAME', 'apikey_login'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apikey_login(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4) IS
+    'verifies a token (spending cost of the key''s rate limits and quota), then SET LOCAL ROLE to the key''s role and records the key until the transaction ends; 28000 for a bad key, 42501 for a missing scope or a role the session user may not become, 53400 when over a rate limit or quota';
+
+CREATE FUNCTION @extschema@.apikey_login(token @extschema@.apikey,
+                                         scope pg_catalog.text DEFAULT NULL,
+                                         client_ip pg_catalog.inet DEFAULT NULL,
+                                         origin pg_catalog.text DEFAULT NULL,
+                                         cost pg_catalog.int4 DEFAULT 1)
+RETURNS @extschema@.verification
+AS 'MODULE_PATHNAME', 'apikey_login_apikey'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apikey_login(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4) IS
+    'apikey_login for a parsed token ($1::apikeys.apikey): a plan that holds the token prints it redacted';
+
+-- The helpers are STABLE, so policies that use them can use indexes; a
+-- login is therefore seen by the statements that follow it, not by the
+-- statement that makes it.
+CREATE FUNCTION @extschema@.apikey_current()
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikey_current'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.apikey_current() IS
+    'key id this transaction logged in with (apikey_login, pre_request), or null; for row-level security policies';
+
+CREATE FUNCTION @extschema@.apikey_has_scope(scope pg_catalog.text)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikey_has_scope'
+LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.apikey_has_scope(pg_catalog.text) IS
+    'does the key this transaction logged in with hold scope (''jobs:*'' holds ''jobs:read'', ''*'' holds all)? false without a login';
+
+CREATE FUNCTION @extschema@.apikey_scopes()
+RETURNS pg_catalog.text[]
+AS 'MODULE_PATHNAME', 'apikey_scopes'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.apikey_scopes() IS
+    'scopes of the key this transaction logged in with, or null';
+
+CREATE FUNCTION @extschema@.apikey_metadata()
+RETURNS pg_catalog.jsonb
+AS 'MODULE_PATHNAME', 'apikey_metadata'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.apikey_metadata() IS
+    'metadata of the key this transaction logged in with (a tenant id for policies, say), or null';
+
+-- Route scopes: which scopes a key needs for a request, by HTTP method and
+-- a LIKE pattern on request.path.  The table lives in the private schema
+-- (no unprivileged role can lock it); pre_request reads it directly from C.
+-- Admins manage it through the view apikeys.route_scopes.
+CREATE TABLE apikeys_internal.route_scopes (
+    method       pg_catalog.text COLLATE "C" NOT NULL DEFAULT '*',
+    path_pattern pg_catalog.text COLLATE "C" NOT NULL,
+    scope        pg_catalog.text COLLATE "C" NOT NULL,
+    PRIMARY KEY (method, path_pattern, scope),
+    CONSTRAINT route_scopes_method_check
+        CHECK (method OPERATOR(pg_catalog.~) '^(\*|[A-Z]{1,20})$'),
+    CONSTRAINT route_scopes_path_pattern_check
+        CHECK (pg_catalog.left(path_pattern, 1) OPERATOR(pg_catalog.=) '/'
+               AND pg_catalog.length(path_pattern) OPERATOR(pg_catalog.<=) 1000),
+    CONSTRAINT route_scopes_scope_check
+        CHECK (scope OPERATOR(pg_catalog.~) '^[^[:space:][:cntrl:]*]{1,128}$')
+);
+COMMENT ON TABLE apikeys_internal.route_scopes IS
+    'scopes a key needs for a request, by method and path; read by pre_request, managed through apikeys.route_scopes';
+COMMENT ON COLUMN apikeys_internal.route_scopes.method IS
+    'HTTP method in upper case (GET, POST, ...), or * for every method';
+COMMENT ON COLUMN apikeys_internal.route_scopes.path_pattern IS
+    'LIKE pattern matched against request.path (such as /orders or /rpc/%), starting with /';
+COMMENT ON COLUMN apikeys_internal.route_scopes.scope IS
+    'scope the key must hold (its own scopes may be wildcards); no * here';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.route_scopes', '');
+ALTER TABLE apikeys_internal.route_scopes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.route_scopes FORCE ROW LEVEL SECURITY;
+CREATE POLICY route_scopes_admin ON apikeys_internal.route_scopes
+    FOR ALL
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
+    WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+COMMENT ON POLICY route_scopes_admin ON apikeys_internal.route_scopes IS
+    'only admins (apikeys_admin members, superusers) read and change route scopes; pre_request reads them from C';
+REVOKE ALL ON apikeys_internal.route_scopes FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON apikeys_internal.route_scopes TO apikeys_admin;
+
+CREATE VIEW @extschema@.route_scopes WITH (security_invoker = true) AS
+SELECT r.method, r.path_pattern, r.scope
+  FROM apikeys_internal.route_scopes r;
+COMMENT ON VIEW @extschema@.route_scopes IS
+    'scopes pre_request requires by route: INSERT (method, path_pattern, scope) to make GET /orders demand orders:read; admins only';
+COMMENT ON COLUMN @extschema@.route_scopes.method IS
+    'HTTP method in upper case (GET, POST, ...), or * for every method (the default)';
+COMMENT ON COLUMN @extschema@.route_scopes.path_pattern IS
+    'LIKE pattern matched against request.path, such as /orders or /rpc/%';
+COMMENT ON COLUMN @extschema@.route_scopes.scope IS
+    'scope a key must hold for a matching request';
+REVOKE ALL ON @extschema@.route_scopes FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON @extschema@.route_scopes TO apikeys_admin;
+
+CREATE FUNCTION @extschema@.pre_request()
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_pre_request'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.pre_request() IS
+    'PostgREST db-pre-request hook: logs in with the api key from request.headers (Authorization: Bearer or ApiKey, x-api-key, apikey) and enforces route scopes and apikeys.require_key; rejects with HTTP 401, 403 or 429 (RAISE SQLSTATE PGRST)';
+
+-------------------------------------------------------------------------------
+-- 10. Rate limits, quotas and usage (src/shmem.c, limits.c, usage.c,
 -- worker.c).
 --
 -- Enforced and counted in shared memory (shared_preload_libraries =
@@ -1274,3 +1428,45 @@ AS 'MODULE_PATHNAME', 'apikeys_usage_stats'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.usage_stats() IS
     'shared memory of limits and usage, for the whole server: keys and roles tracked, capacity (apikeys.max_tracked_keys), verifications not counted and limited requests refused because it was full, entries freed, flushes and failed flushes of the worker, its last flush, the database it serves and whether it runs';
+
+-------------------------------------------------------------------------------
+-- 11. The result type.  It is a composite type, so a relation in schema
+-- apikeys: a role that could hold a lock on it for long (CREATE TABLE ... OF
+-- it, in an open transaction) while queueing CREATE RULE on it could stall
+-- every backend that loads the type.  Only the creation of objects of the
+-- type needs USAGE; calling apikey_verify and reading its fields do not.
+-------------------------------------------------------------------------------
+REVOKE USAGE ON TYPE @extschema@.verification FROM PUBLIC;
+
+-------------------------------------------------------------------------------
+-- 12. Privileges saved at the top of this script, applied to the objects
+-- that replaced the 0.1.0 ones (an object a DBA never touched keeps the new
+-- defaults).
+-------------------------------------------------------------------------------
+DO $do$
+DECLARE
+    saved pg_catalog.jsonb := pg_catalog.current_setting('apikeys_upgrade.acl')::pg_catalog.jsonb;
+    o record;
+    a record;
+BEGIN
+    FOR o IN SELECT * FROM (VALUES
+        ('apikey_create', 'FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text)', 'EXECUTE'),
+        ('apikey_update', 'FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text)', 'EXECUTE'),
+        ('apikey_verify_text', 'FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4)', 'EXECUTE'),
+        ('apikey_verify_apikey', 'FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4)', 'EXECUTE'),
+        ('keys', 'TABLE @extschema@.keys', 'SELECT'),
+        ('audit_log', 'TABLE @extschema@.audit_log', 'SELECT')) AS t(name, object, privilege)
+    LOOP
+        CONTINUE WHEN NOT saved OPERATOR(pg_catalog.?) o.name;
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', o.object);
+        FOR a IN SELECT e.grantee, e.is_grantable
+                   FROM pg_catalog.aclexplode((saved OPERATOR(pg_catalog.->>) o.name)::pg_catalog.aclitem[]) e
+                  WHERE e.privilege_type OPERATOR(pg_catalog.=) o.privilege LOOP
+            EXECUTE pg_catalog.format('GRANT %s ON %s TO %s%s', o.privilege, o.object,
+                CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                     ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END,
+                CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+    END LOOP;
+END
+$do$;

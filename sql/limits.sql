@@ -15,6 +15,14 @@ SELECT regress.try(format('SELECT * FROM apikeys.apikey_create(%L)', E'\t\n \r\f
 SELECT regress.try(format('SELECT * FROM apikeys.apikey_create(%L)', U&'\00A0\2003\3000'));
 SELECT regress.try(format('SELECT * FROM apikeys.apikey_create(%L)', U&'\200B\FEFF'));
 SELECT regress.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'k', E'\n\n'), :'k');
+-- invisible characters are blank too: fillers, format characters, tags
+SELECT c, regress.try(format('SELECT * FROM apikeys.apikey_create(%L)', chr(c)))
+  FROM unnest(ARRAY[x'200E', x'200F', x'3164', x'2800', x'115F', x'1160', x'FFA0', x'00AD',
+                    x'034F', x'061C', x'2066', x'2061', x'180B', x'FE0F', x'E0020']::int[]) AS c;
+-- control and bidirectional characters are refused anywhere in a name
+SELECT regress.try(format('SELECT * FROM apikeys.apikey_create(%L)', E'billing\nadmin key'));
+SELECT regress.try(format('SELECT * FROM apikeys.apikey_create(%L)', 'billing ' || chr(x'202E'::int) || 'yek'));
+SELECT regress.try(format('SELECT * FROM apikeys.apikey_create(%L)', E'tab\there'));
 SELECT regress.try(format('SELECT apikeys.apikey_update(%L, name => %L)', :'k', repeat('x', 1000)), :'k');
 
 -- scopes: at most 64, each at most 128 characters of OAuth's scope-token
@@ -54,6 +62,13 @@ SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', allowed_origins =>
 SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', allowed_origins => '{example.com}')$$);
 SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', allowed_origins => '{https://a.*.example.com}')$$);
 SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', allowed_origins => '{NULL}')$$);
+-- only http and https; a wildcard needs a domain of two labels or more
+SELECT o, regress.try(format('SELECT * FROM apikeys.apikey_create(%L, allowed_origins => %L)', 'x', ARRAY[o]))
+  FROM unnest(ARRAY['https://*.com', 'javascript://x', 'file://x', 'ftp://example.com',
+                    'https://*', 'https://*.example.com/']) AS o;
+-- an empty allow-list at creation is refused, not taken for "anywhere"
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', allowed_ips => '{}')$$);
+SELECT regress.try($$SELECT * FROM apikeys.apikey_create('x', allowed_origins => '{}')$$);
 
 -- whatever the input, an audit row stays bounded: every field at its limit,
 -- changed to other values at their limits, a few times over

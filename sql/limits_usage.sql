@@ -170,6 +170,21 @@ INSERT INTO regress.lim SELECT 'g', * FROM apikey_create('lim g', rate_limit => 
 SELECT regress.v(token) FROM regress.lim, generate_series(1, 3) WHERE label = 'g';
 SELECT remaining FROM keys WHERE name = 'lim g';
 
+-- logins spend too (cost included); over a limit apikey_login raises 53400
+-- with when to retry, and pre_request answers 429 with Retry-After
+CREATE ROLE regress_lim_login NOLOGIN;
+INSERT INTO regress.lim SELECT 'l', * FROM apikey_create('lim l', role => 'regress_lim_login', rate_limit => '2/hour');
+BEGIN;
+SELECT status, retry_after, current_user FROM regress.lim, apikey_login(token, cost => 2) WHERE label = 'l';
+ROLLBACK;
+SELECT regexp_replace(regress.try(format('SELECT apikeys.apikey_login(%L)', token)), '[0-9]+ seconds', 'N seconds')
+  FROM regress.lim WHERE label = 'l';
+BEGIN;
+SELECT set_config('request.headers', json_build_object('x-api-key', token)::text, true) IS NOT NULL AS set
+  FROM regress.lim WHERE label = 'l';
+SELECT regexp_replace(regress.try('SELECT apikeys.pre_request()'), '"Retry-After": ?"[0-9]+"', '"Retry-After": "N"');
+ROLLBACK;
+
 -- usage, live: valid uses, failures (wrong secret, disabled, refused),
 -- rate_limited, quota_exceeded, last use
 SELECT k.name, u.uses, u.failures, u.rate_limited, u.quota_exceeded,
@@ -197,4 +212,5 @@ SELECT count(apikey_delete(key_id)) FROM regress.lim;
 DROP TABLE regress.lim;
 DROP FUNCTION regress.v(text, int, text, inet);
 DROP ROLE regress_lim_user;
+DROP ROLE regress_lim_login;
 DROP ROLE regress_lim_svc;

@@ -3,8 +3,11 @@
  *		Module entry point of the apikeys extension.
  *
  * The token format lives in token.c, the apikey type in type.c, the verify
- * hot path in verify.c, the lifecycle entry points in lifecycle.c, and rate
- * limits, quotas and usage in shmem.c, limits.c, usage.c and worker.c.
+ * hot path in verify.c, the lifecycle entry points in lifecycle.c,
+ * logins, the key context and the PostgREST hook in session.c, the lock
+ * guard for CREATE RULE in guard.c, the lookup of the extension's own
+ * objects in objects.c, and rate limits, quotas and usage in shmem.c,
+ * limits.c, usage.c and worker.c.
  */
 #include "postgres.h"
 
@@ -19,12 +22,16 @@ PG_MODULE_MAGIC;
 void		_PG_init(void);
 
 /*
- * Library load: define the apikeys.* settings; when preloaded, reserve
- * shared memory and register the background worker (shmem.c).
+ * Library load: define the apikeys.* settings and register callbacks.  Runs
+ * at server start when preloaded, else at the first call in a backend; when
+ * preloaded, it also reserves shared memory and registers the background
+ * worker (shmem.c).
  */
 void
 _PG_init(void)
 {
+	apikeys_session_init();
+	apikeys_guard_init();
 	apikeys_shmem_init();
 
 	/* Define every apikeys.* setting above this line. */

@@ -107,6 +107,19 @@ enum
 #define Natts_key_catalog		(Natts_key - 1)
 #define Natts_key_catalog_0_1	Anum_key_revoked_at
 
+/* guard.c */
+extern void apikeys_guard_init(void);
+
+/* objects.c */
+extern bool apikeys_owns_object(Oid classid, Oid objid);
+extern Oid	apikeys_relation_oid(const char *relname);
+extern Oid	apikeys_function_oid(const char *proname, int nargs,
+								 const Oid *argtypes);
+
+/* type.c */
+extern bool apikey_value_digest(const ApiKeyData *key,
+								uint8 digest[APIKEY_DIGEST_LEN]);
+
 /* token.c */
 extern bool apikey_prefix_is_valid(const char *s, int len);
 extern bool apikey_parse(const char *s, size_t len, ApiKeyToken *tok);
@@ -176,6 +189,9 @@ extern void apikey_verify_digest(const char *prefix, int prefix_len,
 								 const ApiKeyRequest *req, ApiKeyVerdict *out);
 extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
 							   int want_len);
+
+/* session.c: apikey_login, the key context, pre_request, their settings */
+extern void apikeys_session_init(void);
 
 /*
  * limits.c: rate limits and quotas of a key, parsed from its catalog row.

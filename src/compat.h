@@ -32,4 +32,23 @@
 #define APIKEYS_CURRENT_LXID() (MyProc->lxid)
 #endif
 
+/* MarkGUCPrefixReserved() was EmitWarningsOnPlaceholders() before 15. */
+#if PG_VERSION_NUM < 150000
+#define MarkGUCPrefixReserved(className) EmitWarningsOnPlaceholders(className)
+#endif
+
+/*
+ * Porting note (session.c): from 16 on, JSON semantic actions return
+ * JsonParseErrorType instead of void, and makeJsonLexContextCstringLen()
+ * takes the context to fill as its first argument.
+ */
+
+/* pg_class_ownercheck() became object_ownercheck() in 16. */
+#if PG_VERSION_NUM >= 160000
+#define APIKEYS_CLASS_OWNERCHECK(relid, role) \
+	object_ownercheck(RelationRelationId, (relid), (role))
+#else
+#define APIKEYS_CLASS_OWNERCHECK(relid, role) pg_class_ownercheck((relid), (role))
+#endif
+
 #endif							/* APIKEYS_COMPAT_H */

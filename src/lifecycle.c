@@ -53,7 +53,6 @@ internal_call_for(FunctionCallInfo fcinfo)
 	Oid			argtypes[FUNC_MAX_ARGS];
 	char	   *internal_name;
 	Oid			internal_oid;
-	Oid			nsp;
 	int			nargs;
 
 	if (ic != NULL)
@@ -76,24 +75,12 @@ internal_call_for(FunctionCallInfo fcinfo)
 	 * caller has no USAGE on the private schema, and needs none (a lookup
 	 * through the parser would check it).
 	 */
-	tp = NULL;
-	for (int i = 0; i < 2 && !HeapTupleIsValid(tp); i++)
-	{
-		/* 0.1.0 kept them in schema apikeys (a database not yet updated) */
-		nsp = get_namespace_oid(i == 0 ? APIKEYS_INTERNAL_SCHEMA : APIKEYS_SCHEMA_0_1,
-								true);
-		if (OidIsValid(nsp))
-			tp = SearchSysCache3(PROCNAMEARGSNSP, CStringGetDatum(internal_name),
-								 PointerGetDatum(buildoidvector(argtypes, nargs + 1)),
-								 ObjectIdGetDatum(nsp));
-	}
-	if (!HeapTupleIsValid(tp))
+	internal_oid = apikeys_function_oid(internal_name, nargs + 1, argtypes);
+	if (!OidIsValid(internal_oid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("function %s.%s is missing", APIKEYS_INTERNAL_SCHEMA, internal_name),
 				 errhint("Re-create the extension, or finish updating it with ALTER EXTENSION apikeys UPDATE.")));
-	internal_oid = ((Form_pg_proc) GETSTRUCT(tp))->oid;
-	ReleaseSysCache(tp);
 
 	ic = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(InternalCall));
 	fmgr_info_cxt(internal_oid, &ic->flinfo, fcinfo->flinfo->fn_mcxt);

@@ -104,8 +104,7 @@ catalog_relcache_callback(Datum arg, Oid relid)
 static void
 resolve_catalog(void)
 {
-	Oid			nsp;
-	Oid			relid = InvalidOid;
+	Oid			relid;
 
 	if (OidIsValid(catalog_relid))
 		return;
@@ -114,16 +113,7 @@ resolve_catalog(void)
 		CacheRegisterRelcacheCallback(catalog_relcache_callback, (Datum) 0);
 		catalog_callback_registered = true;
 	}
-	nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true);
-	if (OidIsValid(nsp))
-		relid = get_relname_relid(APIKEYS_CATALOG, nsp);
-	/* 0.1.0 kept it in schema apikeys: a database not yet updated still works */
-	if (!OidIsValid(relid))
-	{
-		nsp = get_namespace_oid(APIKEYS_SCHEMA_0_1, true);
-		if (OidIsValid(nsp))
-			relid = get_relname_relid(APIKEYS_CATALOG, nsp);
-	}
+	relid = apikeys_relation_oid(APIKEYS_CATALOG);
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

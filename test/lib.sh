@@ -30,6 +30,7 @@ ensure_deps() {
     [ -f "/usr/include/postgresql/$PG_MAJOR/server/postgres.h" ] || missing+=("postgresql-server-dev-$PG_MAJOR")
     [ -x "/usr/lib/postgresql/$PG_MAJOR/bin/postgres" ] || missing+=("postgresql-$PG_MAJOR")
     [ -f "/usr/share/postgresql/$PG_MAJOR/extension/pgcrypto.control" ] || missing+=("postgresql-$PG_MAJOR")
+    [ -f "/usr/share/postgresql/$PG_MAJOR/extension/plpgsql_check.control" ] || missing+=("postgresql-$PG_MAJOR-plpgsql-check")
     perl -MIPC::Run -e 1 2>/dev/null || missing+=(libipc-run-perl)
     command -v make >/dev/null || missing+=(make)
     command -v gcc >/dev/null || missing+=(gcc)
@@ -42,11 +43,23 @@ ensure_deps() {
         command -v "${clang:-clang}" >/dev/null || missing+=(clang-14 llvm-14)
     fi
     command -v prove >/dev/null || missing+=(perl)
+    # test/t/005_pgbouncer.pl pools connections through a real pgbouncer
+    [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
     id postgres >/dev/null 2>&1 || missing+=("postgresql-$PG_MAJOR")
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing: ${missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    # A relocated copy of the server (PG_CONFIG pointing into a private
+    # tree, for parallel development) gets the extension files apt put into
+    # the system directories.
+    local share lib
+    share=$("$PG_CONFIG" --sharedir)/extension
+    lib=$("$PG_CONFIG" --pkglibdir)
+    if [ ! -f "$share/plpgsql_check.control" ] && [ -w "$share" ]; then
+        cp /usr/share/postgresql/$PG_MAJOR/extension/plpgsql_check* "$share/"
+        cp /usr/lib/postgresql/$PG_MAJOR/lib/plpgsql_check.so "$lib/"
     fi
 }
 
@@ -93,7 +106,9 @@ start_cluster() {
         echo "max_prepared_transactions = 10"
         for line in "$@"; do echo "$line"; done
     } | as_postgres tee -a "$PGDATA_DIR/postgresql.conf" >/dev/null
-    as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 start >/dev/null \
+    # POSTGRES_WRAPPER (test/valgrind.sh) runs the server under a tool.
+    as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t "${PG_START_TIMEOUT:-60}" \
+        ${POSTGRES_WRAPPER:+-p "$POSTGRES_WRAPPER"} start >/dev/null \
         || { cat "$PGLOG"; return 1; }
     export PGHOST=$PGSOCK PGPORT PGUSER=postgres
 }

@@ -57,6 +57,8 @@ echo "== TAP"
 TAPDIR=$PGTMP/tap
 mkdir -p "$TAPDIR"
 cp -r test/t "$TAPDIR/t"
+# 005_pgbouncer.pl runs the README's PostgREST setup as written.
+cp README.md "$TAPDIR/"
 as_root chown -R postgres "$TAPDIR"
 rc=0
 (cd "$TAPDIR" && as_postgres env \

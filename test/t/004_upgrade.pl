@@ -6,6 +6,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Compress::Zlib ();
 
 my $node = PostgreSQL::Test::Cluster->new('upgrade');
 $node->init;
@@ -48,6 +49,54 @@ is($before, 'disabled=disabled grace_new=valid grace_old=valid plain=valid revok
    'statuses under 0.1.0');
 my $audit_before = $node->safe_psql('upgraded', 'SELECT count(*) FROM apikeys.audit_log');
 
+# Before the update, the newer library serves the 0.1.0 database.  A role
+# that may create schemas there plants apikeys_internal with a forged key and
+# a trap function; the library must use only the extension's own objects.
+$node->safe_psql('upgraded', q{
+    CREATE ROLE regress_planter LOGIN;
+    GRANT CREATE ON DATABASE upgraded TO regress_planter;
+});
+$node->safe_psql('upgraded', q{
+    CREATE SCHEMA apikeys_internal;
+    CREATE TABLE apikeys_internal.key_catalog (key_id text COLLATE "C" PRIMARY KEY, name text,
+      prefix text COLLATE "C", role regrole, scopes text[], expires_at timestamptz, metadata jsonb,
+      state text, hash_version int2, hash bytea, prev_hash_version int2, prev_hash bytea,
+      prev_valid_until timestamptz, created_at timestamptz, created_by regrole, updated_at timestamptz,
+      rotated_at timestamptz, revoked_at timestamptz);
+    INSERT INTO apikeys_internal.key_catalog (key_id, name, prefix, role, scopes, metadata, state, hash_version, hash)
+    VALUES ('EVILEVILEVIL', 'forged', 'ak', 'postgres', '{*}', '{}', 'active', 1,
+            sha256(convert_to(repeat('S', 32), 'UTF8')));
+    CREATE FUNCTION apikeys_internal._apikey_create(oid, text, regrole, text[], timestamptz, text, jsonb,
+        OUT new_key_id text, OUT new_token text) LANGUAGE plpgsql AS
+    $$BEGIN EXECUTE 'ALTER ROLE regress_planter SUPERUSER'; new_key_id := 'pwned'; new_token := 'x'; END$$;
+}, extra_params => [ '-U', 'regress_planter' ]);
+# the forged token, checksum and all (CRC-32 is no secret)
+my $body = 'ak_EVILEVILEVIL_' . ('S' x 32);
+my $crc = Compress::Zlib::crc32($body);
+my @b62 = ('0' .. '9', 'A' .. 'Z', 'a' .. 'z');
+my $sum = '';
+for (1 .. 6) { $sum = $b62[$crc % 62] . $sum; $crc = int($crc / 62); }
+my $forged = $body . $sum;
+is($node->safe_psql('upgraded', "SELECT apikeys.apikey_key_id('$forged'::apikeys.apikey)"),
+   'EVILEVILEVIL', 'the forged token is well-formed');
+is($node->safe_psql('upgraded', $statuses), $before, 'a planted schema changes no status');
+is($node->safe_psql('upgraded', q{SELECT key_id IS NOT NULL AND key_id <> 'pwned' FROM apikeys.apikey_create('after planting')}),
+   't', 'create uses the extension\'s own function, not the planted one');
+is($node->safe_psql('upgraded', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_planter'}),
+   'f', 'the planted function never ran');
+is($node->safe_psql('upgraded', "SELECT status FROM apikeys.apikey_verify('$forged', 'anything')"),
+   'invalid', 'the planted key does not verify');
+my ($rc, $out, $err) = $node->psql('upgraded', "ALTER EXTENSION apikeys UPDATE");
+isnt($rc, 0, 'the update refuses to adopt a planted schema');
+like($err, qr/schema "apikeys_internal" already exists/, '... and says why');
+$node->safe_psql('upgraded', q{
+    DROP SCHEMA apikeys_internal CASCADE;
+    DROP OWNED BY regress_planter; DROP ROLE regress_planter;
+});
+$node->safe_psql('upgraded', q{
+    SELECT apikeys.apikey_delete(key_id) FROM apikeys.keys WHERE name = 'after planting'});
+$audit_before = $node->safe_psql('upgraded', 'SELECT count(*) FROM apikeys.audit_log');
+
 for my $step (@path[1 .. $#path])
 {
     $node->safe_psql('upgraded', "ALTER EXTENSION apikeys UPDATE TO '$step'");
@@ -74,6 +123,30 @@ is($node->safe_psql('upgraded', q{
    'valid|ip_not_allowed', 'an old key takes a new setting');
 
 $node->safe_psql('fresh', 'CREATE EXTENSION apikeys CASCADE');
+
+# Privileges a DBA set on 0.1.0 objects that the update re-creates survive it.
+$node->safe_psql('postgres', 'CREATE DATABASE acls');
+$node->safe_psql('acls', q{
+    CREATE EXTENSION apikeys VERSION '0.1.0' CASCADE;
+    CREATE ROLE regress_minter NOLOGIN;
+    CREATE ROLE regress_reader NOLOGIN;
+    REVOKE EXECUTE ON FUNCTION apikeys.apikey_create(text, regrole, text[], timestamptz, text, jsonb) FROM PUBLIC;
+    GRANT EXECUTE ON FUNCTION apikeys.apikey_create(text, regrole, text[], timestamptz, text, jsonb) TO regress_minter;
+    REVOKE SELECT ON apikeys.keys, apikeys.audit_log FROM PUBLIC;
+    GRANT SELECT ON apikeys.keys TO regress_reader;
+    ALTER EXTENSION apikeys UPDATE;
+});
+is($node->safe_psql('acls', q{
+    SELECT has_function_privilege('public', 'apikeys.apikey_create(text, regrole, text[], timestamptz, text, jsonb, cidr[], text[], text, int8, text)', 'EXECUTE'),
+           has_function_privilege('regress_minter', 'apikeys.apikey_create(text, regrole, text[], timestamptz, text, jsonb, cidr[], text[], text, int8, text)', 'EXECUTE'),
+           has_function_privilege('public', 'apikeys.apikey_verify(text, text, inet, text, int4)', 'EXECUTE'),
+           has_table_privilege('public', 'apikeys.keys', 'SELECT'),
+           has_table_privilege('regress_reader', 'apikeys.keys', 'SELECT'),
+           has_table_privilege('public', 'apikeys.audit_log', 'SELECT')}),
+   'f|t|t|f|t|f', 'revoked and granted privileges carried over to the re-created objects');
+$node->safe_psql('acls', 'DROP EXTENSION apikeys');
+$node->safe_psql('postgres', 'DROP DATABASE acls');
+$node->safe_psql('postgres', 'DROP ROLE regress_minter, regress_reader');
 
 # Every object of the extension, described without OIDs.
 my $describe = q{
