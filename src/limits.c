@@ -573,7 +573,9 @@ typedef struct RoleLimit
 static void
 limits_relcache_callback(Datum arg, Oid relid)
 {
-	if (!OidIsValid(relid) || relid == role_limits_relid)
+	/* (with the table unknown, any change may be its creation) */
+	if (!OidIsValid(relid) || relid == role_limits_relid ||
+		!OidIsValid(role_limits_relid))
 	{
 		role_limits_invalidations++;
 		if (role_limits != NULL)
@@ -588,12 +590,13 @@ limits_relcache_callback(Datum arg, Oid relid)
 		quota_state_relid = InvalidOid;
 }
 
-/* Look up a table of schema apikeys_internal; InvalidOid if absent. */
+/*
+ * Look up a table of the extension; InvalidOid if absent, or if what has
+ * the name is not a member of the extension (objects.c).
+ */
 static Oid
 internal_relid(const char *name, Oid *cache)
 {
-	Oid			nsp;
-
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(limits_relcache_callback, (Datum) 0);
@@ -601,9 +604,7 @@ internal_relid(const char *name, Oid *cache)
 	}
 	if (OidIsValid(*cache))
 		return *cache;
-	nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true);
-	if (OidIsValid(nsp))
-		*cache = get_relname_relid(name, nsp);
+	*cache = apikeys_relation_oid(name);
 	return *cache;
 }
 

@@ -191,8 +191,7 @@ typedef struct UsageRow
 static void
 read_flushed(HTAB *rows)
 {
-	Oid			nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid(APIKEYS_USAGE_TABLE, nsp) : InvalidOid;
+	Oid			relid = apikeys_relation_oid(APIKEYS_USAGE_TABLE);
 	Relation	rel;
 	Snapshot	snapshot;
 	TableScanDesc scan;
@@ -349,8 +348,7 @@ apikeys_usage(PG_FUNCTION_ARGS)
 static TimestampTz
 flushed_last_used(text *key_text)
 {
-	Oid			nsp = get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid(APIKEYS_USAGE_TABLE, nsp) : InvalidOid;
+	Oid			relid = apikeys_relation_oid(APIKEYS_USAGE_TABLE);
 	Relation	rel;
 	Oid			indexid;
 	Snapshot	snapshot;

@@ -50,8 +50,10 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
+#include "catalog/namespace.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -205,18 +207,27 @@ discard(void)
 	apikeys_unlock_all();
 }
 
-/* Is the extension installed here, at a version with the usage tables? */
+/*
+ * Is the extension installed here, at a version with the usage tables?
+ * Each table counts only as a member of the extension: in a database not
+ * yet updated, a role could have created a schema apikeys_internal with
+ * tables of these names (and triggers on them), and the worker writes as a
+ * superuser.
+ */
 static bool
 extension_ready(void)
 {
-	int			ret;
+	static const char *const tables[] = {"key_catalog", "usage", "usage_hourly", "quota_state"};
 
-	ret = SPI_execute("SELECT 1 FROM pg_catalog.pg_extension e"
-					  " WHERE e.extname OPERATOR(pg_catalog.=) 'apikeys'"
-					  "   AND pg_catalog.to_regclass('apikeys_internal.usage_hourly') IS NOT NULL"
-					  "   AND pg_catalog.to_regclass('apikeys_internal.quota_state') IS NOT NULL",
-					  true, 1);
-	return ret == SPI_OK_SELECT && SPI_processed == 1;
+	for (int i = 0; i < (int) lengthof(tables); i++)
+	{
+		Oid			relid = apikeys_relation_oid(tables[i]);
+
+		if (!OidIsValid(relid) ||
+			get_rel_namespace(relid) != get_namespace_oid(APIKEYS_INTERNAL_SCHEMA, true))
+			return false;
+	}
+	return true;
 }
 
 /* Run a statement with arguments; raise on failure. */
@@ -584,6 +595,8 @@ apikeys_worker_main(Datum arg)
 
 	BackgroundWorkerInitializeConnection(apikeys_database, NULL, 0);
 	pgstat_report_appname("apikeys worker");
+	/* it runs as a superuser: resolve nothing through a schema others own */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	SpinLockAcquire(&apikeys_shmem->mutex);
 	apikeys_shmem->worker_latch = MyLatch;
