@@ -917,8 +917,12 @@ quota_warnings(ApiKeysEntry *e)
 		apikeys_wake_worker();
 }
 
-/* Shared memory full: refuse a limited request (never let it through). */
-static void
+/*
+ * Shared memory full: refuse a limited request (never let it through).
+ * Returns whether to warn (at most once a minute), which the caller does
+ * once it holds no lock.
+ */
+static bool
 refuse_untracked(ApiKeyVerdict *v, TimestampTz now)
 {
 	bool		warn = false;
@@ -931,15 +935,10 @@ refuse_untracked(ApiKeyVerdict *v, TimestampTz now)
 		warn = true;
 	}
 	SpinLockRelease(&apikeys_shmem->mutex);
-	if (warn)
-		ereport(WARNING,
-				(errmsg("apikeys shared memory is full: requests of keys with rate limits or quotas are refused"),
-				 errdetail("apikeys.max_tracked_keys (%d) keys and roles are being tracked.",
-						   apikeys_shmem->max_entries),
-				 errhint("Raise apikeys.max_tracked_keys and restart the server.")));
 	v->status = APIKEY_RATE_LIMITED;
 	v->has_retry_after = true;
 	v->retry_after = (int64) apikeys_flush_interval * 1000;
+	return warn;
 }
 
 /*
@@ -971,6 +970,7 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 	int64		retry = 0;
 	bool		never = false;
 	bool		ok;
+	bool		warn_full = false;
 
 	if (v->status != APIKEY_VALID || lim == NULL)
 	{
@@ -1057,7 +1057,7 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 		re = apikeys_entry_enter(&rk, rh, true);
 	if (ke == NULL || (rl != NULL && re == NULL))
 	{
-		refuse_untracked(v, now);
+		warn_full = refuse_untracked(v, now);
 		if (ke != NULL)
 			apikeys_usage_count_locked(ke, v->status, now);
 		else
@@ -1126,6 +1126,13 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 	if (rlock != NULL && rlock != klock)
 		LWLockRelease(rlock);
 	LWLockRelease(klock);
+
+	if (warn_full)
+		ereport(WARNING,
+				(errmsg("apikeys shared memory is full: requests of keys with rate limits or quotas are refused"),
+				 errdetail("apikeys.max_tracked_keys (%d) keys and roles are being tracked.",
+						   apikeys_shmem->max_entries),
+				 errhint("Raise apikeys.max_tracked_keys and restart the server.")));
 }
 
 /*
