@@ -2,7 +2,7 @@
 -- shared memory keeps them (test/run.sh preloads apikeys and makes this
 -- database the one apikeys.database names).  Windows are an hour or longer,
 -- so nothing refills while this runs; refill timing, concurrency and the
--- worker are tested by TAP (test/t/01*_*.pl).
+-- worker are tested by TAP (test/t/02*_*.pl).
 \set VERBOSITY terse
 SET search_path = apikeys, public;
 
