@@ -5,16 +5,18 @@ EXTENSION  = apikeys
 EXTVERSION = 0.2.0
 MODULE_big = apikeys
 OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/cache.o src/create.o \
-             src/audit.o src/insert.o src/lifecycle.o src/objects.o src/session.o src/guard.o
+             src/audit.o src/insert.o src/lifecycle.o src/objects.o src/session.o src/guard.o \
+             src/shmem.o src/limits.o src/usage.o src/worker.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
-          restrictions bad_input renewal limits hardening plpgsql_check create_fast cache
+          restrictions bad_input renewal limits hardening plpgsql_check limits_usage \
+          create_fast cache
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke \
-            cache_invalidation
+            rate_limit_verify cache_invalidation
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src
@@ -27,6 +29,10 @@ include $(PGXS)
 ifeq ($(with_ssl),openssl)
 SHLIB_LINK += -lcrypto
 endif
+
+# PGXS tracks no header dependencies: rebuild everything when one changes
+# (shared-memory structs must agree across files).
+$(OBJS): src/apikeys.h src/compat.h src/shmem.h
 
 .PHONY: test demo
 test:

@@ -27,7 +27,7 @@
  * bit per entry, a hand sweeping the hash table).  Each entry is a single
  * allocation: a fixed part (~150 bytes: ids, prefix, state, role, both
  * digests, times) followed by copies of the key's name, scopes, metadata
- * and restrictions.
+ * and restrictions, and its rate limits and quota if it has any.
  */
 #include "postgres.h"
 
@@ -293,6 +293,8 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 	Size		size = MAXALIGN(sizeof(ApiKeyEntry));
 	Size		used;
 	ApiKeyEntry *e;
+	ApiKeyLimits limits;
+	bool		has_limits;
 	text	   *prefix;
 	text	   *state;
 
@@ -308,6 +310,11 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 			PointerGetDatum(PG_DETOAST_DATUM(values[c]));
 		size += column_size(detoasted[c], nulls[c]);
 	}
+	/* rate limits and quota (limits.c parses them), kept only if any */
+	apikey_limits_from_row(values, nulls, desc->natts, &limits);
+	has_limits = limits.nwindows > 0 || limits.has_quota;
+	if (has_limits)
+		size += MAXALIGN(sizeof(ApiKeyLimits));
 
 	e = (ApiKeyEntry *) MemoryContextAllocZero(cxt, size);
 	used = MAXALIGN(sizeof(ApiKeyEntry));
@@ -347,6 +354,12 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 									 nulls[COL(Anum_key_allowed_ips)]);
 	e->allowed_origins_off = column_copy(e, &used, detoasted[COL(Anum_key_allowed_origins)],
 										 nulls[COL(Anum_key_allowed_origins)]);
+	if (has_limits)
+	{
+		e->limits_off = (uint32) used;
+		memcpy((char *) e + used, &limits, sizeof(ApiKeyLimits));
+		used += MAXALIGN(sizeof(ApiKeyLimits));
+	}
 	Assert(used == size);
 #undef COL
 	return e;
@@ -408,6 +421,16 @@ load_entry(const char *key_id, MemoryContext cxt, bool *cacheable)
 	relation_close(rel, NoLock);
 	pfree(key_text);
 	return e;
+}
+
+/* The rate limits and quota of a cached key (none: all zero). */
+const ApiKeyLimits *
+apikey_entry_limits(const ApiKeyEntry *e)
+{
+	static const ApiKeyLimits none;
+
+	return e->limits_off == 0 ? &none :
+		(const ApiKeyLimits *) ((const char *) e + e->limits_off);
 }
 
 /* Evict one entry by CLOCK: the first one not referenced since last pass. */

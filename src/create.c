@@ -12,8 +12,9 @@
  * catalog's owner (what SECURITY DEFINER did): directly (insert.c), or by a
  * saved INSERT if the catalog has something the direct insert does not
  * handle.  The table's constraints and triggers (the audit row included)
- * apply as for any insert.  Everything else (a value that could fail a check, a
- * restriction list to normalise, a role the caller may not act for) takes
+ * apply as for any insert.  Everything else (a value that could fail a
+ * check, a restriction list to normalise, a rate limit or quota to parse, a
+ * role the caller may not act for) takes
  * the reference implementation, which raises the documented errors: the C
  * test below is a strict subset of what _apikey_create accepts, so both
  * paths accept and store exactly the same keys.
@@ -70,6 +71,9 @@ enum
 	Arg_metadata,
 	Arg_allowed_ips,
 	Arg_allowed_origins,
+	Arg_rate_limit,
+	Arg_remaining,
+	Arg_refill,
 	Arg_count
 };
 
@@ -289,9 +293,14 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 	char		nulls[INSERT_NARGS];
 	MemoryContext outer = CurrentMemoryContext;
 
-	/* the 0.2.0 signature, a name, no restriction lists to normalise */
+	/*
+	 * The 0.2.0 signature, a name; no restriction lists to normalise, no
+	 * rate limit or quota to parse.
+	 */
 	if (PG_NARGS() != Arg_count || PG_ARGISNULL(Arg_name) ||
-		!PG_ARGISNULL(Arg_allowed_ips) || !PG_ARGISNULL(Arg_allowed_origins))
+		!PG_ARGISNULL(Arg_allowed_ips) || !PG_ARGISNULL(Arg_allowed_origins) ||
+		!PG_ARGISNULL(Arg_rate_limit) || !PG_ARGISNULL(Arg_remaining) ||
+		!PG_ARGISNULL(Arg_refill))
 		return false;
 
 	name = PG_GETARG_TEXT_PP(Arg_name);

@@ -12,8 +12,8 @@
  * The cache is coherent with commits (cache.c reads the invalidation queue
  * before every lookup, and loads with the latest snapshot), so a revoke is
  * effective for every session from the moment it commits, whatever the
- * caller's isolation level.  Repeats within one statement are answered by
- * the statement memo below.
+ * caller's isolation level.  Repeats within the evaluation of one row are
+ * answered by the memo below.
  */
 #include "postgres.h"
 
@@ -28,12 +28,10 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
-#include "tcop/pquery.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/portal.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
@@ -53,6 +51,9 @@ enum
 	Vf_expires_at,
 	Vf_metadata,
 	Vf_name,
+	Vf_natts_0_1,				/* 0.1.0 ends here */
+	Vf_retry_after = Vf_natts_0_1,
+	Vf_remaining,
 	Vf_natts
 };
 
@@ -240,26 +241,32 @@ apikey_status_name(ApiKeyStatus status)
 }
 
 /*
- * One verification per statement.
+ * One verification per request.
  *
  * PostgreSQL evaluates (apikey_verify(t)).valid, (apikey_verify(t)).status
- * as two calls, and (apikey_verify(t)).* as one per field.  The statement
- * memo makes them one verification: within one statement (the portal that
- * runs it, with every function it calls), a repeat of the same token with
- * the same arguments returns the first call's status, and is counted and
- * charged once.  If an invalidation arrived in between (a key was changed
- * and committed, in this session or another), the repeat re-evaluates the
- * key as it is now, so no change is ever hidden, but still counts once.
+ * as two calls, and (apikey_verify(t)).* as one per field.  The memo makes
+ * them one verification: within the evaluation of one row of a statement
+ * (its target list and its conditions, with every function they call), a
+ * repeat of the same token with the same arguments returns the first call's
+ * outcome, and is counted and charged once.  Another row is another request
+ * (a statement that verifies a table of requests spends once per row).  If
+ * an invalidation arrived in between (a key was changed and committed, in
+ * this session or another), the repeat re-evaluates the key as it is now,
+ * so no change is ever hidden, but still counts once.
  *
- * The memo lives in a small memory context under the portal, so it ends
- * with the statement; it remembers the last APIKEY_MEMO_MAX distinct
- * verifications of the statement.  A key is its token identity (prefix,
- * key id, SHA-256 of the secret) and the request's arguments, compared in
- * full.  Up to MEMO_LINEAR entries are searched linearly; past that, an
- * index of chained buckets is built.
+ * A row is recognised by the memory context the call runs in: the
+ * executor evaluates a row's expressions in its per-tuple context and
+ * resets it before the next row.  The memo lives in that context, and a
+ * reset callback forgets it; contexts that live long (a C caller's
+ * transaction or cache context) get no memo.  It remembers the last
+ * APIKEY_MEMO_MAX distinct verifications.  A key is its token identity
+ * (prefix, key id, SHA-256 of the secret) and the request's arguments,
+ * compared in full.  Up to MEMO_LINEAR entries are searched linearly; past
+ * that, an index of chained buckets is built.
  */
 #define APIKEY_MEMO_MAX		1024
 #define MEMO_LINEAR			8
+#define MEMO_FIRST			2	/* entries allocated at first */
 #define MEMO_BUCKETS		(2 * APIKEY_MEMO_MAX)
 
 typedef struct MemoEntry
@@ -273,14 +280,19 @@ typedef struct MemoEntry
 	char		prefix[APIKEY_PREFIX_MAXLEN];
 	char		key_id[APIKEY_KEY_ID_LEN];
 	uint8		digest[APIKEY_DIGEST_LEN];
+	int32		cost;
 	char	   *args;			/* scope, client_ip, origin bytes, concatenated */
-	ApiKeyStatus status;
 	uint64		generation;		/* key cache generation it was evaluated at */
+	/* the outcome: status, and what limits.c reported */
+	ApiKeyStatus status;
+	bool		has_retry_after;
+	bool		has_remaining;
+	int64		retry_after;
+	int64		remaining;
 } MemoEntry;
 
 typedef struct StatementMemo
 {
-	Portal		portal;
 	LocalTransactionId lxid;
 	MemoryContext cxt;
 	MemoryContextCallback on_reset;
@@ -302,29 +314,27 @@ memo_reset_callback(void *arg)
 		memo = NULL;
 }
 
-/* The memo of the running statement, created on first use; NULL if none. */
+/* The memo of the row being evaluated, created on first use; NULL if none. */
 static StatementMemo *
-statement_memo(void)
+row_memo(void)
 {
-	Portal		portal = ActivePortal;
+	MemoryContext cxt = CurrentMemoryContext;
 	LocalTransactionId lxid = APIKEYS_CURRENT_LXID();
-	MemoryContext cxt;
 
-	if (portal == NULL || portal->portalContext == NULL)
-		return NULL;
-	if (memo != NULL && memo->portal == portal && memo->lxid == lxid)
+	if (memo != NULL && memo->cxt == cxt && memo->lxid == lxid)
 		return memo;
-	if (memo != NULL)
-		MemoryContextDelete(memo->cxt); /* another statement's: let it go */
+	/* not in contexts that live for a transaction or longer */
+	if (cxt == TopMemoryContext || cxt == CacheMemoryContext ||
+		cxt == TopTransactionContext || cxt == CurTransactionContext ||
+		cxt == PortalContext || cxt == MessageContext || cxt == ErrorContext)
+		return NULL;
 
-	cxt = AllocSetContextCreate(portal->portalContext, "apikeys statement memo",
-								ALLOCSET_SMALL_SIZES);
+	/* (another context's memo stays there, forgotten, until it is reset) */
 	memo = MemoryContextAllocZero(cxt, sizeof(StatementMemo));
-	memo->portal = portal;
 	memo->lxid = lxid;
 	memo->cxt = cxt;
-	memo->capacity = MEMO_LINEAR;
-	memo->entries = MemoryContextAlloc(cxt, MEMO_LINEAR * sizeof(MemoEntry));
+	memo->capacity = MEMO_FIRST;
+	memo->entries = MemoryContextAlloc(cxt, MEMO_FIRST * sizeof(MemoEntry));
 	memo->on_reset.func = memo_reset_callback;
 	memo->on_reset.arg = memo;
 	MemoryContextRegisterResetCallback(cxt, &memo->on_reset);
@@ -363,6 +373,7 @@ memo_matches(const MemoEntry *m, uint32 hash, const char *prefix, int prefix_len
 		memcmp(m->digest, digest, APIKEY_DIGEST_LEN) != 0 ||
 		memcmp(m->key_id, key_id, APIKEY_KEY_ID_LEN) != 0 ||
 		memcmp(m->prefix, prefix, prefix_len) != 0 ||
+		m->cost != req->cost ||
 		m->scope_len != arg_len(req->scope) ||
 		m->ip_len != arg_len(req->client_ip) ||
 		m->origin_len != arg_len(req->origin))
@@ -423,10 +434,9 @@ memo_unlink(StatementMemo *mm, int32 i)
 }
 
 /* Remember a verification; overwrites the oldest once the memo is full. */
-static void
+static MemoEntry *
 memo_remember(StatementMemo *mm, uint32 hash, const char *prefix, int prefix_len,
-			  const char *key_id, const uint8 *digest, const ApiKeyRequest *req,
-			  ApiKeyStatus status, uint64 generation)
+			  const char *key_id, const uint8 *digest, const ApiKeyRequest *req)
 {
 	MemoEntry  *m;
 	int32		i;
@@ -470,6 +480,7 @@ memo_remember(StatementMemo *mm, uint32 hash, const char *prefix, int prefix_len
 	memcpy(m->prefix, prefix, prefix_len);
 	memcpy(m->key_id, key_id, APIKEY_KEY_ID_LEN);
 	memcpy(m->digest, digest, APIKEY_DIGEST_LEN);
+	m->cost = req->cost;
 	m->scope_len = arg_len(req->scope);
 	m->ip_len = arg_len(req->client_ip);
 	m->origin_len = arg_len(req->origin);
@@ -491,8 +502,6 @@ memo_remember(StatementMemo *mm, uint32 hash, const char *prefix, int prefix_len
 		if (m->origin_len > 0)
 			memcpy(a, VARDATA_ANY(req->origin), m->origin_len);
 	}
-	m->status = status;
-	m->generation = generation;
 	if (mm->buckets != NULL)
 	{
 		int32	   *head = &mm->buckets[hash % MEMO_BUCKETS];
@@ -500,6 +509,30 @@ memo_remember(StatementMemo *mm, uint32 hash, const char *prefix, int prefix_len
 		m->next = *head;
 		*head = i;
 	}
+	return m;
+}
+
+/* Keep a verification's outcome in its memo entry. */
+static void
+memo_keep(MemoEntry *m, const ApiKeyVerdict *v, uint64 generation)
+{
+	m->generation = generation;
+	m->status = v->status;
+	m->has_retry_after = v->has_retry_after;
+	m->retry_after = v->retry_after;
+	m->has_remaining = v->has_remaining;
+	m->remaining = v->remaining;
+}
+
+/* Give a verification the outcome kept in its memo entry. */
+static void
+memo_restore(const MemoEntry *m, ApiKeyVerdict *v)
+{
+	v->status = m->status;
+	v->has_retry_after = m->has_retry_after;
+	v->retry_after = m->retry_after;
+	v->has_remaining = m->has_remaining;
+	v->remaining = m->remaining;
 }
 
 /* Verifications answered by the statement memo, for apikey_cache_stats(). */
@@ -510,24 +543,27 @@ apikey_verify_repeats(void)
 }
 
 /*
- * Judge a key entry against a presented secret and a request.  role_name
- * receives the key's role name (empty if the role is gone).
+ * Judge a key entry against a presented secret and a request, everything
+ * but limits.  role_name receives the key's role name (empty if the role is
+ * gone).  *counted is set when the result is a failure that counts against
+ * the key id in its usage (a wrong secret, an orphaned key), cleared for an
+ * id that names no key.
  */
 static ApiKeyStatus
 evaluate(const ApiKeyEntry *e, const char *prefix, int prefix_len,
-		 const uint8 *digest, const ApiKeyRequest *req, char *role_name)
+		 const uint8 *digest, const ApiKeyRequest *req, TimestampTz now,
+		 char *role_name, bool *counted)
 {
-	/* one clock reading serves the grace period and the expiry, if any */
-	TimestampTz now = (e != NULL && (e->has_prev || e->has_expiry)) ?
-		GetCurrentTimestamp() : 0;
 	bool		secret_ok;
 	HeapTuple	roletup;
 	ArrayType  *arr;
 
 	role_name[0] = '\0';
+	*counted = false;
 	if (e == NULL || e->prefix_len != prefix_len ||
 		memcmp(e->prefix, prefix, prefix_len) != 0)
 		return APIKEY_INVALID;
+	*counted = true;
 
 	secret_ok = e->hash_version == APIKEY_HASH_SHA256 &&
 		apikey_digest_equal(e->hash, digest, APIKEY_DIGEST_LEN);
@@ -564,10 +600,6 @@ evaluate(const ApiKeyEntry *e, const char *prefix, int prefix_len,
 							 VARSIZE_ANY_EXHDR(req->scope))))
 		return APIKEY_INSUFFICIENT_SCOPE;
 
-	/*
-	 * Rate limits and quotas go here: only a request that passed every other
-	 * check spends, and only on its statement's first evaluation.
-	 */
 	return APIKEY_VALID;
 }
 
@@ -601,6 +633,8 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 	uint32		hash = 0;
 	const ApiKeyEntry *e;
 	uint64		generation;
+	TimestampTz now;
+	bool		counted;
 	ApiKeyStatus status;
 
 	memset(out, 0, sizeof(*out));
@@ -608,7 +642,7 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 	if (key_id == NULL)
 		return;
 
-	mm = statement_memo();
+	mm = row_memo();
 	if (mm != NULL)
 	{
 		hash = memo_hash(key_id, digest, req);
@@ -617,37 +651,68 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 
 	/* (takes in pending invalidations first) */
 	e = apikey_cache_get(key_id, &generation);
-	if (m != NULL && m->generation == generation)
+	/* one clock reading serves the grace period, the expiry and the limits */
+	now = GetCurrentTimestamp();
+	status = evaluate(e, prefix, prefix_len, digest, req, now, out->role_name,
+					  &counted);
+	if (status != APIKEY_INVALID)
 	{
-		/* a repeat within the statement, nothing changed since: its result */
+		memcpy(out->key_id, e->key_id, APIKEY_KEY_ID_LEN);
+		out->key_id[APIKEY_KEY_ID_LEN] = '\0';
+		out->role = e->role;
+	}
+	out->status = status;
+
+	if (m != NULL)
+	{
+		/*
+		 * A repeat within the statement: the same request, counted and
+		 * charged once.  Nothing changed since: its outcome.  A key changed
+		 * since (and committed): judged afresh, so no change is hidden, but
+		 * charged only if it had never reached the limits.
+		 */
 		memo_repeats++;
-		status = m->status;
-		if (status != APIKEY_INVALID)
-			(void) evaluate(e, prefix, prefix_len, digest, req, out->role_name);
+		if (m->generation == generation)
+			memo_restore(m, out);
+		else if (status == APIKEY_VALID &&
+				 (m->status == APIKEY_VALID || m->status == APIKEY_RATE_LIMITED ||
+				  m->status == APIKEY_QUOTA_EXCEEDED))
+		{
+			memo_restore(m, out);
+			m->generation = generation;
+		}
+		else
+		{
+			if (status == APIKEY_VALID)
+				apikey_limits_apply(key_id, apikey_entry_limits(e), req->cost, now, out);
+			memo_keep(m, out, generation);
+		}
 	}
 	else
 	{
-		status = evaluate(e, prefix, prefix_len, digest, req, out->role_name);
-		if (m != NULL)
-		{
-			/* a key changed since: judge it afresh, but it is no new request */
-			m->status = status;
-			m->generation = generation;
-		}
-		else if (mm != NULL)
-			memo_remember(mm, hash, prefix, prefix_len, key_id, digest, req,
-						  status, generation);
+		/*
+		 * limits.c: a valid request spends its cost of the key's rate limits
+		 * and quota, or becomes rate_limited or quota_exceeded; every status
+		 * of an existing key id is counted in its usage.
+		 */
+		if (counted)
+			apikey_limits_apply(key_id,
+								status == APIKEY_INVALID ? NULL : apikey_entry_limits(e),
+								req->cost, now, out);
+		if (mm != NULL)
+			memo_keep(memo_remember(mm, hash, prefix, prefix_len, key_id,
+									digest, req),
+					  out, generation);
 	}
 
-	out->status = status;
-	if (status == APIKEY_INVALID)
+	if (out->status == APIKEY_INVALID)
 	{
+		/* an invalid result reveals nothing */
+		out->key_id[0] = '\0';
+		out->role = InvalidOid;
 		out->role_name[0] = '\0';
 		return;
 	}
-	memcpy(out->key_id, e->key_id, APIKEY_KEY_ID_LEN);
-	out->key_id[APIKEY_KEY_ID_LEN] = '\0';
-	out->role = e->role;
 	out->name = copy_varlena(ApiKeyEntryName(e));
 	out->scopes = copy_varlena(ApiKeyEntryScopes(e));
 	out->metadata = copy_varlena(ApiKeyEntryMetadata(e));
@@ -683,6 +748,7 @@ request_from_args(FunctionCallInfo fcinfo, ApiKeyRequest *req)
 	req->scope = PG_NARGS() > 1 && !PG_ARGISNULL(1) ? PG_GETARG_TEXT_PP(1) : NULL;
 	req->client_ip = PG_NARGS() > 2 && !PG_ARGISNULL(2) ? PG_GETARG_INET_PP(2) : NULL;
 	req->origin = PG_NARGS() > 3 && !PG_ARGISNULL(3) ? PG_GETARG_TEXT_PP(3) : NULL;
+	req->cost = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_INT32(4) : 1;
 }
 
 /* Verify argument 0, a token as text, for the request in the other arguments. */
@@ -761,7 +827,8 @@ verification_desc(FunctionCallInfo fcinfo)
 			elog(ERROR, "type %u is not composite", rettype);
 		fcinfo->flinfo->fn_extra = tce;
 	}
-	if (tce->tupDesc->natts != Vf_natts)
+	/* (a database still at 0.1.0 has a shorter type) */
+	if (tce->tupDesc->natts != Vf_natts && tce->tupDesc->natts != Vf_natts_0_1)
 		elog(ERROR, "apikeys.verification has %d columns, expected %d",
 			 tce->tupDesc->natts, Vf_natts);
 	return tce->tupDesc;
@@ -814,6 +881,19 @@ verdict_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
 			values[Vf_name] = PointerGetDatum(v->name);
 			nulls[Vf_name] = false;
 		}
+	}
+	if (v->has_retry_after)
+	{
+		Interval   *iv = (Interval *) palloc0(sizeof(Interval));
+
+		iv->time = v->retry_after;
+		values[Vf_retry_after] = IntervalPGetDatum(iv);
+		nulls[Vf_retry_after] = false;
+	}
+	if (v->has_remaining)
+	{
+		values[Vf_remaining] = Int64GetDatum(v->remaining);
+		nulls[Vf_remaining] = false;
 	}
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }

@@ -4,8 +4,11 @@
 # Measures apikeys against the hand-written pgcrypto baseline kept in
 # test/bench/pgcrypto_baseline.sql and against a no-verify floor, in one run
 # on one throwaway cluster, and prints figures side by side with their
-# ratios.  Nothing here is an assertion: the figures go to the README's
-# Performance section.
+# ratios.  A second set of keys has a rate limit, with usage counted
+# (apikeys preloaded, the worker flushing): it is compared with the floor
+# and with a hand-written baseline that UPDATEs a usage row per request.
+# Nothing here is an assertion: the figures go to the README's Performance
+# section.
 #
 #   BENCH_KEYS       keys in the catalog, all presented by the clients  (default 100000)
 #   BENCH_CREATE     keys created per create measurement               (default 10000)
@@ -15,9 +18,9 @@
 #   BENCH_CLIENTS    pgbench clients                                   (default 2)
 #   BENCH_STREAM     seconds of each verify-while-writing stream       (default 5)
 #
-# The key cache is sized to hold every key (apikeys.cache_size =
-# BENCH_KEYS): the figures are the steady state of a service whose active
-# keys fit its cache; the cost of a miss is measured on its own.
+# The key cache is sized to hold every key (apikeys.cache_size = twice
+# BENCH_KEYS, for both sets): the figures are the steady state of a service
+# whose active keys fit its cache; the cost of a miss is measured on its own.
 
 cd "$(dirname "$0")/.."
 . test/lib.sh
@@ -29,11 +32,14 @@ SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 CLIENTS=${BENCH_CLIENTS:-2}
 STREAM=${BENCH_STREAM:-5}
-CACHE_SIZE=$(( KEYS > 10000 ? KEYS : 10000 ))
+CACHE_SIZE=$(( 2 * KEYS > 10000 ? 2 * KEYS : 10000 ))
 
 ensure_deps
 build_and_install
-start_cluster
+# Room in shared memory for both sets of keys (apikeys is preloaded).
+# fsync on, as in production: the write-per-request baseline flushes WAL at
+# every commit, as an application's would (verification writes nothing).
+start_cluster "apikeys.max_tracked_keys = $((3 * KEYS))" "fsync = on"
 trap stop_cluster EXIT
 WORK=$PGTMP/bench
 mkdir -p "$WORK"
@@ -49,10 +55,31 @@ CREATE TABLE bench_tokens (id int PRIMARY KEY, key_id text, token text);
 INSERT INTO bench_tokens
     SELECT g, k.key_id, k.token FROM generate_series(1, $KEYS) g,
            LATERAL apikeys.apikey_create('bench ' || g, scopes => '{read}') k;
+-- the same with a rate limit (enforced, never reached here)
+CREATE TABLE bench_limited (id int PRIMARY KEY, key_id text, token text);
+INSERT INTO bench_limited
+    SELECT g, k.key_id, k.token FROM generate_series(1, $KEYS) g,
+           LATERAL apikeys.apikey_create('limited ' || g, scopes => '{read}',
+                                         rate_limit => '100000/second, 1000000000/day') k;
 -- the same keys in the baseline's table
 INSERT INTO pgcrypto_keys (key_id, hash, name, role, scopes)
     SELECT key_id, digest(substr(token, length(token) - 37, 32), 'sha256'),
            'bench', current_user, '{read}' FROM bench_tokens;
+-- the write-per-request baseline: usage kept by an UPDATE per verification
+CREATE TABLE pgcrypto_usage (key_id text PRIMARY KEY, uses int8 NOT NULL DEFAULT 0,
+                             last_used_at timestamptz);
+INSERT INTO pgcrypto_usage (key_id) SELECT key_id FROM pgcrypto_keys;
+CREATE FUNCTION pgcrypto_verify_write(tok text, want text)
+RETURNS TABLE (valid bool, role name) LANGUAGE sql VOLATILE AS \$\$
+    UPDATE pgcrypto_usage u SET uses = u.uses + 1, last_used_at = now()
+      FROM pgcrypto_keys k
+     WHERE k.key_id = split_part(tok, '_', 2) AND u.key_id = k.key_id
+    RETURNING k.hash = digest(substr(tok, length(tok) - 37, 32), 'sha256')
+              AND NOT k.revoked
+              AND (k.expires_at IS NULL OR k.expires_at > now())
+              AND (want IS NULL OR want = ANY (k.scopes)),
+              k.role
+\$\$;
 VACUUM ANALYZE;
 SQL
 
@@ -82,6 +109,8 @@ B_FLOOR=$(time_ms "SELECT count(*) FROM bench_tokens WHERE length(token) > 0")
 B_OURS=$(time_ms "SELECT count(*) FROM bench_tokens WHERE (apikeys.apikey_verify(token, 'read')).valid")
 B_BOOL=$(time_ms "SELECT count(*) FROM bench_tokens WHERE apikeys.apikey_is_valid(token, 'read')")
 B_BASE=$(time_ms "SELECT count(*) FROM bench_tokens t WHERE (SELECT v.valid FROM pgcrypto_verify(t.token, 'read') v)")
+# keys with a rate limit, usage counted: the same statement over their tokens
+B_LIMITED=$(time_ms "SELECT count(*) FROM bench_limited WHERE (apikeys.apikey_verify(token, 'read')).valid")
 # every verification a cache miss: the cache turned off
 B_MISS=$(time_ms "SELECT count(*) FROM bench_tokens WHERE (apikeys.apikey_verify(token, 'read')).valid" \
          "SET apikeys.cache_size = 0")
@@ -96,6 +125,7 @@ CACHE_BYTES=$(q -c "SELECT count(*) FILTER (WHERE apikeys.apikey_is_valid(token)
 OURS_US=$(per "$B_OURS" "$B_FLOOR" "$KEYS")
 BOOL_US=$(per "$B_BOOL" "$B_FLOOR" "$KEYS")
 BASE_US=$(per "$B_BASE" "$B_FLOOR" "$KEYS")
+LIMITED_US=$(per "$B_LIMITED" "$B_FLOOR" "$KEYS")
 MISS_US=$(per "$B_MISS" "$B_FLOOR" "$KEYS")
 TYPO_US=$(per "$B_TYPO" "$B_TYPO_FLOOR" "$KEYS")
 
@@ -119,6 +149,14 @@ cat >"$WORK/pgcrypto_call.sql" <<'S'
 \set id random(1, :keys)
 SELECT (pgcrypto_verify(token, 'read')).valid FROM bench_tokens WHERE id = :id;
 S
+cat >"$WORK/limited.sql" <<'S'
+\set id random(1, :keys)
+SELECT (apikeys.apikey_verify(token, 'read')).valid FROM bench_limited WHERE id = :id;
+S
+cat >"$WORK/write.sql" <<'S'
+\set id random(1, :keys)
+SELECT v.valid FROM bench_tokens t, pgcrypto_verify_write(t.token, 'read') v WHERE t.id = :id;
+S
 # Steady state: the mean of the per-second rates over the second half of
 # the run.  Every pgbench run opens new connections, whose key caches start
 # empty; by half time each client has drawn every key several times over
@@ -132,17 +170,26 @@ tps() {
             END { if (n) printf "%.0f\n", sum / n }'
 }
 # Interleaved rounds, median of each: two cores make single runs noisy.
-floor_runs=(); ours_runs=(); base_runs=(); call_runs=()
+floor_runs=(); ours_runs=(); base_runs=(); call_runs=(); limited_runs=(); write_runs=()
 for _ in $(seq 1 "$ROUNDS"); do
     floor_runs+=("$(tps floor)")
     ours_runs+=("$(tps apikeys)")
     base_runs+=("$(tps pgcrypto)")
     call_runs+=("$(tps pgcrypto_call)")
+    limited_runs+=("$(tps limited)")
+    write_runs+=("$(tps write)")
 done
 FLOOR_TPS=$(median "${floor_runs[@]}")
 OURS_TPS=$(median "${ours_runs[@]}")
 BASE_TPS=$(median "${base_runs[@]}")
 CALL_TPS=$(median "${call_runs[@]}")
+LIMITED_TPS=$(median "${limited_runs[@]}")
+WRITE_TPS=$(median "${write_runs[@]}")
+# every limited verification was counted (live + flushed), none refused
+COUNTED=$(q -c "
+    SELECT sum(u.uses) || ' uses, ' || sum(u.rate_limited) || ' rate limited, '
+           || sum(u.unflushed) || ' not yet flushed'
+      FROM apikeys.usage u JOIN bench_limited USING (key_id)")
 # microseconds a verification adds to a transaction, per client
 over() { awk -v t="$1" -v f="$2" -v c="$CLIENTS" 'BEGIN { printf "%.2f", (c / t - c / f) * 1e6 }'; }
 
@@ -218,6 +265,14 @@ pgbench, one verification per transaction, $CLIENTS clients, -M prepared, median
   pgcrypto baseline, called like apikeys      $(printf '%.0f' "$CALL_TPS")   (+$(over "$CALL_TPS" "$FLOOR_TPS") us)
   apikeys / floor                             $(ratio "$OURS_TPS" "$FLOOR_TPS")
   apikeys / baseline (inlined, called)        $(ratio "$OURS_TPS" "$BASE_TPS")x, $(ratio "$OURS_TPS" "$CALL_TPS")x
+
+with a rate limit and usage counted (shared memory, flushed every $(q -c 'SHOW apikeys.usage_flush_interval'); fsync $(q -c 'SHOW fsync')):
+  batch, us per verification above the floor  $LIMITED_US (without a limit: $OURS_US)
+  pgbench, limited keys (tps)                 $(printf '%.0f' "$LIMITED_TPS")   (+$(over "$LIMITED_TPS" "$FLOOR_TPS") us)
+  write-per-request baseline (tps)            $(printf '%.0f' "$WRITE_TPS")
+  limited / floor                             $(ratio "$LIMITED_TPS" "$FLOOR_TPS")
+  limited / write-per-request                 $(ratio "$LIMITED_TPS" "$WRITE_TPS")x
+  counted                                     $COUNTED
 
 create, $CREATE_N keys in one statement (median of $REPEAT), microseconds per key:
   apikey_create (with audit)                  $C_OURS_US
