@@ -66,6 +66,18 @@ SELECT lookups, repeats FROM pg_temp.delta();
 SELECT apikey_is_valid(:'t', 'orders:read'), apikey_is_valid(:'t', 'jobs:run'),
        apikey_is_valid(:'t', 'orders:read', '10.0.0.1'), apikey_is_valid(:'t', 'orders:read');
 SELECT lookups, repeats FROM pg_temp.delta();
+-- with limits, a repeat is not charged again: a quota of 5 and a rate of
+-- one an hour, each field expansion one request
+SELECT key_id AS kq, token AS tq FROM apikey_create('quota', remaining => 5) \gset
+SELECT (apikey_verify(:'tq')).* \gset q_
+SELECT :'q_status' AS status, :'q_remaining' AS remaining;
+SELECT (apikey_verify(:'tq')).valid, (apikey_verify(:'tq')).remaining;
+SELECT v.status, v.remaining FROM apikey_verify(:'tq') v;
+SELECT key_id AS kr, token AS tr FROM apikey_create('one an hour', rate_limit => '1/hour') \gset
+SELECT (apikey_verify(:'tr')).status, (apikey_verify(:'tr')).valid, apikey_is_valid(:'tr');
+SELECT (apikey_verify(:'tr')).status;
+SELECT apikey_delete(:'kq'), apikey_delete(:'kr');
+SELECT * FROM pg_temp.delta() \gset d_
 -- and a new statement is a new verification
 SELECT apikey_is_valid(:'t');
 SELECT lookups, repeats FROM pg_temp.delta();
