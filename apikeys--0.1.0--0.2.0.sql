@@ -1550,7 +1550,7 @@ RETURNS record
 AS 'MODULE_PATHNAME', 'apikey_cache_stats'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.apikey_cache_stats() IS
-    'this backend''s key cache: entries held, apikeys.cache_size, memory in bytes, lookups answered from it (hits) and from the catalog (misses), evictions, invalidations received, loads discarded because an invalidation raced them, and repeats answered by the one-verification-per-request rule (a row of a statement)';
+    'this backend''s key cache: entries held, apikeys.cache_size, memory in bytes, lookups answered from it (hits) and from the catalog (misses), evictions, invalidations received, loads discarded because an invalidation raced them, and repeats answered by the one-verification-per-statement rule';
 
 -------------------------------------------------------------------------------
 -- 13. Creation at the speed of an insert (src/create.c, src/audit.c).

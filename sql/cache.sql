@@ -27,6 +27,7 @@ SHOW apikeys.cache_size;
 SELECT capacity, memory_bytes >= 0 AS has_memory FROM apikey_cache_stats();
 
 SELECT key_id AS k, token AS t FROM apikey_create('cached', scopes => '{orders:read,jobs:*}') \gset
+CREATE TEMP TABLE cached_token AS SELECT :'t'::text AS token;
 SELECT * FROM pg_temp.delta() \gset d_
 -- the first verification loads the key, the next ones find it cached
 SELECT status FROM apikey_verify(:'t');
@@ -43,9 +44,9 @@ SELECT apikey_is_valid(:'t') AS plain, apikey_is_valid(:'t', 'orders:read') AS h
        apikey_is_valid(overlay(:'t' PLACING 'x' FROM 20 FOR 1)) IS NOT NULL AS typo_answered;
 SELECT * FROM pg_temp.delta() \gset d_
 
--- One verification per request, whichever form: the expansion of the
+-- One verification per statement, whichever form: the expansion of the
 -- composite calls the function once per field, and every call after the
--- first, in the evaluation of the same row, is a repeat answered by the memo.
+-- first is a repeat answered by the statement memo.
 SELECT (apikey_verify(:'t')).* \gset v_
 SELECT :'v_valid' AS valid, :'v_status' AS status, :'v_name' AS name, :'v_scopes' AS scopes;
 SELECT lookups, repeats FROM pg_temp.delta();
@@ -55,12 +56,22 @@ SELECT (apikey_verify(:'t'::apikey, 'orders:read')).* \gset v_
 SELECT lookups, repeats FROM pg_temp.delta();
 SELECT v.valid, v.status, v.name FROM apikey_verify(:'t') v;
 SELECT lookups, repeats FROM pg_temp.delta();
--- the same token in the condition and the target list of a row: one
+-- the same token in the condition and the target list, in many rows of one
+-- statement: one verification
 SELECT apikey_is_valid(:'t') AS v FROM generate_series(1, 3) WHERE apikey_is_valid(:'t');
 SELECT lookups, repeats FROM pg_temp.delta();
--- but every row is a request of its own (a table of requests is charged
--- once per row)
 SELECT count(*) FILTER (WHERE apikey_is_valid(:'t')) FROM generate_series(1, 100);
+SELECT lookups, repeats FROM pg_temp.delta();
+-- a query a PL/pgSQL loop runs through a cursor is a statement of its own
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR i IN 1..3 LOOP
+        FOR r IN SELECT apikeys.apikey_is_valid(t.token) AS v FROM pg_temp.cached_token t LOOP
+        END LOOP;
+    END LOOP;
+END $$;
 SELECT lookups, repeats FROM pg_temp.delta();
 -- other arguments are another verification
 SELECT apikey_is_valid(:'t', 'orders:read'), apikey_is_valid(:'t', 'jobs:run'),

@@ -12,8 +12,8 @@
  * The cache is coherent with commits (cache.c reads the invalidation queue
  * before every lookup, and loads with the latest snapshot), so a revoke is
  * effective for every session from the moment it commits, whatever the
- * caller's isolation level.  Repeats within the evaluation of one row are
- * answered by the memo below.
+ * caller's isolation level.  Repeats within one statement are answered by
+ * the statement memo below.
  */
 #include "postgres.h"
 
@@ -28,10 +28,12 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
+#include "tcop/pquery.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/portal.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/typcache.h"
@@ -241,28 +243,26 @@ apikey_status_name(ApiKeyStatus status)
 }
 
 /*
- * One verification per request.
+ * One verification per statement.
  *
  * PostgreSQL evaluates (apikey_verify(t)).valid, (apikey_verify(t)).status
- * as two calls, and (apikey_verify(t)).* as one per field.  The memo makes
- * them one verification: within the evaluation of one row of a statement
- * (its target list and its conditions, with every function they call), a
- * repeat of the same token with the same arguments returns the first call's
- * outcome, and is counted and charged once.  Another row is another request
- * (a statement that verifies a table of requests spends once per row).  If
- * an invalidation arrived in between (a key was changed and committed, in
- * this session or another), the repeat re-evaluates the key as it is now,
- * so no change is ever hidden, but still counts once.
+ * as two calls, and (apikey_verify(t)).* as one per field.  The statement
+ * memo makes them one verification: within one statement (the portal that
+ * runs it, with every function it calls), a repeat of the same token with
+ * the same arguments returns the first call's outcome, and is counted and
+ * charged once (DESIGN section 3: one request, one verification).  A query
+ * that runs through a cursor (a PL/pgSQL FOR loop over a query) runs in a
+ * portal of its own, so it is a statement of its own.  If an invalidation
+ * arrived in between (a key was changed and committed, in this session or
+ * another), the repeat re-evaluates the key as it is now, so no change is
+ * ever hidden, but still counts once.
  *
- * A row is recognised by the memory context the call runs in: the
- * executor evaluates a row's expressions in its per-tuple context and
- * resets it before the next row.  The memo lives in that context, and a
- * reset callback forgets it; contexts that live long (a C caller's
- * transaction or cache context) get no memo.  It remembers the last
- * APIKEY_MEMO_MAX distinct verifications.  A key is its token identity
- * (prefix, key id, SHA-256 of the secret) and the request's arguments,
- * compared in full.  Up to MEMO_LINEAR entries are searched linearly; past
- * that, an index of chained buckets is built.
+ * The memo lives in a small memory context under the portal, so it ends
+ * with the statement; it remembers the last APIKEY_MEMO_MAX distinct
+ * verifications of the statement.  A key is its token identity (prefix,
+ * key id, SHA-256 of the secret) and the request's arguments (cost
+ * included), compared in full.  Up to MEMO_LINEAR entries are searched
+ * linearly; past that, an index of chained buckets is built.
  */
 #define APIKEY_MEMO_MAX		1024
 #define MEMO_LINEAR			8
@@ -293,6 +293,7 @@ typedef struct MemoEntry
 
 typedef struct StatementMemo
 {
+	Portal		portal;
 	LocalTransactionId lxid;
 	MemoryContext cxt;
 	MemoryContextCallback on_reset;
@@ -314,23 +315,25 @@ memo_reset_callback(void *arg)
 		memo = NULL;
 }
 
-/* The memo of the row being evaluated, created on first use; NULL if none. */
+/* The memo of the running statement, created on first use; NULL if none. */
 static StatementMemo *
-row_memo(void)
+statement_memo(void)
 {
-	MemoryContext cxt = CurrentMemoryContext;
+	Portal		portal = ActivePortal;
 	LocalTransactionId lxid = APIKEYS_CURRENT_LXID();
+	MemoryContext cxt;
 
-	if (memo != NULL && memo->cxt == cxt && memo->lxid == lxid)
-		return memo;
-	/* not in contexts that live for a transaction or longer */
-	if (cxt == TopMemoryContext || cxt == CacheMemoryContext ||
-		cxt == TopTransactionContext || cxt == CurTransactionContext ||
-		cxt == PortalContext || cxt == MessageContext || cxt == ErrorContext)
+	if (portal == NULL || portal->portalContext == NULL)
 		return NULL;
+	if (memo != NULL && memo->portal == portal && memo->lxid == lxid)
+		return memo;
+	if (memo != NULL)
+		MemoryContextDelete(memo->cxt); /* another statement's: let it go */
 
-	/* (another context's memo stays there, forgotten, until it is reset) */
+	cxt = AllocSetContextCreate(portal->portalContext, "apikeys statement memo",
+								ALLOCSET_SMALL_SIZES);
 	memo = MemoryContextAllocZero(cxt, sizeof(StatementMemo));
+	memo->portal = portal;
 	memo->lxid = lxid;
 	memo->cxt = cxt;
 	memo->capacity = MEMO_FIRST;
@@ -642,7 +645,7 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 	if (key_id == NULL)
 		return;
 
-	mm = row_memo();
+	mm = statement_memo();
 	if (mm != NULL)
 	{
 		hash = memo_hash(key_id, digest, req);
