@@ -19,8 +19,28 @@ PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src
 PG_CFLAGS  += -Wall -Wextra -Werror -Wno-unused-parameter  # PG headers have unused parameters
 
+# apikeys-scan: the leak scanner, a standalone program (no server headers)
+# installed beside pg_config; see src/scan/apikeys-scan.c.
+SCANNER     = src/scan/apikeys-scan
+EXTRA_CLEAN = $(SCANNER)
+
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+all: $(SCANNER)
+
+$(SCANNER): src/scan/apikeys-scan.c
+	$(CC) $(CFLAGS) -O2 $(LDFLAGS) -o $@ $<
+
+.PHONY: install-scan uninstall-scan
+install: install-scan
+install-scan: $(SCANNER)
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) $(SCANNER) '$(DESTDIR)$(bindir)/apikeys-scan'
+
+uninstall: uninstall-scan
+uninstall-scan:
+	rm -f '$(DESTDIR)$(bindir)/apikeys-scan'
 
 .PHONY: test demo
 test:
@@ -39,3 +59,7 @@ print-isolation:
 .PHONY: bench
 bench:
 	bash test/bench.sh
+
+.PHONY: bench-scan
+bench-scan:
+	bash test/bench_scan.sh
