@@ -236,6 +236,17 @@ CREATE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON apikeys_internal.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._audit_log_append_only();
 
+-- What an entry point says about the change under way, beyond what the row
+-- shows (src/note.c): {"action": ..., "changes": {...}}, or null.  Set from
+-- C only, around one internal call.
+CREATE FUNCTION apikeys_internal._audit_note()
+RETURNS pg_catalog.jsonb
+AS 'MODULE_PATHNAME', 'apikeys_audit_note'
+LANGUAGE C STABLE;
+COMMENT ON FUNCTION apikeys_internal._audit_note() IS
+    'internal: the audit note an apikeys entry point set for the change under way (action and extra changes, such as revoke_leak and its source), or null';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_note() FROM PUBLIC;
+
 -- One audit row per changed key row; secrets and hashes are never copied.
 -- plan_cache_mode is pinned so that no plan ever holds a row value (and its
 -- hash) as a constant: a user's debug_print_plan or an admin's auto_explain
@@ -255,6 +266,7 @@ DECLARE
     diff     jsonb := '{}'::jsonb;
     old_j    jsonb;
     new_j    jsonb;
+    note     jsonb;
     k        text;
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -288,6 +300,13 @@ BEGIN
     -- Changes made to the catalog outside the apikeys functions are marked.
     IF actor IS NULL THEN
         act := 'direct_' || lower(TG_OP);
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- the entry point may say why (revoke_leak: who reported it, and where)
+        note := apikeys_internal._audit_note();
+        IF note IS NOT NULL THEN
+            act := note ->> 'action';
+            diff := diff || (note -> 'changes');
+        END IF;
     END IF;
 
     INSERT INTO apikeys_internal.audit_log (action, key_id, actor, actor_role, key_role, changes)
@@ -1060,3 +1079,96 @@ BEGIN
     END LOOP;
 END
 $do$;
+
+-------------------------------------------------------------------------------
+-- 12. Leak response (src/leak.c).
+--
+-- apikey_check answers from the token alone (grammar and checksum), as a
+-- leak scanner does offline.  apikey_report_leak is for whoever holds a
+-- token, whatever their role (a secret scanner's endpoint): a live secret
+-- revokes its key at once, the audit row says revoke_leak with the reporter
+-- and the source, and a NOTIFY on channel apikeys goes out at commit.
+-------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.apikey_check(token pg_catalog.text)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikey_check'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON COLUMN apikeys_internal.audit_log.action IS
+    'create, rotate, disable, enable, revoke, update or delete; revoke_leak for a revocation by apikey_report_leak (changes -> leak -> source); direct_insert, direct_update or direct_delete for changes made to the catalog outside the apikeys functions';
+
+COMMENT ON FUNCTION @extschema@.apikey_check(pg_catalog.text) IS
+    'is the text a well-formed api key token with a matching checksum? offline: reads no table, says nothing about the key';
+
+-- Append an audit row for an event that changes no catalog row (a reveal, a
+-- request, a report about a revoked key): the caller and the session user
+-- as actors, as the audit trigger records them.
+CREATE FUNCTION apikeys_internal._audit_append(p_caller pg_catalog.oid,
+                                               p_action pg_catalog.text,
+                                               p_key_id pg_catalog.text,
+                                               p_key_role pg_catalog.regrole,
+                                               p_changes pg_catalog.jsonb)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO apikeys_internal.audit_log (action, key_id, actor, actor_role, key_role, changes)
+    VALUES (p_action, p_key_id, session_user, pg_get_userbyid(p_caller), p_key_role,
+            COALESCE(p_changes, '{}'))
+$$;
+COMMENT ON FUNCTION apikeys_internal._audit_append(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.regrole, pg_catalog.jsonb) IS
+    'internal: appends an audit row for an event that changes no key row (the first argument is the calling role)';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_append(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.regrole, pg_catalog.jsonb) FROM PUBLIC;
+
+-- The caller (src/leak.c) has verified the token; the secret's digest is
+-- checked again here under the row lock, so a rotation that committed in
+-- between wins.  Returns revoked, already_revoked or invalid.
+CREATE FUNCTION apikeys_internal._apikey_report_leak(p_caller pg_catalog.oid,
+                                                     p_key_id pg_catalog.text,
+                                                     p_digest pg_catalog.bytea)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    k apikeys_internal.key_catalog;
+BEGIN
+    SELECT * INTO k FROM apikeys_internal.key_catalog c
+     WHERE c.key_id = p_key_id COLLATE "C"
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'invalid';
+    END IF;
+    -- (IS NOT TRUE: a key without a previous secret compares null there)
+    IF ((k.hash_version = 1 AND k.hash = p_digest)
+        OR (k.prev_hash_version = 1 AND k.prev_hash = p_digest
+            AND k.prev_valid_until > clock_timestamp())) IS NOT TRUE THEN
+        RETURN 'invalid';
+    END IF;
+    IF k.state = 'revoked' THEN
+        RETURN 'already_revoked';   -- nothing to do, nothing to record
+    END IF;
+    UPDATE apikeys_internal.key_catalog c
+       SET state = 'revoked', revoked_at = now(),
+           prev_hash_version = NULL, prev_hash = NULL, prev_valid_until = NULL,
+           updated_at = now()
+     WHERE c.key_id = k.key_id;
+    -- sent at commit, never before; never a secret
+    PERFORM pg_notify('apikeys', json_build_object(
+        'action', 'revoke_leak', 'key_id', k.key_id, 'role', k.role::text,
+        'reported_by', pg_get_userbyid(p_caller), 'at', now())::text);
+    RETURN 'revoked';
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_report_leak(pg_catalog.oid, pg_catalog.text, pg_catalog.bytea) IS
+    'internal half of apikey_report_leak: revokes the key if the digest is one of its live secrets; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_report_leak(pg_catalog.oid, pg_catalog.text, pg_catalog.bytea) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apikey_report_leak(token pg_catalog.text,
+                                               source pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikey_report_leak'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apikey_report_leak(pg_catalog.text, pg_catalog.text) IS
+    'reports a leaked token: for anyone holding it; revokes its key at once (audit action revoke_leak with reporter and source, NOTIFY apikeys at commit) and returns revoked, already_revoked, or invalid for anything that is not a live secret';

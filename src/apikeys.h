@@ -174,6 +174,15 @@ extern void apikey_verify_digest(const char *prefix, int prefix_len,
 extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
 							   int want_len);
 
+/* lifecycle.c: calling an internal function from another file's entry point */
+extern Datum apikeys_call_internal(const char *name, int nargs,
+								   const Oid *argtypes,
+								   const NullableDatum *args, bool *isnull);
+
+/* note.c: what the audit trigger records for the change under way */
+extern void apikeys_audit_note_set(const char *action, const char *changes_json);
+extern void apikeys_audit_note_clear(void);
+
 /* session.c: apikey_login, the key context, pre_request, their settings */
 extern void apikeys_session_init(void);
 
