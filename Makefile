@@ -64,3 +64,10 @@ bench:
 .PHONY: bench-scan
 bench-scan:
 	bash test/bench_scan.sh
+
+# Long-running checks, not part of `make test` (see README, Contributing).
+.PHONY: test-valgrind fuzz
+test-valgrind:
+	bash test/valgrind.sh
+fuzz:
+	bash test/fuzz/run.sh $${FUZZ_SECONDS:-600}

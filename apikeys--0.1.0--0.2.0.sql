@@ -949,6 +949,16 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION @extschema@.apikey_login(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
     'verifies a token, then SET LOCAL ROLE to the key''s role and records the key until the transaction ends; 28000 for a bad key, 42501 for a missing scope or a role the session user may not become, 53400 when over a limit';
 
+CREATE FUNCTION @extschema@.apikey_login(token @extschema@.apikey,
+                                         scope pg_catalog.text DEFAULT NULL,
+                                         client_ip pg_catalog.inet DEFAULT NULL,
+                                         origin pg_catalog.text DEFAULT NULL)
+RETURNS @extschema@.verification
+AS 'MODULE_PATHNAME', 'apikey_login_apikey'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apikey_login(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
+    'apikey_login for a parsed token ($1::apikeys.apikey): a plan that holds the token prints it redacted';
+
 -- The helpers are STABLE, so policies that use them can use indexes; a
 -- login is therefore seen by the statements that follow it, not by the
 -- statement that makes it.

@@ -72,3 +72,21 @@ SELECT c.relname, c.relkind FROM pg_class c
 
 SELECT apikey_delete(key_id) FROM keys WHERE name IN ('Hardening', 'hardening 2');
 DROP COLLATION regress_ci;
+
+-- apikey_login takes a parsed token too, so that a plan holding the token
+-- (auto_explain of a statement with the token bound as a parameter) prints
+-- it redacted; a value parsed in an earlier transaction does not log in.
+CREATE ROLE regress_hd_login NOLOGIN;
+SELECT key_id AS lk, token AS lt FROM apikey_create('login by value', role => 'regress_hd_login') \gset
+BEGIN;
+SELECT status, role FROM apikey_login(:'lt'::apikeys.apikey);
+SELECT current_user, apikey_current() = :'lk' AS logged_in;
+COMMIT;
+CREATE TEMP TABLE parsed AS SELECT :'lt'::apikeys.apikey AS v;
+BEGIN;
+SELECT regress.try('SELECT apikeys.apikey_login(v) FROM parsed');
+SELECT current_user;
+COMMIT;
+SELECT apikey_delete(:'lk');
+DROP TABLE parsed;
+DROP ROLE regress_hd_login;

@@ -112,6 +112,10 @@ extern Oid	apikeys_relation_oid(const char *relname);
 extern Oid	apikeys_function_oid(const char *proname, int nargs,
 								 const Oid *argtypes);
 
+/* type.c */
+extern bool apikey_value_digest(const ApiKeyData *key,
+								uint8 digest[APIKEY_DIGEST_LEN]);
+
 /* token.c */
 extern bool apikey_prefix_is_valid(const char *s, int len);
 extern bool apikey_parse(const char *s, size_t len, ApiKeyToken *tok);

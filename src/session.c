@@ -355,6 +355,36 @@ verify_text_datum(FunctionCallInfo fcinfo, int argno, const ApiKeyRequest *req,
 	apikey_verify_token(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), req, v);
 }
 
+/* Verify a token given as an apikey argument (see apikey_value_digest). */
+static void
+verify_apikey_datum(FunctionCallInfo fcinfo, int argno, const ApiKeyRequest *req,
+					ApiKeyVerdict *v)
+{
+	ApiKeyData *key;
+	uint8		digest[APIKEY_DIGEST_LEN];
+
+	if (PG_ARGISNULL(argno) ||
+		!apikey_value_digest(key = PG_GETARG_APIKEY_P(argno), digest))
+	{
+		apikey_verify_token(NULL, 0, req, v);
+		return;
+	}
+	apikey_verify_digest(key->prefix, key->prefix_len, key->key_id, digest, req, v);
+	explicit_bzero(digest, sizeof(digest));
+}
+
+static Datum login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req,
+							ApiKeyVerdict *v);
+
+/* The request arguments of apikey_login: scope, client_ip, origin. */
+static void
+login_request(FunctionCallInfo fcinfo, ApiKeyRequest *req)
+{
+	req->scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	req->client_ip = PG_ARGISNULL(2) ? NULL : PG_GETARG_INET_PP(2);
+	req->origin = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
+}
+
 /* SQL function: apikey_login(text, text, inet, text) returns apikeys.verification */
 PG_FUNCTION_INFO_V1(apikey_login);
 Datum
@@ -362,17 +392,40 @@ apikey_login(PG_FUNCTION_ARGS)
 {
 	ApiKeyRequest req;
 	ApiKeyVerdict v;
+
+	login_check_context("apikey_login");
+	login_request(fcinfo, &req);
+	verify_text_datum(fcinfo, 0, &req, &v);
+	return login_verified(fcinfo, &req, &v);
+}
+
+/*
+ * SQL function: apikey_login(apikey, text, inet, text) returns apikeys.verification
+ *
+ * A token bound as $1::apikeys.apikey is a redacted constant wherever
+ * PostgreSQL prints a plan (auto_explain), where a text one is printed whole.
+ */
+PG_FUNCTION_INFO_V1(apikey_login_apikey);
+Datum
+apikey_login_apikey(PG_FUNCTION_ARGS)
+{
+	ApiKeyRequest req;
+	ApiKeyVerdict v;
+
+	login_check_context("apikey_login");
+	login_request(fcinfo, &req);
+	verify_apikey_datum(fcinfo, 0, &req, &v);
+	return login_verified(fcinfo, &req, &v);
+}
+
+/* The rest of a login, once the token is verified: refuse, or become the key. */
+static Datum
+login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req, ApiKeyVerdict *v)
+{
 	LoginRefusal why;
 	char	   *rolename;
 
-	login_check_context("apikey_login");
-
-	req.scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
-	req.client_ip = PG_ARGISNULL(2) ? NULL : PG_GETARG_INET_PP(2);
-	req.origin = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
-	verify_text_datum(fcinfo, 0, &req, &v);
-
-	why = login_check(&v, &rolename);
+	why = login_check(v, &rolename);
 	switch (why)
 	{
 		case LOGIN_OK:
@@ -381,23 +434,23 @@ apikey_login(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 					 errmsg("api key authentication failed"),
-					 errdetail_internal("%s", status_sentence(v.status)),
-					 v.status == APIKEY_IP_NOT_ALLOWED && req.client_ip == NULL ?
+					 errdetail_internal("%s", status_sentence(v->status)),
+					 v->status == APIKEY_IP_NOT_ALLOWED && req->client_ip == NULL ?
 					 errhint("The key may only be used from certain networks: pass the client's address as client_ip.") :
-					 v.status == APIKEY_ORIGIN_NOT_ALLOWED && req.origin == NULL ?
+					 v->status == APIKEY_ORIGIN_NOT_ALLOWED && req->origin == NULL ?
 					 errhint("The key may only be used from certain web origins: pass the request's origin.") : 0));
 			break;
 		case LOGIN_NO_SCOPE:
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("api key lacks the required scope"),
-					 errdetail_internal("%s", status_sentence(v.status))));
+					 errdetail_internal("%s", status_sentence(v->status))));
 			break;
 		case LOGIN_LIMITED:
 			ereport(ERROR,
 					(errcode(APIKEY_ERRCODE_LIMITED),
 					 errmsg("api key is over its limit"),
-					 errdetail_internal("%s", status_sentence(v.status))));
+					 errdetail_internal("%s", status_sentence(v->status))));
 			break;
 		case LOGIN_SUPERUSER_ROLE:
 		case LOGIN_BYPASSRLS_ROLE:
@@ -429,8 +482,8 @@ apikey_login(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
 				 errmsg("apikey_login outside a transaction block lasts until the end of this statement"),
 				 errhint("Call it after BEGIN: the login lasts until the transaction ends.")));
-	login_apply(&v, rolename);
-	return verification_datum(fcinfo, &v);
+	login_apply(v, rolename);
+	return verification_datum(fcinfo, v);
 }
 
 /* SQL function: apikey_current() returns text */

@@ -137,3 +137,18 @@ apikey_prefix(PG_FUNCTION_ARGS)
 
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(key->prefix, key->prefix_len));
 }
+
+/*
+ * The unmasked digest of an apikey value, for verification; false when the
+ * value was parsed in another transaction (it proves nothing there).  A
+ * value parsed by another backend unmasks to a wrong digest.
+ */
+bool
+apikey_value_digest(const ApiKeyData *key, uint8 digest[APIKEY_DIGEST_LEN])
+{
+	if (key->lxid != APIKEYS_CURRENT_LXID())
+		return false;
+	memcpy(digest, key->digest, APIKEY_DIGEST_LEN);
+	apikey_session_mask(digest);
+	return true;
+}

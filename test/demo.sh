@@ -37,20 +37,60 @@ SELECT valid, status FROM apikeys.apikey_verify(:'token' || 'x');
 SELECT :'token'::apikeys.apikey AS parsed;
 
 \echo
-\echo '3. rotate it: same key id, new secret; the old one stops at commit'
+\echo '3. keys as roles: log in with the key, and row-level security sees it'
+CREATE TABLE orders (id int, tenant text, item text);
+INSERT INTO orders VALUES (1, 'demo', 'tea'), (2, 'other', 'coffee');
+ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_orders ON orders
+    USING (tenant = apikeys.apikey_metadata() ->> 'owner' AND apikeys.apikey_has_scope('orders:read'));
+GRANT SELECT ON orders TO demo_api;
+BEGIN;
+SELECT status, role FROM apikeys.apikey_login(:'token', 'orders:read');
+SELECT current_user, apikeys.apikey_current() AS key_id, * FROM orders;
+COMMIT;
+\echo 'a missing scope is refused with SQLSTATE 42501, a bad key with 28000:'
+\set ON_ERROR_STOP 0
+\set VERBOSITY sqlstate
+BEGIN;
+SELECT apikeys.apikey_login(:'token', 'orders:write');
+ROLLBACK;
+BEGIN;
+SELECT apikeys.apikey_login(:'token' || 'x');
+ROLLBACK;
+\set VERBOSITY default
+\set ON_ERROR_STOP 1
+
+\echo
+\echo '4. the PostgREST pre-request hook reads the key from the request headers'
+BEGIN READ ONLY;
+SELECT set_config('request.headers', json_build_object('x-api-key', :'token')::text, true) IS NOT NULL AS headers_set;
+SELECT apikeys.pre_request();
+SELECT current_user, count(*) AS visible_orders FROM orders;
+COMMIT;
+
+\echo
+\echo '5. restrict a key to a network and a web origin'
+SELECT key_id AS web_key, token AS web_token FROM apikeys.apikey_create('web key', role => 'demo_api',
+       allowed_ips => '{10.0.0.0/8}', allowed_origins => '{https://*.example.com}') \gset
+SELECT (apikeys.apikey_verify(:'web_token', client_ip => '10.1.2.3', origin => 'https://app.example.com')).status AS from_inside,
+       (apikeys.apikey_verify(:'web_token', client_ip => '192.0.2.1', origin => 'https://app.example.com')).status AS other_network,
+       (apikeys.apikey_verify(:'web_token', client_ip => '10.1.2.3', origin => 'https://evil.test')).status AS other_origin;
+
+\echo
+\echo '6. rotate it: same key id, new secret; the old one stops at commit'
 SELECT apikeys.apikey_rotate(:'key_id') AS new_token \gset
 SELECT (apikeys.apikey_verify(:'token')).status AS old_token,
        (apikeys.apikey_verify(:'new_token')).status AS new_token;
 
 \echo
-\echo '4. revoke it: permanent, effective for every session at commit'
+\echo '7. revoke it: permanent, effective for every session at commit'
 SELECT apikeys.apikey_revoke(:'key_id') \g /dev/null
 SELECT (apikeys.apikey_verify(:'new_token')).status;
 SELECT key_id, name, role, status, created_by, rotated_at IS NOT NULL AS rotated
   FROM apikeys.keys;
 
 \echo
-\echo '5. the audit log (no secret, no hash)'
+\echo '8. the audit log (no secret, no hash)'
 SELECT at::time(0) AS at, action, key_id, actor, actor_role, changes
   FROM apikeys.audit_log ORDER BY at;
 SQL

@@ -106,7 +106,9 @@ start_cluster() {
         echo "max_prepared_transactions = 10"
         for line in "$@"; do echo "$line"; done
     } | as_postgres tee -a "$PGDATA_DIR/postgresql.conf" >/dev/null
-    as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 start >/dev/null \
+    # POSTGRES_WRAPPER (test/valgrind.sh) runs the server under a tool.
+    as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t "${PG_START_TIMEOUT:-60}" \
+        ${POSTGRES_WRAPPER:+-p "$POSTGRES_WRAPPER"} start >/dev/null \
         || { cat "$PGLOG"; return 1; }
     export PGHOST=$PGSOCK PGPORT PGUSER=postgres
 }
