@@ -349,10 +349,12 @@ AS $$
                WHEN 'allowed_ips' THEN 64       -- entries
                WHEN 'allowed_origins' THEN 64   -- entries
                WHEN 'origin' THEN 255           -- characters per origin
+               WHEN 'reason' THEN 1000          -- characters of a request's reason or a decision's note
+               WHEN 'pending_requests' THEN 100 -- pending key requests per requesting role
            END
 $$;
 COMMENT ON FUNCTION apikeys_internal._limit(pg_catalog.text) IS
-    'size limits of user-supplied key fields: name, scopes, scope, metadata, allowed_ips, allowed_origins, origin';
+    'size limits of user-supplied key fields: name, scopes, scope, metadata, allowed_ips, allowed_origins, origin; of key requests: reason, pending_requests';
 
 -- Raise 54000 naming the limit when n exceeds it.
 CREATE FUNCTION apikeys_internal._check_limit(what pg_catalog.text, unit pg_catalog.text,
@@ -1182,3 +1184,569 @@ AS 'MODULE_PATHNAME', 'apikey_report_leak'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION @extschema@.apikey_report_leak(pg_catalog.text, pg_catalog.text) IS
     'reports a leaked token: for anyone holding it; revokes its key at once (audit action revoke_leak with reporter and source, NOTIFY apikeys at commit) and returns revoked, already_revoked, or invalid for anything that is not a live secret';
+
+-------------------------------------------------------------------------------
+-- 13. Approval workflow: request, approve or reject, claim (src/request.c).
+--
+-- A role that may not create keys itself (apikey_create revoked from
+-- PUBLIC) asks for one with apikey_request; an admin, or a member of the
+-- role named by apikeys.approver_role, approves it (possibly narrowing its
+-- scopes and expiry) or rejects it; the requester claims the token once,
+-- within the claim period.  The token is minted at claim time: no secret is
+-- ever stored.  A request is named by the key id its key will have, so the
+-- audit log holds the key's history from its request on.
+-------------------------------------------------------------------------------
+CREATE TABLE apikeys_internal.key_requests (
+    key_id              pg_catalog.text COLLATE "C" NOT NULL,
+    name                pg_catalog.text NOT NULL,
+    prefix              pg_catalog.text COLLATE "C" NOT NULL,
+    role                pg_catalog.regrole NOT NULL,
+    scopes              pg_catalog.text[] NOT NULL DEFAULT '{}',
+    expires_at          pg_catalog.timestamptz,
+    metadata            pg_catalog.jsonb NOT NULL DEFAULT '{}',
+    allowed_ips         pg_catalog.cidr[],
+    allowed_origins     pg_catalog.text[],
+    reason              pg_catalog.text,
+    state               pg_catalog.text NOT NULL DEFAULT 'pending',
+    requested_by        pg_catalog.regrole NOT NULL,
+    requested_at        pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    decided_by          pg_catalog.regrole,
+    decided_at          pg_catalog.timestamptz,
+    decision_note       pg_catalog.text,
+    approved_scopes     pg_catalog.text[],
+    approved_expires_at pg_catalog.timestamptz,
+    claim_by            pg_catalog.timestamptz,
+    claimed_at          pg_catalog.timestamptz,
+    CONSTRAINT key_requests_pkey PRIMARY KEY (key_id),
+    CONSTRAINT key_requests_key_id_check
+        CHECK (key_id OPERATOR(pg_catalog.~) '^[0-9A-Za-z]{12}$'),
+    CONSTRAINT key_requests_prefix_check
+        CHECK (prefix OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]{0,19}$'),
+    CONSTRAINT key_requests_state_check
+        CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'approved', 'rejected', 'cancelled', 'claimed'])),
+    CONSTRAINT key_requests_approved_check
+        CHECK ((state OPERATOR(pg_catalog.<>) ALL (ARRAY['approved', 'claimed']))
+               OR (approved_scopes IS NOT NULL AND claim_by IS NOT NULL))
+);
+CREATE INDEX key_requests_pending_idx ON apikeys_internal.key_requests (requested_by)
+    WHERE state OPERATOR(pg_catalog.=) 'pending';
+COMMENT ON TABLE apikeys_internal.key_requests IS
+    'api key requests: what was asked for, decided and claimed; never a secret (the token is minted at claim); read it through apikeys.key_requests';
+COMMENT ON COLUMN apikeys_internal.key_requests.key_id IS 'the key id the requested key gets when claimed; names the request';
+COMMENT ON COLUMN apikeys_internal.key_requests.state IS 'pending, approved, rejected, cancelled or claimed';
+COMMENT ON COLUMN apikeys_internal.key_requests.requested_by IS 'the role that asked, the only one that may claim the token; it may not approve its own request';
+COMMENT ON COLUMN apikeys_internal.key_requests.approved_scopes IS 'scopes the key gets: the requested ones, or fewer (an approver may only narrow)';
+COMMENT ON COLUMN apikeys_internal.key_requests.approved_expires_at IS 'expiry the key gets: the requested one, or earlier';
+COMMENT ON COLUMN apikeys_internal.key_requests.claim_by IS 'an approval not claimed by then has expired';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.key_requests', '');
+
+-- May the role decide requests: is it an admin, or a member of the role
+-- apikeys.approver_role names?  (C: the setting is read where no client can
+-- have forged it, and a policy may call it without USAGE on this schema.)
+CREATE FUNCTION apikeys_internal._may_approve(who pg_catalog.oid)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikeys_may_approve'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION apikeys_internal._may_approve(pg_catalog.oid) IS
+    'may the role approve and reject api key requests? (superusers, members of apikeys_admin, and members of the role named by apikeys.approver_role)';
+
+CREATE FUNCTION apikeys_internal._new_key_id()
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_new_key_id'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._new_key_id() IS
+    'internal: 12 random base62 characters from pg_strong_random, for a request''s key id';
+REVOKE ALL ON FUNCTION apikeys_internal._new_key_id() FROM PUBLIC;
+
+ALTER TABLE apikeys_internal.key_requests ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.key_requests FORCE ROW LEVEL SECURITY;
+CREATE POLICY key_requests_visible ON apikeys_internal.key_requests
+    FOR SELECT
+    USING (apikeys_internal._may_approve(apikeys_internal._current_role())
+           OR pg_catalog.pg_has_role(apikeys_internal._current_role(), requested_by::pg_catalog.oid, 'MEMBER'));
+COMMENT ON POLICY key_requests_visible ON apikeys_internal.key_requests IS
+    'admins and approvers see every request; others the requests made by roles they belong to';
+REVOKE ALL ON apikeys_internal.key_requests FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.key_requests TO PUBLIC;
+
+CREATE VIEW @extschema@.key_requests WITH (security_invoker = true) AS
+SELECT r.key_id,
+       r.name,
+       r.role,
+       r.scopes,
+       r.expires_at,
+       r.prefix,
+       r.metadata,
+       r.allowed_ips,
+       r.allowed_origins,
+       r.reason,
+       CASE WHEN r.state OPERATOR(pg_catalog.=) 'approved'
+                 AND r.claim_by OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+            THEN 'expired'
+            ELSE r.state
+       END AS status,
+       r.requested_by,
+       r.requested_at,
+       r.decided_by,
+       r.decided_at,
+       r.decision_note,
+       r.approved_scopes,
+       r.approved_expires_at,
+       r.claim_by,
+       r.claimed_at
+  FROM apikeys_internal.key_requests r;
+COMMENT ON VIEW @extschema@.key_requests IS
+    'api key requests visible to the current role (admins and approvers: all; others: the requests of roles they belong to); never a secret';
+COMMENT ON COLUMN @extschema@.key_requests.key_id IS
+    'the key id the key gets when claimed; pass it to apikey_approve, apikey_reject, apikey_cancel and apikey_claim';
+COMMENT ON COLUMN @extschema@.key_requests.status IS
+    'pending, approved (claim it before claim_by), expired (approved, not claimed in time), rejected, cancelled or claimed';
+COMMENT ON COLUMN @extschema@.key_requests.scopes IS 'scopes requested';
+COMMENT ON COLUMN @extschema@.key_requests.expires_at IS 'expiry requested (null: none)';
+COMMENT ON COLUMN @extschema@.key_requests.approved_scopes IS 'scopes the key gets, within those requested';
+COMMENT ON COLUMN @extschema@.key_requests.approved_expires_at IS 'expiry the key gets, no later than the one requested';
+COMMENT ON COLUMN @extschema@.key_requests.claim_by IS 'the requester must claim the token before this';
+GRANT SELECT ON @extschema@.key_requests TO PUBLIC;
+
+-- Raise 22023 for text with control or bidirectional characters (a reason or
+-- note is shown in listings, as a name is).
+CREATE FUNCTION apikeys_internal._check_note(what pg_catalog.text, p_text pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_text IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM apikeys_internal._check_limit('reason', 'characters', length(p_text));
+    IF p_text COLLATE "C" ~ '[\u0001-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]' THEN
+        RAISE EXCEPTION 'api key request % contains a control character', what
+            USING ERRCODE = '22023',
+                  DETAIL = 'It may not contain control characters (line breaks and tabs included) or bidirectional text controls.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_note(pg_catalog.text, pg_catalog.text) IS
+    'internal: raises 54000 past 1000 characters and 22023 for control or bidirectional characters in a request''s reason or a decision''s note';
+REVOKE ALL ON FUNCTION apikeys_internal._check_note(pg_catalog.text, pg_catalog.text) FROM PUBLIC;
+
+-- Lock and return a request, or raise: 22023 for something that is not a
+-- key id (never echoed: it could be a token), 42704 for one the caller may
+-- not see.
+CREATE FUNCTION apikeys_internal._request_for_update(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS apikeys_internal.key_requests
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+BEGIN
+    IF p_key_id IS NULL THEN
+        RAISE EXCEPTION 'api key id must not be null'
+            USING ERRCODE = '22004';
+    END IF;
+    IF p_key_id COLLATE "C" !~ '^[0-9A-Za-z]{12}$' THEN
+        RAISE EXCEPTION 'invalid api key id'
+            USING ERRCODE = '22023',
+                  DETAIL = 'A key id is 12 letters and digits; the value given is not shown.';
+    END IF;
+    SELECT * INTO r FROM apikeys_internal.key_requests q
+     WHERE q.key_id = p_key_id COLLATE "C"
+       FOR UPDATE;
+    IF NOT FOUND OR NOT (apikeys_internal._may_approve(p_caller)
+                         OR pg_has_role(p_caller, r.requested_by::oid, 'MEMBER')) THEN
+        RAISE EXCEPTION 'api key request "%" does not exist', p_key_id
+            USING ERRCODE = '42704',
+                  HINT = 'Requests of roles you do not belong to are visible only to approvers.';
+    END IF;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._request_for_update(pg_catalog.oid, pg_catalog.text) IS
+    'internal: locks a request the caller may see, or raises 42704';
+REVOKE ALL ON FUNCTION apikeys_internal._request_for_update(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+-- Raise 42501 unless the caller may decide requests.
+CREATE FUNCTION apikeys_internal._check_approver(p_caller pg_catalog.oid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT apikeys_internal._may_approve(p_caller) THEN
+        RAISE EXCEPTION 'permission denied to decide api key requests'
+            USING ERRCODE = '42501',
+                  DETAIL = format('Role %s is neither a member of apikeys_admin nor of the approver role.',
+                                  quote_ident(pg_get_userbyid(p_caller))),
+                  HINT = 'A superuser names the approver role with ALTER DATABASE ... SET apikeys.approver_role.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_approver(pg_catalog.oid) IS
+    'internal: raises 42501 unless the role is an admin or a member of the approver role';
+REVOKE ALL ON FUNCTION apikeys_internal._check_approver(pg_catalog.oid) FROM PUBLIC;
+
+-- Does the set of scopes held hold every scope of want?  (A held 'jobs:*'
+-- holds 'jobs:read' and 'jobs:*' itself; '*' holds all.)
+CREATE FUNCTION apikeys_internal._scopes_within(want pg_catalog.text[], held pg_catalog.text[])
+RETURNS pg_catalog.text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT w.s
+      FROM pg_catalog.unnest(want) AS w(s)
+     WHERE NOT EXISTS (
+           SELECT 1 FROM pg_catalog.unnest(held) AS h(s)
+            WHERE w.s OPERATOR(pg_catalog.=) h.s COLLATE "C"
+               OR (pg_catalog.right(h.s, 1) OPERATOR(pg_catalog.=) '*'
+                   AND pg_catalog.left(w.s, pg_catalog.length(h.s) OPERATOR(pg_catalog.-) 1)
+                       OPERATOR(pg_catalog.=) pg_catalog.left(h.s, -1) COLLATE "C"))
+     LIMIT 1
+$$;
+COMMENT ON FUNCTION apikeys_internal._scopes_within(pg_catalog.text[], pg_catalog.text[]) IS
+    'internal: the first scope of want that held does not hold (wildcards as in verify), or null when held holds them all';
+
+CREATE FUNCTION apikeys_internal._apikey_request(p_caller pg_catalog.oid,
+                                                 p_name pg_catalog.text,
+                                                 p_role pg_catalog.regrole,
+                                                 p_scopes pg_catalog.text[],
+                                                 p_expires_at pg_catalog.timestamptz,
+                                                 p_prefix pg_catalog.text,
+                                                 p_metadata pg_catalog.jsonb,
+                                                 p_allowed_ips pg_catalog.cidr[],
+                                                 p_allowed_origins pg_catalog.text[],
+                                                 p_reason pg_catalog.text)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    new_id text;
+    pending int8;
+BEGIN
+    IF p_name IS NULL THEN
+        RAISE EXCEPTION 'api key name must not be null'
+            USING ERRCODE = '22004',
+                  HINT = 'Name the key after what uses it, such as ''billing service''.';
+    END IF;
+    PERFORM apikeys_internal._check_settings(p_name, p_scopes, p_expires_at, p_metadata, p_allowed_ips);
+    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
+        RAISE EXCEPTION 'empty api key allow-list'
+            USING ERRCODE = '22023',
+                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
+                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
+    END IF;
+    p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
+    p_prefix := COALESCE(p_prefix, 'ak');
+    IF p_prefix COLLATE "C" !~ '^[a-z][a-z0-9_]{0,19}$' THEN
+        RAISE EXCEPTION 'invalid api key prefix'
+            USING ERRCODE = '22023',
+                  DETAIL = 'A prefix is a lowercase letter followed by at most 19 lowercase letters, digits or underscores.';
+    END IF;
+    PERFORM apikeys_internal._check_note('reason', p_reason);
+    -- a key never exceeds its creator: the requester must belong to the role
+    p_role := COALESCE(p_role, p_caller::regrole);
+    PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+    SELECT count(*) INTO pending FROM apikeys_internal.key_requests q
+     WHERE q.requested_by = p_caller::regrole AND q.state = 'pending';
+    PERFORM apikeys_internal._check_limit('pending_requests', 'pending requests', pending + 1);
+
+    LOOP
+        new_id := apikeys_internal._new_key_id();
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM apikeys_internal.key_catalog c WHERE c.key_id = new_id)
+              AND NOT EXISTS (SELECT 1 FROM apikeys_internal.key_requests q WHERE q.key_id = new_id);
+    END LOOP;
+    INSERT INTO apikeys_internal.key_requests
+        (key_id, name, prefix, role, scopes, expires_at, metadata, allowed_ips,
+         allowed_origins, reason, requested_by)
+    VALUES (new_id, p_name, p_prefix, p_role, COALESCE(p_scopes, '{}'),
+            NULLIF(p_expires_at, 'infinity'), COALESCE(p_metadata, '{}'),
+            p_allowed_ips, p_allowed_origins, p_reason, p_caller::regrole);
+    PERFORM apikeys_internal._audit_append(p_caller, 'request', new_id, p_role,
+        jsonb_build_object('name', p_name, 'role', p_role, 'prefix', p_prefix,
+                           'scopes', COALESCE(p_scopes, '{}'),
+                           'expires_at', NULLIF(p_expires_at, 'infinity'),
+                           'metadata', COALESCE(p_metadata, '{}'),
+                           'allowed_ips', p_allowed_ips, 'allowed_origins', p_allowed_origins,
+                           'reason', p_reason));
+    PERFORM pg_notify('apikeys', json_build_object(
+        'action', 'request', 'key_id', new_id, 'role', p_role::text, 'at', now())::text);
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_request(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text) IS
+    'internal half of apikey_request; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_request(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_approve(p_caller pg_catalog.oid,
+                                                 p_key_id pg_catalog.text,
+                                                 p_scopes pg_catalog.text[],
+                                                 p_expires_at pg_catalog.timestamptz,
+                                                 p_claim_within pg_catalog.interval,
+                                                 p_note pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+    v_scopes text[];
+    v_expiry timestamptz;
+    outside text;
+    deadline timestamptz;
+    changes jsonb := '{}'::jsonb;
+BEGIN
+    PERFORM apikeys_internal._check_approver(p_caller);
+    r := apikeys_internal._request_for_update(p_caller, p_key_id);
+    IF r.state <> 'pending' THEN
+        RAISE EXCEPTION 'api key request "%" is not pending', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = format('The request is %s.', r.state);
+    END IF;
+    -- four eyes: not the requesting role, nor a role the requester can
+    -- become, nor (superusers aside, who belong to every role) a role that
+    -- can become the requester.  Session users are not compared: behind
+    -- PostgREST every request has the same one.
+    IF r.requested_by = p_caller::regrole
+       OR pg_has_role(r.requested_by::oid, p_caller, 'MEMBER')
+       OR (pg_has_role(p_caller, r.requested_by::oid, 'MEMBER')
+           AND NOT (SELECT a.rolsuper FROM pg_roles a WHERE a.oid = p_caller)) THEN
+        RAISE EXCEPTION 'cannot approve your own api key request'
+            USING ERRCODE = '42501',
+                  DETAIL = 'The approver may be neither the requesting role nor a member of it, and the requester may not be a member of the approving role.',
+                  HINT = 'Ask another approver.';
+    END IF;
+
+    -- an approver may narrow the request, never widen it
+    v_scopes := COALESCE(p_scopes, r.scopes);
+    IF p_scopes IS NOT NULL THEN
+        PERFORM apikeys_internal._check_settings(NULL, p_scopes, NULL, NULL, NULL);
+        outside := apikeys_internal._scopes_within(p_scopes, r.scopes);
+        IF outside IS NOT NULL THEN
+            RAISE EXCEPTION 'approved scopes must be within the requested scopes'
+                USING ERRCODE = '22023',
+                      DETAIL = format('Scope %s was not requested, and no requested scope holds it.', quote_literal(outside)),
+                      HINT = 'An approver may drop or narrow scopes; to grant more, the requester asks again.';
+        END IF;
+        IF v_scopes IS DISTINCT FROM r.scopes THEN
+            changes := changes || jsonb_build_object('scopes', jsonb_build_object('requested', r.scopes, 'approved', v_scopes));
+        END IF;
+    END IF;
+    v_expiry := r.expires_at;
+    IF p_expires_at = 'infinity' AND r.expires_at IS NOT NULL THEN
+        RAISE EXCEPTION 'approved expiry must not be later than the requested expiry'
+            USING ERRCODE = '22023',
+                  DETAIL = format('The request asked for expiry at %s; infinity would remove it.', r.expires_at);
+    END IF;
+    IF p_expires_at IS NOT NULL AND p_expires_at <> 'infinity' THEN
+        PERFORM apikeys_internal._check_settings(NULL, NULL, p_expires_at, NULL, NULL);
+        IF r.expires_at IS NOT NULL AND p_expires_at > r.expires_at THEN
+            RAISE EXCEPTION 'approved expiry must not be later than the requested expiry'
+                USING ERRCODE = '22023',
+                      DETAIL = format('The request asked for expiry at %s.', r.expires_at);
+        END IF;
+        v_expiry := p_expires_at;
+        IF v_expiry IS DISTINCT FROM r.expires_at THEN
+            changes := changes || jsonb_build_object('expires_at', jsonb_build_object('requested', r.expires_at, 'approved', v_expiry));
+        END IF;
+    END IF;
+    IF p_claim_within IS NULL OR p_claim_within <= '0'::interval OR p_claim_within > '30 days'::interval THEN
+        RAISE EXCEPTION 'claim period must be positive and at most 30 days'
+            USING ERRCODE = '22023',
+                  HINT = 'The requester claims the token within this time of the approval, or asks again.';
+    END IF;
+    PERFORM apikeys_internal._check_note('note', p_note);
+    -- no later than the key's own expiry
+    deadline := LEAST(now() + p_claim_within, v_expiry);
+
+    UPDATE apikeys_internal.key_requests q
+       SET state = 'approved', decided_by = p_caller::regrole, decided_at = now(),
+           decision_note = p_note, approved_scopes = v_scopes, approved_expires_at = v_expiry,
+           claim_by = deadline
+     WHERE q.key_id = r.key_id;
+    PERFORM apikeys_internal._audit_append(p_caller, 'approve', r.key_id, r.role,
+        changes || jsonb_strip_nulls(jsonb_build_object('claim_by', deadline, 'note', p_note)));
+    PERFORM pg_notify('apikeys', json_build_object(
+        'action', 'approve', 'key_id', r.key_id, 'role', r.role::text, 'at', now())::text);
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_approve(pg_catalog.oid, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.interval, pg_catalog.text) IS
+    'internal half of apikey_approve; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_approve(pg_catalog.oid, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.interval, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_reject(p_caller pg_catalog.oid,
+                                                p_key_id pg_catalog.text,
+                                                p_note pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+BEGIN
+    PERFORM apikeys_internal._check_approver(p_caller);
+    r := apikeys_internal._request_for_update(p_caller, p_key_id);
+    IF r.state NOT IN ('pending', 'approved') THEN
+        RAISE EXCEPTION 'api key request "%" is already decided', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = format('The request is %s.', r.state);
+    END IF;
+    PERFORM apikeys_internal._check_note('note', p_note);
+    UPDATE apikeys_internal.key_requests q
+       SET state = 'rejected', decided_by = p_caller::regrole, decided_at = now(),
+           decision_note = p_note, claim_by = NULL, approved_scopes = NULL,
+           approved_expires_at = NULL
+     WHERE q.key_id = r.key_id;
+    PERFORM apikeys_internal._audit_append(p_caller, 'reject', r.key_id, r.role,
+        jsonb_build_object('state', jsonb_build_object('old', r.state, 'new', 'rejected'))
+        || jsonb_strip_nulls(jsonb_build_object('note', p_note)));
+    PERFORM pg_notify('apikeys', json_build_object(
+        'action', 'reject', 'key_id', r.key_id, 'role', r.role::text, 'at', now())::text);
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_reject(pg_catalog.oid, pg_catalog.text, pg_catalog.text) IS
+    'internal half of apikey_reject; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_reject(pg_catalog.oid, pg_catalog.text, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_cancel(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+BEGIN
+    r := apikeys_internal._request_for_update(p_caller, p_key_id);
+    IF NOT (pg_has_role(p_caller, r.requested_by::oid, 'MEMBER') OR apikeys_internal._is_admin(p_caller)) THEN
+        RAISE EXCEPTION 'permission denied to cancel api key request "%"', p_key_id
+            USING ERRCODE = '42501',
+                  HINT = 'The requester cancels; an approver rejects.';
+    END IF;
+    IF r.state NOT IN ('pending', 'approved') THEN
+        RAISE EXCEPTION 'api key request "%" is already decided', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = format('The request is %s.', r.state);
+    END IF;
+    UPDATE apikeys_internal.key_requests q
+       SET state = 'cancelled', claim_by = NULL, approved_scopes = NULL, approved_expires_at = NULL
+     WHERE q.key_id = r.key_id;
+    PERFORM apikeys_internal._audit_append(p_caller, 'cancel', r.key_id, r.role,
+        jsonb_build_object('state', jsonb_build_object('old', r.state, 'new', 'cancelled')));
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_cancel(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_cancel; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_cancel(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+-- The token is minted here, handed out once and never stored.
+CREATE FUNCTION apikeys_internal._apikey_claim(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+    m record;
+BEGIN
+    r := apikeys_internal._request_for_update(p_caller, p_key_id);
+    IF r.requested_by <> p_caller::regrole THEN
+        RAISE EXCEPTION 'permission denied to claim api key request "%"', p_key_id
+            USING ERRCODE = '42501',
+                  DETAIL = format('Only the requesting role, %s, claims the token.', r.requested_by);
+    END IF;
+    IF r.state = 'claimed' THEN
+        RAISE EXCEPTION 'api key request "%" is already claimed', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'A token is handed out once, and never again.',
+                  HINT = 'If it was lost, revoke the key and request a new one.';
+    ELSIF r.state = 'pending' THEN
+        RAISE EXCEPTION 'api key request "%" is not approved yet', p_key_id
+            USING ERRCODE = '55000';
+    ELSIF r.state <> 'approved' THEN
+        RAISE EXCEPTION 'api key request "%" is %', p_key_id, r.state
+            USING ERRCODE = '55000';
+    ELSIF r.claim_by <= clock_timestamp() THEN
+        RAISE EXCEPTION 'approval of api key request "%" has expired', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = format('It had to be claimed by %s.', r.claim_by),
+                  HINT = 'Request the key again.';
+    END IF;
+    -- the requester may have left the role since
+    PERFORM apikeys_internal._check_role_grant(p_caller, r.role);
+
+    SELECT * INTO m FROM apikeys_internal._mint(r.prefix, r.key_id);
+    INSERT INTO apikeys_internal.key_catalog
+        (key_id, name, prefix, role, scopes, expires_at, metadata,
+         hash_version, hash, created_by, allowed_ips, allowed_origins)
+    VALUES (r.key_id, r.name, r.prefix, r.role, r.approved_scopes, r.approved_expires_at,
+            r.metadata, m.hash_version, m.hash, r.requested_by,
+            r.allowed_ips, r.allowed_origins);
+    UPDATE apikeys_internal.key_requests q
+       SET state = 'claimed', claimed_at = now()
+     WHERE q.key_id = r.key_id;
+    PERFORM apikeys_internal._audit_append(p_caller, 'claim', r.key_id, r.role,
+        jsonb_build_object('approved_by', r.decided_by, 'approved_at', r.decided_at));
+    RETURN m.token;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_claim(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_claim; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_claim(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apikey_request(name pg_catalog.text,
+                                           role pg_catalog.regrole DEFAULT NULL,
+                                           scopes pg_catalog.text[] DEFAULT '{}',
+                                           expires_at pg_catalog.timestamptz DEFAULT NULL,
+                                           prefix pg_catalog.text DEFAULT NULL,
+                                           metadata pg_catalog.jsonb DEFAULT '{}',
+                                           allowed_ips pg_catalog.cidr[] DEFAULT NULL,
+                                           allowed_origins pg_catalog.text[] DEFAULT NULL,
+                                           reason pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_request(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text) IS
+    'asks for a key for role (default: the calling role, which must be a member of it), to be approved by an admin or approver; returns the key id naming the request (and the key, once claimed)';
+
+CREATE FUNCTION @extschema@.apikey_approve(key_id pg_catalog.text,
+                                           scopes pg_catalog.text[] DEFAULT NULL,
+                                           expires_at pg_catalog.timestamptz DEFAULT NULL,
+                                           claim_within pg_catalog.interval DEFAULT '7 days',
+                                           note pg_catalog.text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_approve(pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.interval, pg_catalog.text) IS
+    'approves a pending key request (admins and members of apikeys.approver_role, never the requester); scopes and expires_at may narrow it; the requester must claim it within claim_within';
+
+CREATE FUNCTION @extschema@.apikey_reject(key_id pg_catalog.text, note pg_catalog.text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_reject(pg_catalog.text, pg_catalog.text) IS
+    'rejects a pending key request, or withdraws an approval not yet claimed (admins and approvers)';
+
+CREATE FUNCTION @extschema@.apikey_cancel(key_id pg_catalog.text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_cancel(pg_catalog.text) IS
+    'cancels a key request not yet claimed (the requester, or an admin)';
+
+CREATE FUNCTION @extschema@.apikey_claim(key_id pg_catalog.text)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_claim(pg_catalog.text) IS
+    'creates the key of an approved request and returns its token, once: only the requesting role, before the claim period ends';

@@ -187,6 +187,9 @@ extern Datum apikeys_call_internal(const char *name, int nargs,
 extern void apikeys_audit_note_set(const char *action, const char *changes_json);
 extern void apikeys_audit_note_clear(void);
 
+/* request.c: the approval workflow's setting */
+extern void apikeys_request_init(void);
+
 /* session.c: apikey_login, the key context, pre_request, their settings */
 extern void apikeys_session_init(void);
 
