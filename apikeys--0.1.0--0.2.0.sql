@@ -1106,7 +1106,7 @@ RETURNS pg_catalog.bool
 AS 'MODULE_PATHNAME', 'apikey_check'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON COLUMN apikeys_internal.audit_log.action IS
-    'create, rotate, disable, enable, revoke, update or delete; revoke_leak for a revocation by apikey_report_leak (changes -> leak -> source); direct_insert, direct_update or direct_delete for changes made to the catalog outside the apikeys functions';
+    'create, rotate, disable, enable, revoke, update or delete; request, approve, reject, cancel and claim for the approval workflow; revoke_leak for a revocation by apikey_report_leak (changes -> leak -> source); direct_insert, direct_update or direct_delete for changes made to the catalog outside the apikeys functions';
 
 COMMENT ON FUNCTION @extschema@.apikey_check(pg_catalog.text) IS
     'is the text a well-formed api key token with a matching checksum? offline: reads no table, says nothing about the key';
