@@ -66,8 +66,10 @@ bench-scan:
 	bash test/bench_scan.sh
 
 # Long-running checks, not part of `make test` (see README, Contributing).
-.PHONY: test-valgrind fuzz
+.PHONY: test-valgrind test-ubsan fuzz
 test-valgrind:
 	bash test/valgrind.sh
+test-ubsan:
+	bash test/ubsan.sh
 fuzz:
 	bash test/fuzz/run.sh $${FUZZ_SECONDS:-600}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# test/ubsan.sh: what `make test-ubsan` runs.
+#
+# Builds the extension with UndefinedBehaviorSanitizer (gcc; -fno-sanitize-
+# recover, so a finding aborts the backend), installs it into a private copy
+# of the PostgreSQL installation (the system directories are not touched),
+# and runs the pg_regress and isolation suites against it.  Fails on any
+# suite failure or any sanitizer report in the server log.
+#
+# AddressSanitizer needs its runtime loaded before anything else, and
+# Debian's postgres hangs at start with libasan preloaded: ASan runs on the
+# C unit level instead, in the fuzz target (test/fuzz), which make test runs.
+cd "$(dirname "$0")/.."
+. test/lib.sh
+ensure_deps
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/apikeys-ubsan.XXXXXX")
+chmod 755 "$WORK"
+KEEP_CLUSTER=1      # the server log is read after the server stops
+trap 'stop_cluster; rm -rf "$WORK" "${PGTMP:-}"' EXIT
+echo "== private server tree and sanitizer build in $WORK"
+mkdir -p "$WORK/pg/usr/lib" "$WORK/pg/usr/share" "$WORK/pg/usr/include" "$WORK/src"
+cp -a "/usr/include/postgresql" "$WORK/pg/usr/include/"
+cp -a "/usr/lib/postgresql" "$WORK/pg/usr/lib/"
+cp -a "/usr/share/postgresql" "$WORK/pg/usr/share/"
+PG_CONFIG=$WORK/pg/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+# build from a copy of the sources, so the normal build's objects stay put
+tar --exclude='*.o' --exclude='*.so' --exclude='*.bc' --exclude=.git -cf - . | tar -xf - -C "$WORK/src"
+SAN="-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+make -s -C "$WORK/src" PG_CONFIG="$PG_CONFIG" with_llvm=no PG_CFLAGS="$SAN" SHLIB_LINK="-fsanitize=undefined"
+make -s -C "$WORK/src" PG_CONFIG="$PG_CONFIG" with_llvm=no install >/dev/null
+
+cat >"$WORK/postgres" <<WRAP
+#!/bin/sh
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+exec $WORK/pg/usr/lib/postgresql/$PG_MAJOR/bin/postgres "\$@"
+WRAP
+chmod 755 "$WORK/postgres"
+export POSTGRES_WRAPPER=$WORK/postgres PG_START_TIMEOUT=120
+start_cluster
+echo "== cluster with sanitizers: $PGDATA_DIR on port $PGPORT"
+
+PGXS_DIR=$("$PG_CONFIG" --pkglibdir)/pgxs
+RESULTS=$PGTMP/results
+mkdir -p "$RESULTS"
+rc=0
+"$PGXS_DIR/src/test/regress/pg_regress" \
+    --inputdir=. --outputdir="$RESULTS/regress" --bindir="$PGBIN" \
+    --host="$PGSOCK" --port="$PGPORT" --user=postgres --dbname=contrib_regression \
+    --load-extension=pgcrypto --load-extension=apikeys \
+    $(make -s --no-print-directory print-regress) || rc=1
+"$PGXS_DIR/src/test/isolation/pg_isolation_regress" \
+    --inputdir=test --outputdir="$RESULTS/isolation" --bindir="$PGBIN" \
+    --host="$PGSOCK" --port="$PGPORT" --user=postgres --dbname=isolation_regression \
+    --load-extension=pgcrypto --load-extension=apikeys \
+    $(make -s --no-print-directory print-isolation) || rc=1
+[ $rc -eq 0 ] || cat "$RESULTS"/*/regression.diffs 2>/dev/null | head -100
+stop_cluster
+reports=$(grep -cE 'runtime error:|UndefinedBehaviorSanitizer' "$PGLOG" || true)
+echo "sanitizer reports in the server log: $reports"
+if [ "$reports" -ne 0 ]; then
+    grep -A30 -E 'runtime error:|UndefinedBehaviorSanitizer' "$PGLOG" | head -120
+    echo "ubsan ... FAILED"
+    exit 1
+fi
+[ $rc -eq 0 ] || { echo "ubsan ... FAILED (suites)"; exit 1; }
+# the build really was instrumented
+handlers=$(nm -D "$WORK/pg/usr/lib/postgresql/$PG_MAJOR/lib/apikeys.so" | grep -c __ubsan_handle || true)
+[ "$handlers" -gt 0 ] || { echo "ubsan ... FAILED (not instrumented)"; exit 1; }
+echo "ubsan ... ok"
