@@ -6,13 +6,13 @@ EXTVERSION = 0.2.0
 MODULE_big = apikeys
 OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/lifecycle.o \
              src/objects.o src/session.o src/guard.o \
-             src/note.o src/leak.o src/request.o
+             src/note.o src/leak.o src/request.o src/reveal.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
-          restrictions bad_input renewal limits hardening leak requests plpgsql_check
+          restrictions bad_input renewal limits hardening leak requests reveal plpgsql_check
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke leak_race request_claim
 

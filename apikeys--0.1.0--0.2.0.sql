@@ -96,6 +96,45 @@ COMMENT ON TABLE apikeys_internal.key_catalog IS
     'api keys: one row per key, hashes of secrets only; read it through apikeys.keys';
 GRANT SELECT (allowed_ips, allowed_origins) ON apikeys_internal.key_catalog TO PUBLIC;
 
+-- Revealable keys (src/reveal.c): the token, sealed with pgcrypto under a
+-- key-encryption key that is not in the database.  Only the extension's
+-- owner reads the ciphertext; others may see which of the keys they can
+-- see are revealable.  Revoking or deleting a key deletes its row.
+CREATE TABLE apikeys_internal.revealable_secrets (
+    key_id    pg_catalog.text COLLATE "C" NOT NULL,
+    kek_id    pg_catalog.text COLLATE "C" NOT NULL,
+    sealed    pg_catalog.bytea NOT NULL,
+    sealed_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT revealable_secrets_pkey PRIMARY KEY (key_id),
+    CONSTRAINT revealable_secrets_key_id_fkey FOREIGN KEY (key_id)
+        REFERENCES apikeys_internal.key_catalog (key_id) ON DELETE CASCADE
+);
+COMMENT ON TABLE apikeys_internal.revealable_secrets IS
+    'tokens of revealable keys, sealed (pgcrypto, AES-256) under the key-encryption key named by apikeys.kek_file, which is not in the database; read only through apikey_reveal';
+COMMENT ON COLUMN apikeys_internal.revealable_secrets.kek_id IS
+    'id of the key-encryption key that sealed the token (a digest of it, not the key)';
+COMMENT ON COLUMN apikeys_internal.revealable_secrets.sealed IS
+    'the token, encrypted: an OpenPGP symmetric message with integrity check';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.revealable_secrets', '');
+ALTER TABLE apikeys_internal.revealable_secrets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.revealable_secrets FORCE ROW LEVEL SECURITY;
+-- (the listing joins it to the keys a role may see; no USAGE on the schema
+-- lets anyone name it directly)
+CREATE POLICY revealable_secrets_listing ON apikeys_internal.revealable_secrets
+    FOR SELECT USING (true);
+COMMENT ON POLICY revealable_secrets_listing ON apikeys_internal.revealable_secrets IS
+    'the key_id column, the only one granted, is readable for the listing apikeys.keys, which shows only keys the role may see';
+REVOKE ALL ON apikeys_internal.revealable_secrets FROM PUBLIC;
+GRANT SELECT (key_id) ON apikeys_internal.revealable_secrets TO PUBLIC;
+
+-- Every reveal draws a number that survives a rollback; the audit row and
+-- the server log line carry it, so a gap in the audit log's numbers is a
+-- reveal whose transaction did not commit.
+CREATE SEQUENCE apikeys_internal.reveal_seq;
+COMMENT ON SEQUENCE apikeys_internal.reveal_seq IS
+    'numbers reveals (apikey_reveal): a number missing from the audit log is a reveal that rolled back; the server log has it';
+REVOKE ALL ON SEQUENCE apikeys_internal.reveal_seq FROM PUBLIC;
+
 -------------------------------------------------------------------------------
 -- 3. Privilege helpers.  Invoker rights, no SET clause, every operator
 -- qualified: they answer for the role passed in and may be inlined into the
@@ -189,7 +228,9 @@ SELECT k.key_id,
        k.revoked_at,
        k.prev_valid_until AS grace_until,
        k.allowed_ips,
-       k.allowed_origins
+       k.allowed_origins,
+       EXISTS (SELECT 1 FROM apikeys_internal.revealable_secrets s
+                WHERE s.key_id OPERATOR(pg_catalog.=) k.key_id) AS revealable
   FROM apikeys_internal.key_catalog k;
 
 COMMENT ON VIEW @extschema@.keys IS
@@ -202,6 +243,8 @@ COMMENT ON COLUMN @extschema@.keys.allowed_ips IS
     'networks a client must connect from (null: any)';
 COMMENT ON COLUMN @extschema@.keys.allowed_origins IS
     'web origins a request must come from (null: any)';
+COMMENT ON COLUMN @extschema@.keys.revealable IS
+    'was the key created revealable (its token sealed for apikey_reveal)? false once revoked';
 GRANT SELECT ON @extschema@.keys TO PUBLIC;
 
 CREATE VIEW @extschema@.audit_log WITH (security_invoker = true) AS
@@ -618,6 +661,7 @@ CREATE FUNCTION apikeys_internal._apikey_create(p_caller pg_catalog.oid,
                                                 p_metadata pg_catalog.jsonb,
                                                 p_allowed_ips pg_catalog.cidr[],
                                                 p_allowed_origins pg_catalog.text[],
+                                                p_revealable pg_catalog.bool,
                                                 OUT new_key_id pg_catalog.text,
                                                 OUT new_token pg_catalog.text)
 LANGUAGE plpgsql
@@ -661,18 +705,26 @@ BEGIN
                     p_allowed_ips, p_allowed_origins);
             new_key_id := m.key_id;
             new_token := m.token;
-            RETURN;
         EXCEPTION WHEN unique_violation THEN
-            NULL;                   -- draw another key id
+            CONTINUE;               -- draw another key id
         END;
+        -- a revealable key keeps its token sealed under the KEK (src/reveal.c)
+        IF p_revealable THEN
+            INSERT INTO apikeys_internal.revealable_secrets (key_id, kek_id, sealed)
+            SELECT new_key_id, s.kek_id, s.sealed FROM apikeys_internal._seal(new_token) s;
+            PERFORM apikeys_internal._audit_append(p_caller, 'seal', new_key_id, p_role,
+                jsonb_build_object('kek_id', (SELECT r.kek_id FROM apikeys_internal.revealable_secrets r
+                                               WHERE r.key_id = new_key_id)));
+        END IF;
+        RETURN;
     END LOOP;
     RAISE EXCEPTION 'could not allocate a unique api key id'
         USING ERRCODE = '23505';
 END
 $$;
-COMMENT ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[]) IS
+COMMENT ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.bool) IS
     'internal half of apikey_create; the first argument is the calling role';
-REVOKE ALL ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.bool) FROM PUBLIC;
 
 CREATE FUNCTION apikeys_internal._apikey_rotate(p_caller pg_catalog.oid,
                                                 p_key_id pg_catalog.text,
@@ -716,6 +768,11 @@ BEGIN
                rotated_at = now(), updated_at = now()
          WHERE c.key_id = k.key_id;
     END IF;
+    -- a revealable key keeps the new token sealed (only revealable keys need the KEK)
+    UPDATE apikeys_internal.revealable_secrets r
+       SET (kek_id, sealed, sealed_at) = (SELECT s.kek_id, s.sealed, now()
+                                            FROM apikeys_internal._seal(m.token) s)
+     WHERE r.key_id = k.key_id;
     RETURN m.token;
 END
 $$;
@@ -757,6 +814,10 @@ BEGIN
            prev_valid_until = CASE WHEN p_state = 'revoked' THEN NULL ELSE c.prev_valid_until END,
            updated_at = now()
      WHERE c.key_id = k.key_id;
+    -- ... nor a sealed token
+    IF p_state = 'revoked' THEN
+        DELETE FROM apikeys_internal.revealable_secrets r WHERE r.key_id = k.key_id;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION apikeys_internal._set_state(pg_catalog.oid, pg_catalog.text, pg_catalog.text) IS
@@ -882,12 +943,13 @@ CREATE FUNCTION @extschema@.apikey_create(name pg_catalog.text,
                                           prefix pg_catalog.text DEFAULT NULL,
                                           metadata pg_catalog.jsonb DEFAULT '{}',
                                           allowed_ips pg_catalog.cidr[] DEFAULT NULL,
-                                          allowed_origins pg_catalog.text[] DEFAULT NULL)
+                                          allowed_origins pg_catalog.text[] DEFAULT NULL,
+                                          revealable pg_catalog.bool DEFAULT false)
 RETURNS TABLE (key_id pg_catalog.text, token pg_catalog.text)
 AS 'MODULE_PATHNAME', 'apikeys_create'
 LANGUAGE C VOLATILE ROWS 1;
-COMMENT ON FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[]) IS
-    'creates a key for role (default: the calling role, which must be a member of it unless an admin); returns the token, shown this once';
+COMMENT ON FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.bool) IS
+    'creates a key for role (default: the calling role, which must be a member of it unless an admin); returns the token, shown this once (revealable => true keeps it sealed under the key-encryption key, for apikey_reveal)';
 
 CREATE FUNCTION @extschema@.apikey_update(key_id pg_catalog.text,
                                           name pg_catalog.text DEFAULT NULL,
@@ -1071,7 +1133,7 @@ DECLARE
     a record;
 BEGIN
     FOR o IN SELECT * FROM (VALUES
-        ('apikey_create', 'FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[])', 'EXECUTE'),
+        ('apikey_create', 'FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.bool)', 'EXECUTE'),
         ('apikey_update', 'FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[])', 'EXECUTE'),
         ('apikey_verify_text', 'FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text)', 'EXECUTE'),
         ('apikey_verify_apikey', 'FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text)', 'EXECUTE'),
@@ -1106,7 +1168,7 @@ RETURNS pg_catalog.bool
 AS 'MODULE_PATHNAME', 'apikey_check'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON COLUMN apikeys_internal.audit_log.action IS
-    'create, rotate, disable, enable, revoke, update or delete; request, approve, reject, cancel and claim for the approval workflow; revoke_leak for a revocation by apikey_report_leak (changes -> leak -> source); direct_insert, direct_update or direct_delete for changes made to the catalog outside the apikeys functions';
+    'create, rotate, disable, enable, revoke, update or delete; seal and reveal for revealable keys; request, approve, reject, cancel and claim for the approval workflow; revoke_leak for a revocation by apikey_report_leak (changes -> leak -> source); direct_insert, direct_update or direct_delete for changes made to the catalog outside the apikeys functions';
 
 COMMENT ON FUNCTION @extschema@.apikey_check(pg_catalog.text) IS
     'is the text a well-formed api key token with a matching checksum? offline: reads no table, says nothing about the key';
@@ -1166,6 +1228,7 @@ BEGIN
            prev_hash_version = NULL, prev_hash = NULL, prev_valid_until = NULL,
            updated_at = now()
      WHERE c.key_id = k.key_id;
+    DELETE FROM apikeys_internal.revealable_secrets r WHERE r.key_id = k.key_id;
     -- sent at commit, never before; never a secret
     PERFORM pg_notify('apikeys', json_build_object(
         'action', 'revoke_leak', 'key_id', k.key_id, 'role', k.role::text,
@@ -1750,3 +1813,92 @@ AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.apikey_claim(pg_catalog.text) IS
     'creates the key of an approved request and returns its token, once: only the requesting role, before the claim period ends';
+
+-------------------------------------------------------------------------------
+-- 14. Revealable keys (src/reveal.c): apikey_create(..., revealable => true)
+-- seals the token under the key-encryption key (apikeys.kek_file, a file
+-- the server reads; never in the database); apikey_reveal gives it back to
+-- admins and the key's creator, audited every time; rotation seals the new
+-- token; revocation deletes it.  The sealing functions are C calling
+-- pgcrypto through fmgr: the KEK never appears in a statement or a plan.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._seal(token pg_catalog.text,
+                                       OUT kek_id pg_catalog.text,
+                                       OUT sealed pg_catalog.bytea)
+AS 'MODULE_PATHNAME', 'apikeys_seal'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION apikeys_internal._seal(pg_catalog.text) IS
+    'internal: encrypts a token under the key-encryption key (pgcrypto, AES-256, integrity-checked); 55000 with a hint when apikeys.kek_file gives none';
+REVOKE ALL ON FUNCTION apikeys_internal._seal(pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._unseal(key_id pg_catalog.text, kek_id pg_catalog.text,
+                                         sealed pg_catalog.bytea, hash pg_catalog.bytea)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_unseal'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION apikeys_internal._unseal(pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.bytea) IS
+    'internal: decrypts a sealed token and checks that it is the key''s current one (key id, checksum, hash)';
+REVOKE ALL ON FUNCTION apikeys_internal._unseal(pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.bytea) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._kek_id()
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_kek_id'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._kek_id() IS
+    'internal: id (a digest, not the key) of the key-encryption key apikeys.kek_file holds now';
+REVOKE ALL ON FUNCTION apikeys_internal._kek_id() FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_reveal(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    k apikeys_internal.key_catalog;
+    r apikeys_internal.revealable_secrets;
+    token text;
+    n int8;
+BEGIN
+    k := apikeys_internal._key_for_update(p_caller, p_key_id);
+    -- admins, and the key's creator while still a member of the key's role
+    IF NOT (apikeys_internal._is_admin(p_caller)
+            OR (k.created_by = p_caller::regrole
+                AND apikeys_internal._may_act_for(p_caller, k.role::oid))) THEN
+        RAISE EXCEPTION 'permission denied to reveal api key "%"', p_key_id
+            USING ERRCODE = '42501',
+                  DETAIL = 'Only admins, and the key''s creator while a member of the key''s role, may reveal it.';
+    END IF;
+    IF k.state = 'revoked' THEN
+        RAISE EXCEPTION 'api key "%" is revoked', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'Revoking a revealable key deletes its sealed token.';
+    END IF;
+    SELECT * INTO r FROM apikeys_internal.revealable_secrets s WHERE s.key_id = k.key_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'api key "%" is not revealable', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'Its token was shown once, at creation, and is not stored.',
+                  HINT = 'Create keys with revealable => true to reveal them later; rotate this one for a new token.';
+    END IF;
+    token := apikeys_internal._unseal(k.key_id, r.kek_id, r.sealed, k.hash);
+    -- numbered outside the transaction, logged before the token leaves
+    n := nextval('apikeys_internal.reveal_seq');
+    RAISE LOG 'apikeys: api key "%" revealed to role % (session user %), reveal number %',
+        k.key_id, pg_get_userbyid(p_caller), session_user, n;
+    PERFORM apikeys_internal._audit_append(p_caller, 'reveal', k.key_id, k.role,
+        jsonb_build_object('reveal', n, 'kek_id', r.kek_id));
+    RETURN token;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_reveal(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_reveal; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_reveal(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apikey_reveal(key_id pg_catalog.text)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_reveal(pg_catalog.text) IS
+    'returns the token of a revealable key again: admins, and its creator while a member of its role; audited (reveal) and logged every time';

@@ -13,8 +13,8 @@ CREATE ROLE regress_rq_carol NOLOGIN IN ROLE regress_rq_approvers, regress_rq_sv
 CREATE ROLE regress_rq_mallory NOLOGIN;                                -- neither
 CREATE ROLE regress_rq_admin NOLOGIN IN ROLE apikeys_admin;
 -- the deployment this workflow is for: only admins create keys directly
-REVOKE EXECUTE ON FUNCTION apikey_create(text, regrole, text[], timestamptz, text, jsonb, cidr[], text[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION apikey_create(text, regrole, text[], timestamptz, text, jsonb, cidr[], text[]) TO apikeys_admin;
+REVOKE EXECUTE ON FUNCTION apikey_create FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apikey_create TO apikeys_admin;
 SET apikeys.approver_role = 'regress_rq_approvers';
 
 -- a request: for a role the requester belongs to, as for create
@@ -173,8 +173,8 @@ SELECT count(*) AS rows_with_secret FROM (
     UNION ALL SELECT a::text FROM apikeys_internal.audit_log a) x
  WHERE strpos(x.t, substr(:'token', length(:'token') - 37, 32)) > 0;
 
-GRANT EXECUTE ON FUNCTION apikey_create(text, regrole, text[], timestamptz, text, jsonb, cidr[], text[]) TO PUBLIC;
-REVOKE EXECUTE ON FUNCTION apikey_create(text, regrole, text[], timestamptz, text, jsonb, cidr[], text[]) FROM apikeys_admin;
+GRANT EXECUTE ON FUNCTION apikey_create TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION apikey_create FROM apikeys_admin;
 SELECT apikey_delete(key_id) FROM keys WHERE role IN ('regress_rq_svc'::regrole);
 DELETE FROM apikeys_internal.key_requests;
 DROP ROLE regress_rq_svc, regress_rq_other, regress_rq_alice, regress_rq_approvers, regress_rq_bob,

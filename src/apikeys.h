@@ -190,6 +190,9 @@ extern void apikeys_audit_note_clear(void);
 /* request.c: the approval workflow's setting */
 extern void apikeys_request_init(void);
 
+/* reveal.c: the key-encryption key's setting */
+extern void apikeys_reveal_init(void);
+
 /* session.c: apikey_login, the key context, pre_request, their settings */
 extern void apikeys_session_init(void);
 
