@@ -6,7 +6,7 @@ EXTVERSION = 0.2.0
 MODULE_big = apikeys
 OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/lifecycle.o \
              src/objects.o src/session.o src/guard.o \
-             src/note.o src/leak.o src/request.o src/reveal.o
+             src/note.o src/leak.o src/request.o src/reveal.o src/import.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
@@ -73,3 +73,7 @@ test-ubsan:
 	bash test/ubsan.sh
 fuzz:
 	bash test/fuzz/run.sh $${FUZZ_SECONDS:-600}
+
+.PHONY: bench-import
+bench-import:
+	bash test/bench_import.sh

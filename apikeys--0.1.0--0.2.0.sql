@@ -127,6 +127,48 @@ COMMENT ON POLICY revealable_secrets_listing ON apikeys_internal.revealable_secr
 REVOKE ALL ON apikeys_internal.revealable_secrets FROM PUBLIC;
 GRANT SELECT (key_id) ON apikeys_internal.revealable_secrets TO PUBLIC;
 
+-- Imported keys (src/import.c): keys brought over from another system by
+-- apikey_import.  A token in apikeys' own format keeps its key id (digest
+-- null); any other token gets a fresh key id, and its SHA-256 (which the
+-- catalog also holds as the key's hash) is looked up here, by the unique
+-- index on digest, when such a token is verified.
+CREATE TABLE apikeys_internal.imported_keys (
+    key_id      pg_catalog.text COLLATE "C" NOT NULL,
+    digest      pg_catalog.bytea,
+    prefix      pg_catalog.text COLLATE "C" NOT NULL,
+    format      pg_catalog.text NOT NULL,
+    imported_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    replaced_at pg_catalog.timestamptz,
+    CONSTRAINT imported_keys_pkey PRIMARY KEY (key_id),
+    CONSTRAINT imported_keys_digest_key UNIQUE (digest),
+    CONSTRAINT imported_keys_key_id_fkey FOREIGN KEY (key_id)
+        REFERENCES apikeys_internal.key_catalog (key_id) ON DELETE CASCADE,
+    CONSTRAINT imported_keys_format_check
+        CHECK (format OPERATOR(pg_catalog.=) ANY (ARRAY['native', 'token', 'token_sha256'])),
+    CONSTRAINT imported_keys_digest_check
+        CHECK ((format OPERATOR(pg_catalog.=) 'native') OPERATOR(pg_catalog.=) (digest IS NULL)
+               AND (digest IS NULL OR pg_catalog.length(digest) OPERATOR(pg_catalog.=) 32))
+);
+COMMENT ON TABLE apikeys_internal.imported_keys IS
+    'keys imported by apikey_import: how, and for tokens not in apikeys'' format the SHA-256 that verify looks up';
+COMMENT ON COLUMN apikeys_internal.imported_keys.digest IS
+    'SHA-256 of the whole imported token (null for a token in apikeys'' format, which has a key id of its own)';
+COMMENT ON COLUMN apikeys_internal.imported_keys.prefix IS
+    'the key''s prefix, as in the catalog (the prefix its native tokens get on rotation)';
+COMMENT ON COLUMN apikeys_internal.imported_keys.format IS
+    'native (a custom token in apikeys'' format), token (another system''s token) or token_sha256 (only its SHA-256 was given)';
+COMMENT ON COLUMN apikeys_internal.imported_keys.replaced_at IS
+    'when apikey_rotate replaced the imported token with a native one';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.imported_keys', '');
+ALTER TABLE apikeys_internal.imported_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.imported_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY imported_keys_listing ON apikeys_internal.imported_keys
+    FOR SELECT USING (true);
+COMMENT ON POLICY imported_keys_listing ON apikeys_internal.imported_keys IS
+    'the columns granted (not digest) are readable for the listing apikeys.keys, which shows only keys the role may see';
+REVOKE ALL ON apikeys_internal.imported_keys FROM PUBLIC;
+GRANT SELECT (key_id, format, imported_at, replaced_at) ON apikeys_internal.imported_keys TO PUBLIC;
+
 -- Every reveal draws a number that survives a rollback; the audit row and
 -- the server log line carry it, so a gap in the audit log's numbers is a
 -- reveal whose transaction did not commit.
@@ -230,7 +272,9 @@ SELECT k.key_id,
        k.allowed_ips,
        k.allowed_origins,
        EXISTS (SELECT 1 FROM apikeys_internal.revealable_secrets s
-                WHERE s.key_id OPERATOR(pg_catalog.=) k.key_id) AS revealable
+                WHERE s.key_id OPERATOR(pg_catalog.=) k.key_id) AS revealable,
+       EXISTS (SELECT 1 FROM apikeys_internal.imported_keys i
+                WHERE i.key_id OPERATOR(pg_catalog.=) k.key_id AND i.replaced_at IS NULL) AS imported
   FROM apikeys_internal.key_catalog k;
 
 COMMENT ON VIEW @extschema@.keys IS
@@ -243,6 +287,8 @@ COMMENT ON COLUMN @extschema@.keys.allowed_ips IS
     'networks a client must connect from (null: any)';
 COMMENT ON COLUMN @extschema@.keys.allowed_origins IS
     'web origins a request must come from (null: any)';
+COMMENT ON COLUMN @extschema@.keys.imported IS
+    'was the key imported by apikey_import, and is its token still the imported one (false once rotated)?';
 COMMENT ON COLUMN @extschema@.keys.revealable IS
     'was the key created revealable (its token sealed for apikey_reveal)? false once revoked';
 GRANT SELECT ON @extschema@.keys TO PUBLIC;
@@ -768,6 +814,9 @@ BEGIN
                rotated_at = now(), updated_at = now()
          WHERE c.key_id = k.key_id;
     END IF;
+    -- an imported key now has a native token (the imported one lasts the grace)
+    UPDATE apikeys_internal.imported_keys i SET replaced_at = now()
+     WHERE i.key_id = k.key_id AND i.replaced_at IS NULL;
     -- a revealable key keeps the new token sealed (only revealable keys need the KEK)
     UPDATE apikeys_internal.revealable_secrets r
        SET (kek_id, sealed, sealed_at) = (SELECT s.kek_id, s.sealed, now()
@@ -1168,7 +1217,7 @@ RETURNS pg_catalog.bool
 AS 'MODULE_PATHNAME', 'apikey_check'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON COLUMN apikeys_internal.audit_log.action IS
-    'create, rotate, disable, enable, revoke, update or delete; seal and reveal for revealable keys; request, approve, reject, cancel and claim for the approval workflow; revoke_leak for a revocation by apikey_report_leak (changes -> leak -> source); direct_insert, direct_update or direct_delete for changes made to the catalog outside the apikeys functions';
+    'create, rotate, disable, enable, revoke, update or delete; import for apikey_import; seal and reveal for revealable keys; request, approve, reject, cancel and claim for the approval workflow; revoke_leak for a revocation by apikey_report_leak (changes -> leak -> source); direct_insert, direct_update or direct_delete for changes made to the catalog outside the apikeys functions';
 
 COMMENT ON FUNCTION @extschema@.apikey_check(pg_catalog.text) IS
     'is the text a well-formed api key token with a matching checksum? offline: reads no table, says nothing about the key';
@@ -1902,3 +1951,116 @@ AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.apikey_reveal(pg_catalog.text) IS
     'returns the token of a revealable key again: admins, and its creator while a member of its role; audited (reveal) and logged every time';
+
+-------------------------------------------------------------------------------
+-- 15. Import and custom keys (src/import.c).  apikey_import hashes the
+-- token in C and passes only its digest here: a token in apikeys' format
+-- keeps its key id and prefix (a custom key); any other token, or a bare
+-- SHA-256 of one, gets a fresh key id and is verified by its digest.  The
+-- key keeps its status (active, disabled, revoked, or expired by a past
+-- expiry); apikey_rotate gives it a native token.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._apikey_import(p_caller pg_catalog.oid,
+                                                p_name pg_catalog.text,
+                                                p_role pg_catalog.regrole,
+                                                p_scopes pg_catalog.text[],
+                                                p_expires_at pg_catalog.timestamptz,
+                                                p_prefix pg_catalog.text,
+                                                p_metadata pg_catalog.jsonb,
+                                                p_allowed_ips pg_catalog.cidr[],
+                                                p_allowed_origins pg_catalog.text[],
+                                                p_status pg_catalog.text,
+                                                p_key_id pg_catalog.text,
+                                                p_digest pg_catalog.bytea,
+                                                p_format pg_catalog.text)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    new_id text := p_key_id;
+    state text;
+BEGIN
+    IF p_name IS NULL THEN
+        RAISE EXCEPTION 'api key name must not be null'
+            USING ERRCODE = '22004',
+                  HINT = 'Name the key after what uses it, such as ''billing service''.';
+    END IF;
+    -- (an imported key may have expired already: its expiry is not checked)
+    PERFORM apikeys_internal._check_settings(p_name, p_scopes, NULL, p_metadata, p_allowed_ips);
+    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
+        RAISE EXCEPTION 'empty api key allow-list'
+            USING ERRCODE = '22023',
+                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
+                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
+    END IF;
+    p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
+    p_prefix := COALESCE(p_prefix, 'ak');
+    IF p_prefix COLLATE "C" !~ '^[a-z][a-z0-9_]{0,19}$' THEN
+        RAISE EXCEPTION 'invalid api key prefix'
+            USING ERRCODE = '22023',
+                  DETAIL = 'A prefix is a lowercase letter followed by at most 19 lowercase letters, digits or underscores; an imported key''s native tokens get it when it is rotated.';
+    END IF;
+    state := CASE COALESCE(p_status, 'active')
+                 WHEN 'active' THEN 'active' WHEN 'disabled' THEN 'disabled'
+                 WHEN 'revoked' THEN 'revoked' END;
+    IF state IS NULL THEN
+        RAISE EXCEPTION 'invalid api key status to import'
+            USING ERRCODE = '22023',
+                  DETAIL = 'An imported key is active, disabled or revoked; an expired one is imported with its expires_at.';
+    END IF;
+    p_role := COALESCE(p_role, p_caller::regrole);
+    PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+
+    IF new_id IS NULL THEN
+        LOOP
+            new_id := apikeys_internal._new_key_id();
+            EXIT WHEN NOT EXISTS (SELECT 1 FROM apikeys_internal.key_catalog c WHERE c.key_id = new_id)
+                  AND NOT EXISTS (SELECT 1 FROM apikeys_internal.key_requests q WHERE q.key_id = new_id);
+        END LOOP;
+    END IF;
+    BEGIN
+        INSERT INTO apikeys_internal.key_catalog
+            (key_id, name, prefix, role, scopes, expires_at, metadata, state,
+             hash_version, hash, created_by, revoked_at, allowed_ips, allowed_origins)
+        VALUES (new_id, p_name, p_prefix, p_role, COALESCE(p_scopes, '{}'),
+                NULLIF(p_expires_at, 'infinity'), COALESCE(p_metadata, '{}'), state,
+                1, p_digest, p_caller::regrole,
+                CASE WHEN state = 'revoked' THEN now() END,
+                p_allowed_ips, p_allowed_origins);
+        INSERT INTO apikeys_internal.imported_keys (key_id, digest, prefix, format)
+        VALUES (new_id, CASE WHEN p_format = 'native' THEN NULL ELSE p_digest END, p_prefix, p_format);
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'api key already exists'
+            USING ERRCODE = '23505',
+                  DETAIL = CASE WHEN p_format = 'native'
+                                THEN format('A key with key id %s exists.', new_id)
+                                ELSE 'A key with this token was imported before.' END;
+    END;
+    PERFORM apikeys_internal._audit_append(p_caller, 'import', new_id, p_role,
+        jsonb_build_object('format', p_format, 'status', state));
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text) IS
+    'internal half of apikey_import (which hashes the token in C); the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apikey_import(name pg_catalog.text,
+                                          role pg_catalog.regrole DEFAULT NULL,
+                                          token pg_catalog.text DEFAULT NULL,
+                                          token_sha256 pg_catalog.bytea DEFAULT NULL,
+                                          scopes pg_catalog.text[] DEFAULT '{}',
+                                          expires_at pg_catalog.timestamptz DEFAULT NULL,
+                                          prefix pg_catalog.text DEFAULT NULL,
+                                          metadata pg_catalog.jsonb DEFAULT '{}',
+                                          allowed_ips pg_catalog.cidr[] DEFAULT NULL,
+                                          allowed_origins pg_catalog.text[] DEFAULT NULL,
+                                          status pg_catalog.text DEFAULT 'active')
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikey_import'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_import(pg_catalog.text, pg_catalog.regrole, pg_catalog.text, pg_catalog.bytea, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text) IS
+    'imports an existing key: its token (any format; one in apikeys'' format keeps its key id) or only token_sha256, with its settings and status (active, disabled, revoked); returns the key id; the token keeps working until apikey_rotate replaces it with a native one';

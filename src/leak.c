@@ -133,6 +133,7 @@ apikey_report_leak(PG_FUNCTION_ARGS)
 	text	   *token;
 	text	   *source = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 	ApiKeyToken tok;
+	bool		native;
 	ApiKeyRequest req = {NULL, NULL, NULL};
 	ApiKeyVerdict v;
 	uint8		digest[APIKEY_DIGEST_LEN];
@@ -145,19 +146,27 @@ apikey_report_leak(PG_FUNCTION_ARGS)
 
 	/* Anything that is not a token is invalid, whatever the source. */
 	if (PG_ARGISNULL(0) ||
-		toast_raw_datum_size(PG_GETARG_DATUM(0)) > VARHDRSZ + APIKEY_TOKEN_MAXLEN)
+		toast_raw_datum_size(PG_GETARG_DATUM(0)) > VARHDRSZ + APIKEY_INPUT_MAXLEN)
 		PG_RETURN_TEXT_P(cstring_to_text("invalid"));
 	token = PG_GETARG_TEXT_PP(0);
-	if (!apikey_parse(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &tok))
-	{
-		if (source != NULL)
-			check_source(source, NULL);
-		PG_RETURN_TEXT_P(cstring_to_text("invalid"));
-	}
+	native = apikey_parse(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &tok);
 	if (source != NULL)
-		check_source(source, &tok);
+		check_source(source, native ? &tok : NULL);
+	/* nor may the source hold the token as given (an imported one, say) */
+	if (source != NULL && !native && VARSIZE_ANY_EXHDR(token) >= APIKEY_IMPORTED_MINLEN &&
+		memmem(VARDATA_ANY(source), VARSIZE_ANY_EXHDR(source),
+			   VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token)) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("leak report source must not contain an api key"),
+				 errdetail("The source is written to the audit log, which never holds a secret; the value given is not shown."),
+				 errhint("Name where the token was found, such as a repository and path or a URL, without the token.")));
 
-	/* Only a live secret counts: wrong or unknown is "invalid", no trace. */
+	/*
+	 * Only a live secret counts: wrong or unknown is "invalid", no trace.
+	 * A token imported from another system (import.c) counts too; its
+	 * secret, for the catalog, is the whole token.
+	 */
 	apikey_verify_token(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &req, &v);
 	if (v.status == APIKEY_INVALID)
 		PG_RETURN_TEXT_P(cstring_to_text("invalid"));
@@ -168,7 +177,10 @@ apikey_report_leak(PG_FUNCTION_ARGS)
 				 errmsg("cannot report an api key leak in a read-only transaction"),
 				 errhint("Report it on the primary, outside a READ ONLY transaction: the key is revoked by the report.")));
 
-	apikey_digest(tok.secret, APIKEY_SECRET_LEN, digest);
+	if (native)
+		apikey_digest(tok.secret, APIKEY_SECRET_LEN, digest);
+	else
+		apikey_digest(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), digest);
 	digest_b = (bytea *) palloc(VARHDRSZ + APIKEY_DIGEST_LEN);
 	SET_VARSIZE(digest_b, VARHDRSZ + APIKEY_DIGEST_LEN);
 	memcpy(VARDATA(digest_b), digest, APIKEY_DIGEST_LEN);
@@ -183,7 +195,8 @@ apikey_report_leak(PG_FUNCTION_ARGS)
 		appendStringInfoString(&changes, "null");
 	appendStringInfoString(&changes, "}}");
 
-	args[0].value = PointerGetDatum(cstring_to_text_with_len(tok.key_id, APIKEY_KEY_ID_LEN));
+	args[0].value = PointerGetDatum(cstring_to_text_with_len(native ? tok.key_id : v.key_id,
+															 APIKEY_KEY_ID_LEN));
 	args[0].isnull = false;
 	args[1].value = PointerGetDatum(digest_b);
 	args[1].isnull = false;
