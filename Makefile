@@ -12,7 +12,7 @@ PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
-          restrictions bad_input renewal limits hardening leak requests reveal plpgsql_check
+          restrictions bad_input renewal limits hardening leak requests reveal import plpgsql_check
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke leak_race request_claim
 
