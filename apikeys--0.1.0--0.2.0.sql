@@ -115,6 +115,8 @@ COMMENT ON COLUMN apikeys_internal.revealable_secrets.kek_id IS
     'id of the key-encryption key that sealed the token (a digest of it, not the key)';
 COMMENT ON COLUMN apikeys_internal.revealable_secrets.sealed IS
     'the token, encrypted: an OpenPGP symmetric message with integrity check';
+COMMENT ON COLUMN apikeys_internal.revealable_secrets.key_id IS 'the key (deleting or revoking it deletes this row)';
+COMMENT ON COLUMN apikeys_internal.revealable_secrets.sealed_at IS 'when the current token was sealed (creation or last rotation)';
 SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.revealable_secrets', '');
 ALTER TABLE apikeys_internal.revealable_secrets ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys_internal.revealable_secrets FORCE ROW LEVEL SECURITY;
@@ -159,6 +161,8 @@ COMMENT ON COLUMN apikeys_internal.imported_keys.format IS
     'native (a custom token in apikeys'' format), token (another system''s token) or token_sha256 (only its SHA-256 was given)';
 COMMENT ON COLUMN apikeys_internal.imported_keys.replaced_at IS
     'when apikey_rotate replaced the imported token with a native one';
+COMMENT ON COLUMN apikeys_internal.imported_keys.key_id IS 'the imported key (deleting it deletes this row)';
+COMMENT ON COLUMN apikeys_internal.imported_keys.imported_at IS 'when apikey_import brought it in';
 SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.imported_keys', '');
 ALTER TABLE apikeys_internal.imported_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys_internal.imported_keys FORCE ROW LEVEL SECURITY;
@@ -1350,6 +1354,20 @@ COMMENT ON COLUMN apikeys_internal.key_requests.requested_by IS 'the role that a
 COMMENT ON COLUMN apikeys_internal.key_requests.approved_scopes IS 'scopes the key gets: the requested ones, or fewer (an approver may only narrow)';
 COMMENT ON COLUMN apikeys_internal.key_requests.approved_expires_at IS 'expiry the key gets: the requested one, or earlier';
 COMMENT ON COLUMN apikeys_internal.key_requests.claim_by IS 'an approval not claimed by then has expired';
+COMMENT ON COLUMN apikeys_internal.key_requests.name IS 'name the key gets';
+COMMENT ON COLUMN apikeys_internal.key_requests.prefix IS 'prefix of the key''s tokens';
+COMMENT ON COLUMN apikeys_internal.key_requests.role IS 'role the key is for; the requester must belong to it';
+COMMENT ON COLUMN apikeys_internal.key_requests.metadata IS 'metadata the key gets';
+COMMENT ON COLUMN apikeys_internal.key_requests.allowed_ips IS 'networks the key gets (null: any)';
+COMMENT ON COLUMN apikeys_internal.key_requests.allowed_origins IS 'web origins the key gets (null: any)';
+COMMENT ON COLUMN apikeys_internal.key_requests.reason IS 'why the requester asks (at most 1000 characters)';
+COMMENT ON COLUMN apikeys_internal.key_requests.requested_at IS 'when the request was made';
+COMMENT ON COLUMN apikeys_internal.key_requests.decided_by IS 'role that approved or rejected it';
+COMMENT ON COLUMN apikeys_internal.key_requests.decided_at IS 'when it was approved or rejected';
+COMMENT ON COLUMN apikeys_internal.key_requests.decision_note IS 'the approver''s note (at most 1000 characters)';
+COMMENT ON COLUMN apikeys_internal.key_requests.claimed_at IS 'when the requester claimed the token';
+COMMENT ON COLUMN apikeys_internal.key_requests.scopes IS 'scopes requested';
+COMMENT ON COLUMN apikeys_internal.key_requests.expires_at IS 'expiry requested (null: none)';
 SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.key_requests', '');
 
 -- May the role decide requests: is it an admin, or a member of the role
@@ -1418,6 +1436,19 @@ COMMENT ON COLUMN @extschema@.key_requests.expires_at IS 'expiry requested (null
 COMMENT ON COLUMN @extschema@.key_requests.approved_scopes IS 'scopes the key gets, within those requested';
 COMMENT ON COLUMN @extschema@.key_requests.approved_expires_at IS 'expiry the key gets, no later than the one requested';
 COMMENT ON COLUMN @extschema@.key_requests.claim_by IS 'the requester must claim the token before this';
+COMMENT ON COLUMN @extschema@.key_requests.name IS 'name the key gets';
+COMMENT ON COLUMN @extschema@.key_requests.prefix IS 'prefix of the key''s tokens';
+COMMENT ON COLUMN @extschema@.key_requests.role IS 'role the key is for; the requester must belong to it';
+COMMENT ON COLUMN @extschema@.key_requests.metadata IS 'metadata the key gets';
+COMMENT ON COLUMN @extschema@.key_requests.allowed_ips IS 'networks the key gets (null: any)';
+COMMENT ON COLUMN @extschema@.key_requests.allowed_origins IS 'web origins the key gets (null: any)';
+COMMENT ON COLUMN @extschema@.key_requests.reason IS 'why the requester asks (at most 1000 characters)';
+COMMENT ON COLUMN @extschema@.key_requests.requested_at IS 'when the request was made';
+COMMENT ON COLUMN @extschema@.key_requests.decided_by IS 'role that approved or rejected it';
+COMMENT ON COLUMN @extschema@.key_requests.decided_at IS 'when it was approved or rejected';
+COMMENT ON COLUMN @extschema@.key_requests.decision_note IS 'the approver''s note (at most 1000 characters)';
+COMMENT ON COLUMN @extschema@.key_requests.claimed_at IS 'when the requester claimed the token';
+COMMENT ON COLUMN @extschema@.key_requests.requested_by IS 'the role that asked, the only one that may claim the token';
 GRANT SELECT ON @extschema@.key_requests TO PUBLIC;
 
 -- Raise 22023 for text with control or bidirectional characters (a reason or
@@ -2014,6 +2045,11 @@ BEGIN
     p_role := COALESCE(p_role, p_caller::regrole);
     PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
 
+    IF new_id IS NOT NULL AND EXISTS (SELECT 1 FROM apikeys_internal.key_requests q WHERE q.key_id = new_id) THEN
+        RAISE EXCEPTION 'api key already exists'
+            USING ERRCODE = '23505',
+                  DETAIL = format('Key id %s is taken by a key request.', new_id);
+    END IF;
     IF new_id IS NULL THEN
         LOOP
             new_id := apikeys_internal._new_key_id();
