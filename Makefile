@@ -6,15 +6,18 @@ EXTVERSION = 0.2.0
 MODULE_big = apikeys
 OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/lifecycle.o \
              src/objects.o src/session.o src/guard.o \
+             src/shmem.o src/limits.o src/usage.o src/worker.o \
              src/note.o src/leak.o src/request.o src/reveal.o src/import.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
-          restrictions bad_input renewal limits hardening leak requests reveal import plpgsql_check
+          restrictions bad_input renewal limits hardening leak requests reveal import \
+          plpgsql_check limits_usage
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
-ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke leak_race request_claim
+ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke rate_limit_verify \
+            leak_race request_claim
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src
@@ -27,6 +30,10 @@ EXTRA_CLEAN = $(SCANNER)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies: rebuild everything when one changes
+# (shared-memory structs must agree across files).
+$(OBJS): src/apikeys.h src/compat.h src/shmem.h
 
 all: $(SCANNER)
 

@@ -96,6 +96,64 @@ COMMENT ON TABLE apikeys_internal.key_catalog IS
     'api keys: one row per key, hashes of secrets only; read it through apikeys.keys';
 GRANT SELECT (allowed_ips, allowed_origins) ON apikeys_internal.key_catalog TO PUBLIC;
 
+-- Rate limits and quotas (src/limits.c), enforced in shared memory.
+ALTER TABLE apikeys_internal.key_catalog
+    ADD COLUMN rate_limit pg_catalog.text[],
+    ADD COLUMN quota pg_catalog.int8,
+    ADD COLUMN quota_refill pg_catalog.text,
+    ADD COLUMN quota_set_at pg_catalog.timestamptz;
+COMMENT ON COLUMN apikeys_internal.key_catalog.rate_limit IS
+    'rate limits, normalized (''100/second'', ''10/second burst 20'', ...), all of which a request must fit (null: none)';
+COMMENT ON COLUMN apikeys_internal.key_catalog.quota IS
+    'remaining uses as last set by apikey_create or apikey_update; the live count is in shared memory and apikeys_internal.quota_state (null: no quota)';
+COMMENT ON COLUMN apikeys_internal.key_catalog.quota_refill IS
+    'quota refill, normalized (''1000/day'', ''50000/month on day 15''): remaining is set to that many at the start of each period, in UTC (null: none)';
+COMMENT ON COLUMN apikeys_internal.key_catalog.quota_set_at IS
+    'when quota was last set: the version shared memory re-bases on, exactly once';
+GRANT SELECT (rate_limit, quota, quota_refill, quota_set_at) ON apikeys_internal.key_catalog TO PUBLIC;
+
+-- Role-limit changes are audited with no key id.
+ALTER TABLE apikeys_internal.audit_log ALTER COLUMN key_id DROP NOT NULL;
+
+-- The grammar of limits (C, src/limits.c), for create and update.
+CREATE FUNCTION apikeys_internal._rate_limit_normalize(rate_limit pg_catalog.text)
+RETURNS pg_catalog.text[]
+AS 'MODULE_PATHNAME', 'apikeys_rate_limit_normalize'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION apikeys_internal._rate_limit_normalize(pg_catalog.text) IS
+    'internal: parses ''N/second|minute|hour|day [burst B]'', several separated by commas (or as an array''s text form), into normalized limits; null for none; 22023 with the grammar, 54000 past 4 windows';
+
+CREATE FUNCTION apikeys_internal._refill_normalize(refill pg_catalog.text)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_refill_normalize'
+LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION apikeys_internal._refill_normalize(pg_catalog.text) IS
+    'internal: parses a quota refill ''N/hour'', ''N/day'', ''N/month'' or ''N/month on day D''; null for none; 22023 with the grammar';
+
+CREATE FUNCTION apikeys_internal._require_limits(rate_limit pg_catalog.bool, quota pg_catalog.bool)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_require_limits'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION apikeys_internal._require_limits(pg_catalog.bool, pg_catalog.bool) IS
+    'internal: raises 55000 unless the server can enforce rate limits (apikeys in shared_preload_libraries) and quotas (also: this is the database named by apikeys.database)';
+
+-- Live values for the listings (C, read shared memory, then what the worker
+-- flushed).
+CREATE FUNCTION apikeys_internal._remaining(key_id pg_catalog.text, quota pg_catalog.int8,
+                                            refill pg_catalog.text, set_at pg_catalog.timestamptz)
+RETURNS pg_catalog.int8
+AS 'MODULE_PATHNAME', 'apikeys_remaining'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION apikeys_internal._remaining(pg_catalog.text, pg_catalog.int8, pg_catalog.text, pg_catalog.timestamptz) IS
+    'internal: a key''s remaining quota now (live in shared memory, else as last flushed, else as last set, with refills due applied); null without a quota';
+
+CREATE FUNCTION apikeys_internal._last_used(key_id pg_catalog.text)
+RETURNS pg_catalog.timestamptz
+AS 'MODULE_PATHNAME', 'apikeys_last_used'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION apikeys_internal._last_used(pg_catalog.text) IS
+    'internal: the last valid use of a key, counted in shared memory or flushed; null if never (or not counted: see apikeys.database)';
+
 -- Revealable keys (src/reveal.c): the token, sealed with pgcrypto under a
 -- key-encryption key that is not in the database.  Only the extension's
 -- owner reads the ciphertext; others may see which of the keys they can
@@ -275,6 +333,10 @@ SELECT k.key_id,
        k.prev_valid_until AS grace_until,
        k.allowed_ips,
        k.allowed_origins,
+       k.rate_limit,
+       apikeys_internal._remaining(k.key_id, k.quota, k.quota_refill, k.quota_set_at) AS remaining,
+       k.quota_refill AS refill,
+       apikeys_internal._last_used(k.key_id) AS last_used_at,
        EXISTS (SELECT 1 FROM apikeys_internal.revealable_secrets s
                 WHERE s.key_id OPERATOR(pg_catalog.=) k.key_id) AS revealable,
        EXISTS (SELECT 1 FROM apikeys_internal.imported_keys i
@@ -291,6 +353,14 @@ COMMENT ON COLUMN @extschema@.keys.allowed_ips IS
     'networks a client must connect from (null: any)';
 COMMENT ON COLUMN @extschema@.keys.allowed_origins IS
     'web origins a request must come from (null: any)';
+COMMENT ON COLUMN @extschema@.keys.rate_limit IS
+    'rate limits a request must fit, all of them (null: none); the key''s role may have more (apikeys.role_limits)';
+COMMENT ON COLUMN @extschema@.keys.remaining IS
+    'uses left of the key''s quota, live (null: no quota)';
+COMMENT ON COLUMN @extschema@.keys.refill IS
+    'quota refill: remaining is set to N at the start of each period, in UTC (null: none)';
+COMMENT ON COLUMN @extschema@.keys.last_used_at IS
+    'last valid verification, live (null: never, or not counted: usage is counted in the database named by apikeys.database, with apikeys preloaded)';
 COMMENT ON COLUMN @extschema@.keys.imported IS
     'was the key imported by apikey_import, and is its token still the imported one (false once rotated)?';
 COMMENT ON COLUMN @extschema@.keys.revealable IS
@@ -364,7 +434,7 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         act := 'create';
-        diff := to_jsonb(NEW) - hidden - ARRAY['state', 'prev_valid_until'];
+        diff := to_jsonb(NEW) - hidden - ARRAY['state', 'prev_valid_until', 'quota_set_at'];
     ELSIF TG_OP = 'DELETE' THEN
         act := 'delete';
     ELSE
@@ -442,12 +512,13 @@ AS $$
                WHEN 'allowed_ips' THEN 64       -- entries
                WHEN 'allowed_origins' THEN 64   -- entries
                WHEN 'origin' THEN 255           -- characters per origin
+               WHEN 'rate_limit' THEN 4         -- windows (src/apikeys.h APIKEY_MAX_WINDOWS)
                WHEN 'reason' THEN 1000          -- characters of a request's reason or a decision's note
                WHEN 'pending_requests' THEN 100 -- pending key requests per requesting role
            END
 $$;
 COMMENT ON FUNCTION apikeys_internal._limit(pg_catalog.text) IS
-    'size limits of user-supplied key fields: name, scopes, scope, metadata, allowed_ips, allowed_origins, origin; of key requests: reason, pending_requests';
+    'size limits of user-supplied key fields: name, scopes, scope, metadata, allowed_ips, allowed_origins, origin, rate_limit; of key requests: reason, pending_requests';
 
 -- Raise 54000 naming the limit when n exceeds it.
 CREATE FUNCTION apikeys_internal._check_limit(what pg_catalog.text, unit pg_catalog.text,
@@ -702,6 +773,35 @@ COMMENT ON FUNCTION apikeys_internal._check_renew(pg_catalog.oid, pg_catalog.tex
     'internal: raises unless the caller may rotate, enable, update or re-assign the key (its role exists and the caller belongs to it, or is an admin)';
 REVOKE ALL ON FUNCTION apikeys_internal._check_renew(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole) FROM PUBLIC;
 
+-- Rate limit, quota and refill as given to create or update, validated and
+-- normalized (22023, 54000).  A refill without a quota starts the quota at
+-- the refill's amount.  Raises unless this server can enforce them
+-- (shared_preload_libraries; apikeys.database for quotas).
+CREATE FUNCTION apikeys_internal._check_limits(p_rate_limit pg_catalog.text,
+                                               p_remaining pg_catalog.int8,
+                                               p_refill pg_catalog.text,
+                                               OUT rate_limit pg_catalog.text[],
+                                               OUT quota pg_catalog.int8,
+                                               OUT refill pg_catalog.text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    rate_limit := apikeys_internal._rate_limit_normalize(p_rate_limit);
+    refill := apikeys_internal._refill_normalize(p_refill);
+    IF p_remaining IS NOT NULL AND p_remaining < 0 THEN
+        RAISE EXCEPTION 'remaining uses must not be negative'
+            USING ERRCODE = '22023',
+                  HINT = 'Give the number of uses left; apikey_update(key_id, remaining => -1) removes a quota.';
+    END IF;
+    quota := COALESCE(p_remaining, split_part(refill, '/', 1)::int8);
+    PERFORM apikeys_internal._require_limits(rate_limit IS NOT NULL, quota IS NOT NULL);
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_limits(pg_catalog.text, pg_catalog.int8, pg_catalog.text) IS
+    'internal: validates and normalizes a rate limit, a quota and its refill; raises unless the server can enforce them';
+REVOKE ALL ON FUNCTION apikeys_internal._check_limits(pg_catalog.text, pg_catalog.int8, pg_catalog.text) FROM PUBLIC;
+
 CREATE FUNCTION apikeys_internal._apikey_create(p_caller pg_catalog.oid,
                                                 p_name pg_catalog.text,
                                                 p_role pg_catalog.regrole,
@@ -711,6 +811,9 @@ CREATE FUNCTION apikeys_internal._apikey_create(p_caller pg_catalog.oid,
                                                 p_metadata pg_catalog.jsonb,
                                                 p_allowed_ips pg_catalog.cidr[],
                                                 p_allowed_origins pg_catalog.text[],
+                                                p_rate_limit pg_catalog.text,
+                                                p_remaining pg_catalog.int8,
+                                                p_refill pg_catalog.text,
                                                 p_revealable pg_catalog.bool,
                                                 OUT new_key_id pg_catalog.text,
                                                 OUT new_token pg_catalog.text)
@@ -721,6 +824,7 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     m record;
+    lim record;
 BEGIN
     IF p_name IS NULL THEN
         RAISE EXCEPTION 'api key name must not be null'
@@ -739,6 +843,7 @@ BEGIN
     p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
     p_role := COALESCE(p_role, p_caller::regrole);
     PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+    lim := apikeys_internal._check_limits(p_rate_limit, p_remaining, p_refill);
 
     -- 62^12 key ids: a collision is all but impossible, but never fatal.
     FOR attempt IN 1..5 LOOP
@@ -746,13 +851,16 @@ BEGIN
         BEGIN
             INSERT INTO apikeys_internal.key_catalog
                 (key_id, name, prefix, role, scopes, expires_at, metadata,
-                 hash_version, hash, created_by, allowed_ips, allowed_origins)
+                 hash_version, hash, created_by, allowed_ips, allowed_origins,
+                 rate_limit, quota, quota_refill, quota_set_at)
             VALUES (m.key_id, p_name, COALESCE(p_prefix, 'ak'), p_role,
                     COALESCE(p_scopes, '{}'),
                     NULLIF(p_expires_at, 'infinity'),
                     COALESCE(p_metadata, '{}'),
                     m.hash_version, m.hash, p_caller::regrole,
-                    p_allowed_ips, p_allowed_origins);
+                    p_allowed_ips, p_allowed_origins,
+                    lim.rate_limit, lim.quota, lim.refill,
+                    CASE WHEN lim.quota IS NOT NULL THEN clock_timestamp() END);
             new_key_id := m.key_id;
             new_token := m.token;
         EXCEPTION WHEN unique_violation THEN
@@ -772,9 +880,9 @@ BEGIN
         USING ERRCODE = '23505';
 END
 $$;
-COMMENT ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.bool) IS
+COMMENT ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text, pg_catalog.bool) IS
     'internal half of apikey_create; the first argument is the calling role';
-REVOKE ALL ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.bool) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 
 CREATE FUNCTION apikeys_internal._apikey_rotate(p_caller pg_catalog.oid,
                                                 p_key_id pg_catalog.text,
@@ -933,7 +1041,10 @@ CREATE FUNCTION apikeys_internal._apikey_update(p_caller pg_catalog.oid,
                                                 p_metadata pg_catalog.jsonb,
                                                 p_role pg_catalog.regrole,
                                                 p_allowed_ips pg_catalog.cidr[],
-                                                p_allowed_origins pg_catalog.text[])
+                                                p_allowed_origins pg_catalog.text[],
+                                                p_rate_limit pg_catalog.text,
+                                                p_remaining pg_catalog.int8,
+                                                p_refill pg_catalog.text)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -943,6 +1054,8 @@ AS $$
 DECLARE
     k apikeys_internal.key_catalog;
     origins_given bool := p_allowed_origins IS NOT NULL;
+    lim record;
+    quota_removed bool := p_remaining = -1;
 BEGIN
     k := apikeys_internal._key_for_update(p_caller, p_key_id);
     IF k.state = 'revoked' THEN
@@ -965,6 +1078,14 @@ BEGIN
     IF p_role IS NOT NULL THEN
         PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
     END IF;
+    -- rate_limit => '' removes the limits, remaining => -1 the quota,
+    -- refill => '' the refill; a new remaining re-bases the live quota
+    lim := apikeys_internal._check_limits(p_rate_limit,
+                                          CASE WHEN quota_removed THEN NULL ELSE p_remaining END,
+                                          p_refill);
+    IF p_remaining IS NULL AND lim.quota IS NOT NULL AND k.quota IS NOT NULL THEN
+        lim.quota := NULL;          -- a new refill alone keeps the quota as it is
+    END IF;
     UPDATE apikeys_internal.key_catalog c
        SET name = COALESCE(p_name, c.name),
            scopes = COALESCE(p_scopes, c.scopes),
@@ -977,13 +1098,26 @@ BEGIN
                               ELSE NULLIF(p_allowed_ips, '{}') END,
            allowed_origins = CASE WHEN origins_given THEN p_allowed_origins
                                   ELSE c.allowed_origins END,
+           rate_limit = CASE WHEN p_rate_limit IS NULL THEN c.rate_limit
+                             ELSE lim.rate_limit END,
+           quota = CASE WHEN quota_removed THEN NULL
+                        WHEN lim.quota IS NOT NULL THEN lim.quota
+                        ELSE c.quota END,
+           quota_refill = CASE WHEN quota_removed THEN NULL
+                               WHEN p_refill IS NULL THEN c.quota_refill
+                               ELSE lim.refill END,
+           -- strictly later than the last setting: shared memory re-bases once
+           quota_set_at = CASE WHEN quota_removed THEN NULL
+                               WHEN lim.quota IS NOT NULL
+                               THEN greatest(clock_timestamp(), c.quota_set_at + interval '1 microsecond')
+                               ELSE c.quota_set_at END,
            updated_at = now()
      WHERE c.key_id = k.key_id;
 END
 $$;
-COMMENT ON FUNCTION apikeys_internal._apikey_update(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[]) IS
+COMMENT ON FUNCTION apikeys_internal._apikey_update(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text) IS
     'internal half of apikey_update; the first argument is the calling role';
-REVOKE ALL ON FUNCTION apikeys_internal._apikey_update(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_update(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text) FROM PUBLIC;
 
 -------------------------------------------------------------------------------
 -- 7. Lifecycle, public entry points (C, invoker rights; see src/lifecycle.c).
@@ -997,12 +1131,15 @@ CREATE FUNCTION @extschema@.apikey_create(name pg_catalog.text,
                                           metadata pg_catalog.jsonb DEFAULT '{}',
                                           allowed_ips pg_catalog.cidr[] DEFAULT NULL,
                                           allowed_origins pg_catalog.text[] DEFAULT NULL,
+                                          rate_limit pg_catalog.text DEFAULT NULL,
+                                          remaining pg_catalog.int8 DEFAULT NULL,
+                                          refill pg_catalog.text DEFAULT NULL,
                                           revealable pg_catalog.bool DEFAULT false)
 RETURNS TABLE (key_id pg_catalog.text, token pg_catalog.text)
 AS 'MODULE_PATHNAME', 'apikeys_create'
 LANGUAGE C VOLATILE ROWS 1;
-COMMENT ON FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.bool) IS
-    'creates a key for role (default: the calling role, which must be a member of it unless an admin); returns the token, shown this once (revealable => true keeps it sealed under the key-encryption key, for apikey_reveal)';
+COMMENT ON FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text, pg_catalog.bool) IS
+    'creates a key for role (default: the calling role, which must be a member of it unless an admin); returns the token, shown this once; rate_limit (''100/second'', ''10/second burst 20, 5000/hour''), remaining (a quota of uses) and refill (''1000/day'', ''N/month on day D'') need shared_preload_libraries; revealable => true keeps the token sealed under the key-encryption key, for apikey_reveal';
 
 CREATE FUNCTION @extschema@.apikey_update(key_id pg_catalog.text,
                                           name pg_catalog.text DEFAULT NULL,
@@ -1011,40 +1148,48 @@ CREATE FUNCTION @extschema@.apikey_update(key_id pg_catalog.text,
                                           metadata pg_catalog.jsonb DEFAULT NULL,
                                           role pg_catalog.regrole DEFAULT NULL,
                                           allowed_ips pg_catalog.cidr[] DEFAULT NULL,
-                                          allowed_origins pg_catalog.text[] DEFAULT NULL)
+                                          allowed_origins pg_catalog.text[] DEFAULT NULL,
+                                          rate_limit pg_catalog.text DEFAULT NULL,
+                                          remaining pg_catalog.int8 DEFAULT NULL,
+                                          refill pg_catalog.text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[]) IS
-    'changes a key''s settings; a null argument leaves that setting unchanged; expires_at => ''infinity'' removes the expiry, allowed_ips or allowed_origins => ''{}'' removes that restriction';
+COMMENT ON FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text) IS
+    'changes a key''s settings; a null argument leaves that setting unchanged; expires_at => ''infinity'' removes the expiry, allowed_ips or allowed_origins => ''{}'' removes that restriction, rate_limit =>  the rate limits, remaining => -1 the quota, refill =>  the refill; remaining => N sets the uses left to N';
 
 -------------------------------------------------------------------------------
 -- 8. Verification (C, invoker rights, reads the catalog by direct index
 -- scan).  It takes the client's address and web origin for keys restricted
--- to networks or origins.
+-- to networks or origins, and the request's cost for rate limits and quotas.
 -------------------------------------------------------------------------------
+ALTER TYPE @extschema@.verification
+    ADD ATTRIBUTE retry_after pg_catalog.interval,
+    ADD ATTRIBUTE remaining pg_catalog.int8;
 CREATE FUNCTION @extschema@.apikey_verify(token pg_catalog.text,
                                           scope pg_catalog.text DEFAULT NULL,
                                           client_ip pg_catalog.inet DEFAULT NULL,
-                                          origin pg_catalog.text DEFAULT NULL)
+                                          origin pg_catalog.text DEFAULT NULL,
+                                          cost pg_catalog.int4 DEFAULT 1)
 RETURNS @extschema@.verification
 AS 'MODULE_PATHNAME', 'apikey_verify_text'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
-    'checks a token (optionally that the key has scope, and that client_ip and origin are allowed); never raises for bad input: returns status invalid';
+COMMENT ON FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4) IS
+    'checks a token (optionally that the key has scope, and that client_ip and origin are allowed); a valid request spends cost (0: check only) of the key''s rate limits and quota; never raises for bad input: returns status invalid';
 
 CREATE FUNCTION @extschema@.apikey_verify(token @extschema@.apikey,
                                           scope pg_catalog.text DEFAULT NULL,
                                           client_ip pg_catalog.inet DEFAULT NULL,
-                                          origin pg_catalog.text DEFAULT NULL)
+                                          origin pg_catalog.text DEFAULT NULL,
+                                          cost pg_catalog.int4 DEFAULT 1)
 RETURNS @extschema@.verification
 AS 'MODULE_PATHNAME', 'apikey_verify_apikey'
 LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
-    'checks a parsed token (optionally that the key has scope, and that client_ip and origin are allowed)';
+COMMENT ON FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4) IS
+    'checks a parsed token (optionally that the key has scope, and that client_ip and origin are allowed); a valid request spends cost (0: check only) of the key''s rate limits and quota';
 
 COMMENT ON TYPE @extschema@.verification IS
-    'result of apikey_verify: status is valid, invalid, expired, disabled, revoked, insufficient_scope, ip_not_allowed or origin_not_allowed; key details are null when status is invalid';
+    'result of apikey_verify: status is valid, invalid, expired, disabled, revoked, ip_not_allowed, origin_not_allowed, insufficient_scope, rate_limited or quota_exceeded; key details are null when status is invalid; retry_after says when a rate-limited request (or an exhausted quota with a refill) can succeed; remaining is the quota left';
 
 -------------------------------------------------------------------------------
 -- 9. Keys as roles: apikey_login, the key context for policies, and the
@@ -1059,21 +1204,23 @@ COMMENT ON TYPE @extschema@.verification IS
 CREATE FUNCTION @extschema@.apikey_login(token pg_catalog.text,
                                          scope pg_catalog.text DEFAULT NULL,
                                          client_ip pg_catalog.inet DEFAULT NULL,
-                                         origin pg_catalog.text DEFAULT NULL)
+                                         origin pg_catalog.text DEFAULT NULL,
+                                         cost pg_catalog.int4 DEFAULT 1)
 RETURNS @extschema@.verification
 AS 'MODULE_PATHNAME', 'apikey_login'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION @extschema@.apikey_login(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
-    'verifies a token, then SET LOCAL ROLE to the key''s role and records the key until the transaction ends; 28000 for a bad key, 42501 for a missing scope or a role the session user may not become, 53400 when over a limit';
+COMMENT ON FUNCTION @extschema@.apikey_login(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4) IS
+    'verifies a token (spending cost of the key''s rate limits and quota), then SET LOCAL ROLE to the key''s role and records the key until the transaction ends; 28000 for a bad key, 42501 for a missing scope or a role the session user may not become, 53400 when over a rate limit or quota';
 
 CREATE FUNCTION @extschema@.apikey_login(token @extschema@.apikey,
                                          scope pg_catalog.text DEFAULT NULL,
                                          client_ip pg_catalog.inet DEFAULT NULL,
-                                         origin pg_catalog.text DEFAULT NULL)
+                                         origin pg_catalog.text DEFAULT NULL,
+                                         cost pg_catalog.int4 DEFAULT 1)
 RETURNS @extschema@.verification
 AS 'MODULE_PATHNAME', 'apikey_login_apikey'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
-COMMENT ON FUNCTION @extschema@.apikey_login(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text) IS
+COMMENT ON FUNCTION @extschema@.apikey_login(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4) IS
     'apikey_login for a parsed token ($1::apikeys.apikey): a plan that holds the token prints it redacted';
 
 -- The helpers are STABLE, so policies that use them can use indexes; a
@@ -1166,7 +1313,260 @@ COMMENT ON FUNCTION @extschema@.pre_request() IS
     'PostgREST db-pre-request hook: logs in with the api key from request.headers (Authorization: Bearer or ApiKey, x-api-key, apikey) and enforces route scopes and apikeys.require_key; rejects with HTTP 401, 403 or 429 (RAISE SQLSTATE PGRST)';
 
 -------------------------------------------------------------------------------
--- 10. The result type.  It is a composite type, so a relation in schema
+-- 10. Rate limits, quotas and usage (src/shmem.c, limits.c, usage.c,
+-- worker.c).
+--
+-- Enforced and counted in shared memory (shared_preload_libraries =
+-- 'apikeys'); the background worker writes usage and quota state into the
+-- tables below, in transactions of its own, as the bootstrap superuser.  It
+-- never updates the key catalog.  Users read through the views in schema
+-- apikeys; the tables have row-level security enabled and forced.
+-------------------------------------------------------------------------------
+CREATE TABLE apikeys_internal.usage (
+    key_id         pg_catalog.text COLLATE "C" PRIMARY KEY,
+    uses           pg_catalog.int8 NOT NULL DEFAULT 0,
+    failures       pg_catalog.int8 NOT NULL DEFAULT 0,
+    rate_limited   pg_catalog.int8 NOT NULL DEFAULT 0,
+    quota_exceeded pg_catalog.int8 NOT NULL DEFAULT 0,
+    last_used_at   pg_catalog.timestamptz,
+    updated_at     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE apikeys_internal.usage IS
+    'usage of each key as last flushed by the apikeys worker (shared memory holds what came since); read it through apikeys.usage';
+COMMENT ON COLUMN apikeys_internal.usage.uses IS 'valid verifications';
+COMMENT ON COLUMN apikeys_internal.usage.failures IS
+    'verifications of this key id refused for a wrong secret, a dropped role, revocation, disabling, expiry, address, origin or scope';
+COMMENT ON COLUMN apikeys_internal.usage.rate_limited IS 'verifications refused by a rate limit';
+COMMENT ON COLUMN apikeys_internal.usage.quota_exceeded IS 'verifications refused by an exhausted quota';
+COMMENT ON COLUMN apikeys_internal.usage.last_used_at IS 'last valid verification';
+COMMENT ON COLUMN apikeys_internal.usage.updated_at IS 'last flush that changed the row';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.usage', '');
+ALTER TABLE apikeys_internal.usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.usage FORCE ROW LEVEL SECURITY;
+CREATE POLICY usage_admin ON apikeys_internal.usage
+    FOR ALL
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
+    WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+REVOKE ALL ON apikeys_internal.usage FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.usage TO apikeys_admin;
+
+CREATE TABLE apikeys_internal.usage_hourly (
+    key_id         pg_catalog.text COLLATE "C" NOT NULL,
+    hour           pg_catalog.timestamptz NOT NULL,
+    uses           pg_catalog.int8 NOT NULL DEFAULT 0,
+    failures       pg_catalog.int8 NOT NULL DEFAULT 0,
+    rate_limited   pg_catalog.int8 NOT NULL DEFAULT 0,
+    quota_exceeded pg_catalog.int8 NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, hour)
+);
+COMMENT ON TABLE apikeys_internal.usage_hourly IS
+    'usage of each key per hour, written by the apikeys worker at every flush; kept for apikeys.usage_retention; read it through apikeys.usage_hourly';
+COMMENT ON COLUMN apikeys_internal.usage_hourly.hour IS 'start of the hour (UTC-aligned)';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.usage_hourly', '');
+ALTER TABLE apikeys_internal.usage_hourly ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.usage_hourly FORCE ROW LEVEL SECURITY;
+-- everyone sees the history of the keys they can see; admins all of it,
+-- deleted keys included
+CREATE POLICY usage_hourly_visible ON apikeys_internal.usage_hourly
+    FOR SELECT
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role())
+           OR EXISTS (SELECT 1 FROM apikeys_internal.key_catalog k
+                       WHERE k.key_id OPERATOR(pg_catalog.=) usage_hourly.key_id));
+CREATE POLICY usage_hourly_admin ON apikeys_internal.usage_hourly
+    FOR ALL
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
+    WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+REVOKE ALL ON apikeys_internal.usage_hourly FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.usage_hourly TO PUBLIC;
+
+CREATE TABLE apikeys_internal.quota_state (
+    key_id       pg_catalog.text COLLATE "C" PRIMARY KEY,
+    quota_set_at pg_catalog.timestamptz NOT NULL,
+    remaining    pg_catalog.int8 NOT NULL,
+    refilled_at  pg_catalog.timestamptz,
+    updated_at   pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE apikeys_internal.quota_state IS
+    'remaining quota of each key as last flushed by the apikeys worker; shared memory starts from it after a restart; the listing shows the live value';
+COMMENT ON COLUMN apikeys_internal.quota_state.quota_set_at IS
+    'the key_catalog.quota_set_at this count descends from; an older one is ignored';
+COMMENT ON COLUMN apikeys_internal.quota_state.refilled_at IS 'start of the refill period last applied';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.quota_state', '');
+ALTER TABLE apikeys_internal.quota_state ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.quota_state FORCE ROW LEVEL SECURITY;
+CREATE POLICY quota_state_admin ON apikeys_internal.quota_state
+    FOR ALL
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
+    WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+REVOKE ALL ON apikeys_internal.quota_state FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.quota_state TO apikeys_admin;
+
+-- Limits shared by every key of a role, on top of each key's own.
+CREATE TABLE apikeys_internal.role_limits (
+    role       pg_catalog.regrole PRIMARY KEY,
+    rate_limit pg_catalog.text[] NOT NULL,
+    set_at     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    set_by     pg_catalog.regrole NOT NULL
+);
+COMMENT ON TABLE apikeys_internal.role_limits IS
+    'rate limits shared by all keys of a role, set by apikey_set_role_limit; read by verify from a per-backend copy refreshed at commit';
+COMMENT ON COLUMN apikeys_internal.role_limits.rate_limit IS 'normalized rate limits, all of which a request must fit';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.role_limits', '');
+ALTER TABLE apikeys_internal.role_limits ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.role_limits FORCE ROW LEVEL SECURITY;
+CREATE POLICY role_limits_visible ON apikeys_internal.role_limits
+    FOR SELECT
+    USING (apikeys_internal._may_act_for(apikeys_internal._current_role(), role::pg_catalog.oid));
+CREATE POLICY role_limits_admin ON apikeys_internal.role_limits
+    FOR ALL
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
+    WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+REVOKE ALL ON apikeys_internal.role_limits FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.role_limits TO PUBLIC;
+
+-- Ordinary DML sends no relcache invalidation: this trigger registers one,
+-- sent at commit and replayed on standbys, so every backend drops its copy.
+CREATE FUNCTION apikeys_internal._role_limits_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'apikeys_role_limits_changed'
+LANGUAGE C;
+COMMENT ON FUNCTION apikeys_internal._role_limits_changed() IS
+    'trigger: registers a relcache invalidation of role_limits, so that every backend reloads role limits when the change commits';
+REVOKE ALL ON FUNCTION apikeys_internal._role_limits_changed() FROM PUBLIC;
+CREATE TRIGGER role_limits_invalidate
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys_internal.role_limits
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._role_limits_changed();
+
+CREATE FUNCTION apikeys_internal._apikey_set_role_limit(p_caller pg_catalog.oid,
+                                                        p_role pg_catalog.regrole,
+                                                        p_rate_limit pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old_limit text[];
+    new_limit text[];
+BEGIN
+    IF p_role IS NULL THEN
+        RAISE EXCEPTION 'role must not be null'
+            USING ERRCODE = '22004';
+    END IF;
+    IF NOT apikeys_internal._is_admin(p_caller) THEN
+        RAISE EXCEPTION 'permission denied to set the rate limit of role %', p_role
+            USING ERRCODE = '42501',
+                  HINT = 'Only members of apikeys_admin and superusers set limits shared by the keys of a role.';
+    END IF;
+    IF NOT apikeys_internal._role_exists(p_role::oid) THEN
+        RAISE EXCEPTION 'role with oid % does not exist', p_role::oid
+            USING ERRCODE = '42704';
+    END IF;
+    new_limit := apikeys_internal._rate_limit_normalize(p_rate_limit);
+    SELECT r.rate_limit INTO old_limit FROM apikeys_internal.role_limits r
+     WHERE r.role = p_role FOR UPDATE;
+    IF old_limit IS NOT DISTINCT FROM new_limit THEN
+        RETURN;
+    END IF;
+    IF new_limit IS NULL THEN
+        DELETE FROM apikeys_internal.role_limits r WHERE r.role = p_role;
+    ELSE
+        PERFORM apikeys_internal._require_limits(true, false);
+        INSERT INTO apikeys_internal.role_limits AS r (role, rate_limit, set_by)
+        VALUES (p_role, new_limit, p_caller::regrole)
+        ON CONFLICT (role) DO UPDATE
+           SET rate_limit = excluded.rate_limit, set_at = clock_timestamp(), set_by = excluded.set_by;
+    END IF;
+    INSERT INTO apikeys_internal.audit_log (action, key_id, actor, actor_role, key_role, changes)
+    VALUES ('set_role_limit', NULL, session_user, pg_get_userbyid(p_caller), p_role,
+            jsonb_build_object('rate_limit', jsonb_build_object('old', to_jsonb(old_limit),
+                                                                'new', to_jsonb(new_limit))));
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_set_role_limit(pg_catalog.oid, pg_catalog.regrole, pg_catalog.text) IS
+    'internal half of apikey_set_role_limit; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_set_role_limit(pg_catalog.oid, pg_catalog.regrole, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apikey_set_role_limit(role pg_catalog.regrole,
+                                                  rate_limit pg_catalog.text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_set_role_limit(pg_catalog.regrole, pg_catalog.text) IS
+    'sets rate limits shared by all keys of role, on top of each key''s own (''1000/minute'', several separated by commas); null or '''' removes them; admins only; audited';
+
+CREATE VIEW @extschema@.role_limits WITH (security_invoker = true) AS
+SELECT r.role, r.rate_limit, r.set_at, r.set_by
+  FROM apikeys_internal.role_limits r;
+COMMENT ON VIEW @extschema@.role_limits IS
+    'rate limits shared by all keys of a role, for the roles the current role may issue keys for (admins: all)';
+GRANT SELECT ON @extschema@.role_limits TO PUBLIC;
+
+-- Usage: flushed plus live counts.
+CREATE FUNCTION apikeys_internal._usage(OUT key_id pg_catalog.text,
+                                        OUT uses pg_catalog.int8,
+                                        OUT failures pg_catalog.int8,
+                                        OUT rate_limited pg_catalog.int8,
+                                        OUT quota_exceeded pg_catalog.int8,
+                                        OUT last_used_at pg_catalog.timestamptz,
+                                        OUT unflushed pg_catalog.int8)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'apikeys_usage'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION apikeys_internal._usage() IS
+    'internal: usage of every key of this database, flushed plus live, each request counted once; raises 55000 when usage is unavailable';
+
+-- security_barrier: a caller's own conditions are applied after the join
+-- with the keys the caller may see, never to other keys' rows.
+CREATE VIEW @extschema@.usage WITH (security_invoker = true, security_barrier = true) AS
+SELECT k.key_id,
+       COALESCE(u.uses, 0) AS uses,
+       COALESCE(u.failures, 0) AS failures,
+       COALESCE(u.rate_limited, 0) AS rate_limited,
+       COALESCE(u.quota_exceeded, 0) AS quota_exceeded,
+       u.last_used_at,
+       apikeys_internal._remaining(k.key_id, k.quota, k.quota_refill, k.quota_set_at) AS remaining,
+       COALESCE(u.unflushed, 0) AS unflushed
+  FROM apikeys_internal.key_catalog k
+  LEFT JOIN apikeys_internal._usage() u ON u.key_id OPERATOR(pg_catalog.=) k.key_id;
+COMMENT ON VIEW @extschema@.usage IS
+    'usage of the keys visible to the current role, live: what the worker flushed plus what shared memory counted since (on a hot standby: the primary''s flushed counts plus this node''s own); raises when usage is unavailable (apikeys not preloaded, or not the database named by apikeys.database)';
+COMMENT ON COLUMN @extschema@.usage.uses IS 'valid verifications';
+COMMENT ON COLUMN @extschema@.usage.failures IS
+    'verifications refused for a wrong secret, a dropped role, revocation, disabling, expiry, address, origin or scope';
+COMMENT ON COLUMN @extschema@.usage.rate_limited IS 'verifications refused by a rate limit';
+COMMENT ON COLUMN @extschema@.usage.quota_exceeded IS 'verifications refused by an exhausted quota';
+COMMENT ON COLUMN @extschema@.usage.last_used_at IS 'last valid verification';
+COMMENT ON COLUMN @extschema@.usage.remaining IS 'uses left of the quota (null: no quota)';
+COMMENT ON COLUMN @extschema@.usage.unflushed IS
+    'verifications counted in shared memory and not yet written by the worker (a crash loses them)';
+GRANT SELECT ON @extschema@.usage TO PUBLIC;
+
+CREATE VIEW @extschema@.usage_hourly WITH (security_invoker = true) AS
+SELECT h.key_id, h.hour, h.uses, h.failures, h.rate_limited, h.quota_exceeded
+  FROM apikeys_internal.usage_hourly h;
+COMMENT ON VIEW @extschema@.usage_hourly IS
+    'usage per key and hour as flushed by the worker, for reports and billing (admins: every key, deleted ones included; others: the keys they can see); kept for apikeys.usage_retention';
+GRANT SELECT ON @extschema@.usage_hourly TO PUBLIC;
+
+CREATE FUNCTION @extschema@.usage_stats(OUT tracked pg_catalog.int4,
+                                        OUT capacity pg_catalog.int4,
+                                        OUT untracked pg_catalog.int8,
+                                        OUT refused pg_catalog.int8,
+                                        OUT evicted pg_catalog.int8,
+                                        OUT flushes pg_catalog.int8,
+                                        OUT flush_failures pg_catalog.int8,
+                                        OUT last_flush pg_catalog.timestamptz,
+                                        OUT database pg_catalog.text,
+                                        OUT worker_running pg_catalog.bool)
+RETURNS record
+AS 'MODULE_PATHNAME', 'apikeys_usage_stats'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.usage_stats() IS
+    'shared memory of limits and usage, for the whole server: keys and roles tracked, capacity (apikeys.max_tracked_keys), verifications not counted and limited requests refused because it was full, entries freed, flushes and failed flushes of the worker, its last flush, the database it serves and whether it runs';
+
+-------------------------------------------------------------------------------
+-- 11. The result type.  It is a composite type, so a relation in schema
 -- apikeys: a role that could hold a lock on it for long (CREATE TABLE ... OF
 -- it, in an open transaction) while queueing CREATE RULE on it could stall
 -- every backend that loads the type.  Only the creation of objects of the
@@ -1175,7 +1575,7 @@ COMMENT ON FUNCTION @extschema@.pre_request() IS
 REVOKE USAGE ON TYPE @extschema@.verification FROM PUBLIC;
 
 -------------------------------------------------------------------------------
--- 11. Privileges saved at the top of this script, applied to the objects
+-- 12. Privileges saved at the top of this script, applied to the objects
 -- that replaced the 0.1.0 ones (an object a DBA never touched keeps the new
 -- defaults).
 -------------------------------------------------------------------------------
@@ -1186,10 +1586,10 @@ DECLARE
     a record;
 BEGIN
     FOR o IN SELECT * FROM (VALUES
-        ('apikey_create', 'FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.bool)', 'EXECUTE'),
-        ('apikey_update', 'FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[])', 'EXECUTE'),
-        ('apikey_verify_text', 'FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text)', 'EXECUTE'),
-        ('apikey_verify_apikey', 'FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text)', 'EXECUTE'),
+        ('apikey_create', 'FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text, pg_catalog.bool)', 'EXECUTE'),
+        ('apikey_update', 'FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text)', 'EXECUTE'),
+        ('apikey_verify_text', 'FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4)', 'EXECUTE'),
+        ('apikey_verify_apikey', 'FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4)', 'EXECUTE'),
         ('keys', 'TABLE @extschema@.keys', 'SELECT'),
         ('audit_log', 'TABLE @extschema@.audit_log', 'SELECT')) AS t(name, object, privilege)
     LOOP

@@ -3,10 +3,11 @@
  *		Module entry point of the apikeys extension.
  *
  * The token format lives in token.c, the apikey type in type.c, the verify
- * hot path in verify.c, the lifecycle entry points in lifecycle.c, and
+ * hot path in verify.c, the lifecycle entry points in lifecycle.c,
  * logins, the key context and the PostgREST hook in session.c, the lock
- * guard for CREATE RULE in guard.c, and the lookup of the extension's own
- * objects in objects.c.
+ * guard for CREATE RULE in guard.c, the lookup of the extension's own
+ * objects in objects.c, and rate limits, quotas and usage in shmem.c,
+ * limits.c, usage.c and worker.c.
  */
 #include "postgres.h"
 
@@ -22,13 +23,16 @@ void		_PG_init(void);
 
 /*
  * Library load: define the apikeys.* settings and register callbacks.  Runs
- * at server start when preloaded, else at the first call in a backend.
+ * at server start when preloaded, else at the first call in a backend; when
+ * preloaded, it also reserves shared memory and registers the background
+ * worker (shmem.c).
  */
 void
 _PG_init(void)
 {
 	apikeys_session_init();
 	apikeys_guard_init();
+	apikeys_shmem_init();
 	apikeys_request_init();		/* apikeys.approver_role */
 	apikeys_reveal_init();		/* apikeys.kek_file */
 

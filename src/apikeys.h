@@ -106,6 +106,10 @@ enum
 	Anum_key_revoked_at,
 	Anum_key_allowed_ips,		/* added in 0.2.0 */
 	Anum_key_allowed_origins,	/* added in 0.2.0 */
+	Anum_key_rate_limit,		/* added in 0.2.0: limits and quotas */
+	Anum_key_quota,
+	Anum_key_quota_refill,
+	Anum_key_quota_set_at,
 	Natts_key
 };
 #define Natts_key_catalog		(Natts_key - 1)
@@ -159,6 +163,9 @@ typedef struct ApiKeyRequest
 	text	   *scope;			/* NULL: no scope required */
 	inet	   *client_ip;		/* NULL: unknown */
 	text	   *origin;			/* NULL: unknown */
+	int32		cost;			/* what the request spends of limits and
+								 * quota (0: check only); callers set 1 by
+								 * default */
 } ApiKeyRequest;
 
 /*
@@ -175,6 +182,11 @@ typedef struct ApiKeyVerdict
 	Jsonb	   *metadata;
 	bool		has_expiry;
 	TimestampTz expires_at;
+	/* set by apikey_limits_apply (limits.c) */
+	bool		has_retry_after;	/* rate_limited, and retrying can help */
+	int64		retry_after;	/* microseconds until a retry can succeed */
+	bool		has_remaining;	/* the key has a quota */
+	int64		remaining;		/* quota left after this request */
 } ApiKeyVerdict;
 
 extern const char *apikey_status_name(ApiKeyStatus status);
@@ -208,5 +220,39 @@ extern void apikeys_reveal_init(void);
 
 /* session.c: apikey_login, the key context, pre_request, their settings */
 extern void apikeys_session_init(void);
+
+/*
+ * limits.c: rate limits and quotas of a key, parsed from its catalog row.
+ * A plain fixed-size struct, so that a key cache can keep it as it is.
+ */
+#define APIKEY_MAX_WINDOWS		4	/* rate-limit windows per key or role */
+#define APIKEY_MAX_COST			1000000
+
+typedef struct ApiKeyWindow
+{
+	int64		period;			/* window length, microseconds */
+	int64		count;			/* requests per window (the refill rate) */
+	int64		burst;			/* requests admitted at once */
+} ApiKeyWindow;
+
+typedef struct ApiKeyLimits
+{
+	int			nwindows;
+	ApiKeyWindow windows[APIKEY_MAX_WINDOWS];
+	bool		has_quota;
+	int64		quota;			/* remaining uses, as last set */
+	TimestampTz quota_set_at;	/* when it was set: its version */
+	char		refill_unit;	/* 0 (none), 'h'our, 'd'ay, 'm'onth */
+	int			refill_day;		/* of the month, 1-31 */
+	int64		refill_amount;
+} ApiKeyLimits;
+
+extern void apikey_limits_from_row(const Datum *values, const bool *nulls,
+								   int natts, ApiKeyLimits *out);
+extern void apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim,
+								int32 cost, TimestampTz now, ApiKeyVerdict *v);
+
+/* shmem.c, limits.c, usage.c, worker.c: settings, hooks, the worker */
+extern void apikeys_shmem_init(void);
 
 #endif							/* APIKEYS_H */

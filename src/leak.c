@@ -134,7 +134,7 @@ apikey_report_leak(PG_FUNCTION_ARGS)
 	text	   *source = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 	ApiKeyToken tok;
 	bool		native;
-	ApiKeyRequest req = {NULL, NULL, NULL};
+	ApiKeyRequest req = {NULL, NULL, NULL, 0};	/* cost 0: checks, spends nothing */
 	ApiKeyVerdict v;
 	uint8		digest[APIKEY_DIGEST_LEN];
 	bytea	   *digest_b;

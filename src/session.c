@@ -331,6 +331,15 @@ verification_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
 			values[i] = JsonbPGetDatum(v->metadata);
 		else if (strcmp(col, "name") == 0 && v->name != NULL)
 			values[i] = PointerGetDatum(v->name);
+		else if (strcmp(col, "retry_after") == 0 && v->has_retry_after)
+		{
+			Interval   *iv = (Interval *) palloc0(sizeof(Interval));
+
+			iv->time = v->retry_after;
+			values[i] = IntervalPGetDatum(iv);
+		}
+		else if (strcmp(col, "remaining") == 0 && v->has_remaining)
+			values[i] = Int64GetDatum(v->remaining);
 		else
 			continue;
 		nulls[i] = false;
@@ -375,14 +384,16 @@ verify_apikey_datum(FunctionCallInfo fcinfo, int argno, const ApiKeyRequest *req
 
 static Datum login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req,
 							ApiKeyVerdict *v);
+static int	retry_after_seconds(const ApiKeyVerdict *v);
 
-/* The request arguments of apikey_login: scope, client_ip, origin. */
+/* The request arguments of apikey_login: scope, client_ip, origin, cost. */
 static void
 login_request(FunctionCallInfo fcinfo, ApiKeyRequest *req)
 {
 	req->scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 	req->client_ip = PG_ARGISNULL(2) ? NULL : PG_GETARG_INET_PP(2);
 	req->origin = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
+	req->cost = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_INT32(4) : 1;
 }
 
 /* SQL function: apikey_login(text, text, inet, text) returns apikeys.verification */
@@ -450,7 +461,9 @@ login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req, ApiKeyVerdict 
 			ereport(ERROR,
 					(errcode(APIKEY_ERRCODE_LIMITED),
 					 errmsg("api key is over its limit"),
-					 errdetail_internal("%s", status_sentence(v->status))));
+					 errdetail_internal("%s", status_sentence(v->status)),
+					 v->has_retry_after ?
+					 errhint("Retry in %d seconds.", retry_after_seconds(v)) : 0));
 			break;
 		case LOGIN_SUPERUSER_ROLE:
 		case LOGIN_BYPASSRLS_ROLE:
@@ -965,14 +978,16 @@ reject_code(ApiKeyStatus status)
 }
 
 /*
- * Seconds a rate-limited client should wait.  The limits feature reports
- * this in the verdict; until then the client is told to retry after a
- * second.
+ * Whole seconds a limited client should wait (HTTP's Retry-After): the
+ * verdict's retry_after rounded up, at least 1.  Only when the verdict has
+ * one: an exhausted quota without a refill does not come back by waiting.
  */
 static int
 retry_after_seconds(const ApiKeyVerdict *v)
 {
-	return 1;
+	int64		secs = (v->retry_after + USECS_PER_SEC - 1) / USECS_PER_SEC;
+
+	return (int) Max(1, Min(secs, INT_MAX));
 }
 
 /* Reject a request whose key failed to log in (never returns). */
@@ -1004,7 +1019,8 @@ reject_login(LoginRefusal why, const ApiKeyVerdict *v, const Credentials *cr,
 		case LOGIN_LIMITED:
 			reject(429, reject_code(v->status), "api key is over its limit",
 				   status_sentence(v->status), NULL,
-				   "Retry-After", psprintf("%d", retry_after_seconds(v)));
+				   v->has_retry_after ? "Retry-After" : NULL,
+				   v->has_retry_after ? psprintf("%d", retry_after_seconds(v)) : NULL);
 		case LOGIN_SUPERUSER_ROLE:
 		case LOGIN_BYPASSRLS_ROLE:
 		case LOGIN_NOT_MEMBER:
@@ -1083,6 +1099,7 @@ apikeys_pre_request(PG_FUNCTION_ARGS)
 	req.scope = scopes != NIL ? cstring_to_text(linitial(scopes)) : NULL;
 	req.client_ip = client_ip_from(&hp.h[H_CLIENT_IP]);
 	req.origin = origin_from(&hp);
+	req.cost = 1;
 	if (strlen(cr.token) > APIKEY_INPUT_MAXLEN)
 		apikey_verify_token(NULL, 0, &req, &v); /* invalid, unread */
 	else

@@ -57,6 +57,9 @@ enum
 	Vf_expires_at,
 	Vf_metadata,
 	Vf_name,
+	Vf_natts_0_1,				/* 0.1.0 ends here */
+	Vf_retry_after = Vf_natts_0_1,
+	Vf_remaining,
 	Vf_natts
 };
 
@@ -77,6 +80,7 @@ typedef struct KeyRow
 	bool		ips_null;
 	Datum		allowed_origins;
 	bool		origins_null;
+	ApiKeyLimits limits;		/* rate limits and quota (limits.c) */
 } KeyRow;
 
 /*
@@ -270,6 +274,7 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 				row->origins_null = nulls[COL(Anum_key_allowed_origins)];
 				if (!row->origins_null)
 					row->allowed_origins = copy_varlena(values[COL(Anum_key_allowed_origins)]);
+				apikey_limits_from_row(values, nulls, natts, &row->limits);
 			}
 		}
 #undef COL
@@ -475,7 +480,8 @@ verdict_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
 	if (!OidIsValid(rettype))
 		rettype = get_func_rettype(fcinfo->flinfo->fn_oid);
 	tupdesc = lookup_rowtype_tupdesc(rettype, -1);
-	if (tupdesc->natts != Vf_natts)
+	/* (a database still at 0.1.0 has a shorter type) */
+	if (tupdesc->natts != Vf_natts && tupdesc->natts != Vf_natts_0_1)
 		elog(ERROR, "apikeys.verification has %d columns, expected %d",
 			 tupdesc->natts, Vf_natts);
 
@@ -513,6 +519,19 @@ verdict_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
 		values[Vf_name] = PointerGetDatum(v->name);
 		nulls[Vf_name] = false;
 	}
+	if (v->has_retry_after)
+	{
+		Interval   *iv = (Interval *) palloc0(sizeof(Interval));
+
+		iv->time = v->retry_after;
+		values[Vf_retry_after] = IntervalPGetDatum(iv);
+		nulls[Vf_retry_after] = false;
+	}
+	if (v->has_remaining)
+	{
+		values[Vf_remaining] = Int64GetDatum(v->remaining);
+		nulls[Vf_remaining] = false;
+	}
 	result = HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 	ReleaseTupleDesc(tupdesc);
 	return result;
@@ -538,12 +557,19 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 	memset(&row, 0, sizeof(row));
 	/* one clock reading serves the grace period and the expiry */
 	now = GetCurrentTimestamp();
-	if (!lookup_key(prefix, prefix_len, key_id, digest, now, &row) || !row.secret_ok)
+	if (!lookup_key(prefix, prefix_len, key_id, digest, now, &row))
 		return;
 
-	/* A key whose role was dropped is orphaned: it authenticates nobody. */
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(row.role)))
+	/*
+	 * A wrong secret; or a key whose role was dropped: it is orphaned and
+	 * authenticates nobody.  Either counts as a failure of that key id.
+	 */
+	if (!row.secret_ok || !SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(row.role)))
+	{
+		/* apikeys limits and usage (limits.c): count the failure */
+		apikey_limits_apply(key_id, NULL, req->cost, now, out);
 		return;
+	}
 
 	memcpy(out->key_id, key_id, APIKEY_KEY_ID_LEN);
 	out->key_id[APIKEY_KEY_ID_LEN] = '\0';
@@ -575,6 +601,13 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 		out->status = APIKEY_INSUFFICIENT_SCOPE;
 	else
 		out->status = APIKEY_VALID;
+
+	/*
+	 * apikeys limits and usage (limits.c): a valid request spends its cost
+	 * of the key's rate limits and quota, or becomes rate_limited or
+	 * quota_exceeded; every status is counted in the key's usage.
+	 */
+	apikey_limits_apply(key_id, &row.limits, req->cost, now, out);
 }
 
 /*
@@ -608,6 +641,7 @@ request_from_args(FunctionCallInfo fcinfo, ApiKeyRequest *req)
 	req->scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 	req->client_ip = PG_NARGS() > 2 && !PG_ARGISNULL(2) ? PG_GETARG_INET_PP(2) : NULL;
 	req->origin = PG_NARGS() > 3 && !PG_ARGISNULL(3) ? PG_GETARG_TEXT_PP(3) : NULL;
+	req->cost = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_INT32(4) : 1;
 }
 
 /* SQL function: apikey_verify(text, text, inet, text) returns apikeys.verification */

@@ -13,7 +13,9 @@ ensure_deps
 echo "== build (warnings are errors)"
 build_and_install
 
-start_cluster
+# The regression database is the one the apikeys worker serves, so the
+# suites see usage counted and quotas allowed.
+start_cluster "apikeys.database = 'contrib_regression'" "apikeys.usage_flush_interval = '500ms'"
 trap stop_cluster EXIT
 echo "== cluster: $PGDATA_DIR on port $PGPORT"
 

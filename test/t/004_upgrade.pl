@@ -69,6 +69,8 @@ $node->safe_psql('upgraded', q{
     CREATE FUNCTION apikeys_internal._apikey_create(oid, text, regrole, text[], timestamptz, text, jsonb,
         OUT new_key_id text, OUT new_token text) LANGUAGE plpgsql AS
     $$BEGIN EXECUTE 'ALTER ROLE regress_planter SUPERUSER'; new_key_id := 'pwned'; new_token := 'x'; END$$;
+    CREATE TABLE apikeys_internal.role_limits (role regrole PRIMARY KEY, rate_limit text[] NOT NULL);
+    INSERT INTO apikeys_internal.role_limits VALUES ('postgres', '{1/day}'), ('regress_up', '{1/day}');
 }, extra_params => [ '-U', 'regress_planter' ]);
 # the forged token, checksum and all (CRC-32 is no secret)
 my $body = 'ak_EVILEVILEVIL_' . ('S' x 32);
@@ -80,6 +82,7 @@ my $forged = $body . $sum;
 is($node->safe_psql('upgraded', "SELECT apikeys.apikey_key_id('$forged'::apikeys.apikey)"),
    'EVILEVILEVIL', 'the forged token is well-formed');
 is($node->safe_psql('upgraded', $statuses), $before, 'a planted schema changes no status');
+is($node->safe_psql('upgraded', $statuses), $before, 'a planted role limit limits nothing');
 is($node->safe_psql('upgraded', q{SELECT key_id IS NOT NULL AND key_id <> 'pwned' FROM apikeys.apikey_create('after planting')}),
    't', 'create uses the extension\'s own function, not the planted one');
 is($node->safe_psql('upgraded', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_planter'}),
@@ -139,7 +142,7 @@ $node->safe_psql('acls', q{
 is($node->safe_psql('acls', q{
     SELECT has_function_privilege('public', (SELECT p.oid FROM pg_proc p WHERE p.proname = 'apikey_create' AND p.pronamespace = 'apikeys'::regnamespace), 'EXECUTE'),
            has_function_privilege('regress_minter', (SELECT p.oid FROM pg_proc p WHERE p.proname = 'apikey_create' AND p.pronamespace = 'apikeys'::regnamespace), 'EXECUTE'),
-           has_function_privilege('public', 'apikeys.apikey_verify(text, text, inet, text)', 'EXECUTE'),
+           has_function_privilege('public', 'apikeys.apikey_verify(text, text, inet, text, int4)', 'EXECUTE'),
            has_table_privilege('public', 'apikeys.keys', 'SELECT'),
            has_table_privilege('regress_reader', 'apikeys.keys', 'SELECT'),
            has_table_privilege('public', 'apikeys.audit_log', 'SELECT')}),
@@ -208,7 +211,7 @@ my $upgraded = $node->safe_psql('upgraded', $describe);
 my $fresh = $node->safe_psql('fresh', $describe);
 ok(length($fresh) > 10000, 'the description covers the extension (' . length($fresh) . ' bytes)');
 like($fresh, qr/^policy apikeys_internal\.key_catalog key_catalog_visible/m, 'description includes policies');
-like($fresh, qr/^function apikeys\.apikey_verify\(text,text,inet,text\)/m, 'description includes functions');
+like($fresh, qr/^function apikeys\.apikey_verify\(text,text,inet,text,integer\)/m, 'description includes functions');
 if ($upgraded ne $fresh)
 {
     my %f = map { $_ => 1 } split /\n/, $fresh;

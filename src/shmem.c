@@ -1,0 +1,459 @@
+/*
+ * shmem.c
+ *		The shared-memory segment of apikeys: its header, the table of
+ *		tracked keys and roles (partitioned, sized by apikeys.max_tracked_keys),
+ *		and the file that carries it across a clean restart.
+ *
+ * Only with shared_preload_libraries = 'apikeys'.  The segment is a header
+ * followed by areas, each sized and attached by one entry of the area table
+ * below: the table of tracked keys today, an audit queue later.  The table
+ * is a dynahash in 16 partitions, each under its own LWLock; an entry is
+ * keyed by (database OID, kind, key id or role OID), so every database of
+ * the cluster shares it and none sees another's entries.
+ *
+ * Capacity is enforced by a counter, never by running out of memory: keys
+ * tracked only for their usage may fill 90% of the table, and the last 10%
+ * is kept for keys that have limits or quotas.  The worker frees entries
+ * that hold nothing unwritten (usage.c, apikeys_entry_clean).
+ *
+ * At a clean shutdown the postmaster writes the table to
+ * pg_stat/apikeys.stat and reads it back at the next start (as
+ * pg_stat_statements does), so pending usage, rate-limit windows and quota
+ * state survive a restart exactly.  After a crash the file is absent (it is
+ * removed once read), and what was not flushed is lost.
+ */
+#include "postgres.h"
+
+#include <unistd.h>
+
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "apikeys.h"
+#include "compat.h"
+#include "shmem.h"
+
+#define APIKEYS_DUMP_FILE		"pg_stat/apikeys.stat"
+#define APIKEYS_TRANCHE			"apikeys"
+
+ApiKeysShmem *apikeys_shmem = NULL;
+HTAB	   *apikeys_entries = NULL;
+
+int			apikeys_max_tracked_keys = 10000;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/*
+ * The areas of the segment, after the header.  Each sizes itself at
+ * startup and attaches (creating it the first time) in every process.
+ */
+typedef struct ApiKeysShmemArea
+{
+	Size		(*size) (void);
+	void		(*attach) (void);
+} ApiKeysShmemArea;
+
+static Size entries_size(void);
+static void entries_attach(void);
+
+static const ApiKeysShmemArea areas[] = {
+	{entries_size, entries_attach},
+	/* an audit queue (a later release) goes here */
+};
+
+/* Bytes of the table of tracked keys. */
+static Size
+entries_size(void)
+{
+	return hash_estimate_size(apikeys_max_tracked_keys, sizeof(ApiKeysEntry));
+}
+
+/* Create or attach the table of tracked keys. */
+static void
+entries_attach(void)
+{
+	HASHCTL		info;
+
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(ApiKeysEntryKey);
+	info.entrysize = sizeof(ApiKeysEntry);
+	info.num_partitions = APIKEYS_PARTITIONS;
+	apikeys_entries = ShmemInitHash("apikeys tracked keys",
+									apikeys_max_tracked_keys,
+									apikeys_max_tracked_keys,
+									&info,
+									HASH_ELEM | HASH_BLOBS | HASH_PARTITION);
+}
+
+/* shmem_request_hook: reserve the segment and the partition locks. */
+static void
+apikeys_shmem_request(void)
+{
+	Size		size = MAXALIGN(sizeof(ApiKeysShmem));
+
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	for (size_t i = 0; i < lengthof(areas); i++)
+		size = add_size(size, areas[i].size());
+	RequestAddinShmemSpace(size);
+	RequestNamedLWLockTranche(APIKEYS_TRANCHE, APIKEYS_PARTITIONS);
+}
+
+static void dump_entries(int code, Datum arg);
+static void load_entries(void);
+
+/* shmem_startup_hook: create or attach the header and every area. */
+static void
+apikeys_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	apikeys_shmem = ShmemInitStruct("apikeys", sizeof(ApiKeysShmem), &found);
+	if (!found)
+	{
+		memset(apikeys_shmem, 0, sizeof(ApiKeysShmem));
+		apikeys_shmem->layout = APIKEYS_SHMEM_LAYOUT;
+		apikeys_shmem->max_entries = apikeys_max_tracked_keys;
+		apikeys_shmem->locks = GetNamedLWLockTranche(APIKEYS_TRANCHE);
+		pg_atomic_init_u32(&apikeys_shmem->nentries, 0);
+		pg_atomic_init_u64(&apikeys_shmem->untracked, 0);
+		pg_atomic_init_u64(&apikeys_shmem->refused, 0);
+		pg_atomic_init_u64(&apikeys_shmem->evicted, 0);
+		pg_atomic_init_u64(&apikeys_shmem->flush_seq, 0);
+		pg_atomic_init_u32(&apikeys_shmem->full, 0);
+		SpinLockInit(&apikeys_shmem->mutex);
+	}
+	for (size_t i = 0; i < lengthof(areas); i++)
+		areas[i].attach();
+	LWLockRelease(AddinShmemInitLock);
+
+	/* The postmaster reads the last shutdown's table, and writes it at exit. */
+	if (!IsUnderPostmaster)
+	{
+		on_shmem_exit(dump_entries, (Datum) 0);
+		if (!found)
+			load_entries();
+	}
+}
+
+/* Is the segment there (the library was preloaded)? */
+bool
+apikeys_shmem_ready(void)
+{
+	return apikeys_shmem != NULL && apikeys_entries != NULL;
+}
+
+/* Raise 55000 unless the library was preloaded; what names the feature. */
+void
+apikeys_require_shmem(const char *what)
+{
+	if (!apikeys_shmem_ready())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s need apikeys loaded at server start", what),
+				 errdetail("Rate limits, quotas and usage are kept in shared memory."),
+				 errhint("Add apikeys to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* Fill in an entry key; id is a key id, or a role OID for a role entry. */
+void
+apikeys_entry_key(ApiKeysEntryKey *k, Oid dboid, char kind, const char *id)
+{
+	memset(k, 0, sizeof(*k));
+	k->dboid = dboid;
+	k->kind = kind;
+	memcpy(k->id, id, APIKEY_KEY_ID_LEN);
+}
+
+/* Hash of an entry key, which also picks its partition. */
+uint32
+apikeys_entry_hash(const ApiKeysEntryKey *k)
+{
+	return get_hash_value(apikeys_entries, k);
+}
+
+/* The lock of the partition an entry key falls in. */
+LWLock *
+apikeys_partition_lock(uint32 hash)
+{
+	return &apikeys_shmem->locks[hash % APIKEYS_PARTITIONS].lock;
+}
+
+/* Find an entry; the caller holds its partition lock. */
+ApiKeysEntry *
+apikeys_entry_find(const ApiKeysEntryKey *k, uint32 hash)
+{
+	return (ApiKeysEntry *) hash_search_with_hash_value(apikeys_entries, k, hash,
+														HASH_FIND, NULL);
+}
+
+/*
+ * Find or create an entry; the caller holds its partition lock exclusive.
+ * Returns NULL when the table is full: entries without limits may take 90%
+ * of it, entries with limits all of it.
+ */
+ApiKeysEntry *
+apikeys_entry_enter(const ApiKeysEntryKey *k, uint32 hash, bool limited)
+{
+	ApiKeysEntry *e;
+	bool		found;
+	uint32		cap = (uint32) apikeys_shmem->max_entries;
+
+	e = apikeys_entry_find(k, hash);
+	if (e != NULL)
+		return e;
+	if (!limited)
+		cap = cap - cap / 10;
+	if (pg_atomic_fetch_add_u32(&apikeys_shmem->nentries, 1) >= cap)
+	{
+		pg_atomic_fetch_sub_u32(&apikeys_shmem->nentries, 1);
+		/* the worker may be able to free some: tell it, once per attempt */
+		if (pg_atomic_read_u32(&apikeys_shmem->full) == 0 &&
+			pg_atomic_exchange_u32(&apikeys_shmem->full, 1) == 0)
+			apikeys_wake_worker();
+		return NULL;
+	}
+	e = (ApiKeysEntry *) hash_search_with_hash_value(apikeys_entries, k, hash,
+													 HASH_ENTER_NULL, &found);
+	if (e == NULL)
+	{
+		pg_atomic_fetch_sub_u32(&apikeys_shmem->nentries, 1);
+		return NULL;
+	}
+	Assert(!found);
+	memset((char *) e + sizeof(ApiKeysEntryKey), 0,
+		   sizeof(ApiKeysEntry) - sizeof(ApiKeysEntryKey));
+	pg_atomic_init_u64(&e->uses, 0);
+	pg_atomic_init_u64(&e->failures, 0);
+	pg_atomic_init_u64(&e->rate_limited, 0);
+	pg_atomic_init_u64(&e->quota_exceeded, 0);
+	pg_atomic_init_u64(&e->last_used, 0);
+	pg_atomic_init_u64(&e->last_active, 0);
+	return e;
+}
+
+/* Remove an entry; the caller holds its partition lock exclusive. */
+void
+apikeys_entry_remove(ApiKeysEntry *e)
+{
+	ApiKeysEntryKey k = e->key;
+
+	hash_search(apikeys_entries, &k, HASH_REMOVE, NULL);
+	pg_atomic_fetch_sub_u32(&apikeys_shmem->nentries, 1);
+}
+
+/* Take every partition lock, in order (for a scan of the whole table). */
+void
+apikeys_lock_all(LWLockMode mode)
+{
+	for (int i = 0; i < APIKEYS_PARTITIONS; i++)
+		LWLockAcquire(&apikeys_shmem->locks[i].lock, mode);
+}
+
+/* Release every partition lock. */
+void
+apikeys_unlock_all(void)
+{
+	for (int i = APIKEYS_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&apikeys_shmem->locks[i].lock);
+}
+
+/* Wake the background worker, if one runs. */
+void
+apikeys_wake_worker(void)
+{
+	Latch	   *latch;
+
+	if (apikeys_shmem == NULL)
+		return;
+	SpinLockAcquire(&apikeys_shmem->mutex);
+	latch = apikeys_shmem->worker_latch;
+	SpinLockRelease(&apikeys_shmem->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * Does the worker serve this backend's database (apikeys.database)?  Usage
+ * is counted, and quotas kept, only there.  Decided once per backend.
+ */
+bool
+apikeys_database_served(void)
+{
+	static int	served = -1;
+
+	if (served < 0)
+	{
+		char	   *name = get_database_name(MyDatabaseId);
+
+		served = name != NULL && apikeys_database != NULL &&
+			strcmp(name, apikeys_database) == 0;
+	}
+	return served == 1;
+}
+
+/*
+ * on_shmem_exit in the postmaster: write the table for the next start.
+ * Not after a crash (code != 0): the state may be torn, and the loss of
+ * what was not flushed is the documented price of a crash.
+ */
+static void
+dump_entries(int code, Datum arg)
+{
+	FILE	   *f;
+	HASH_SEQ_STATUS scan;
+	ApiKeysEntry *e;
+	uint32		header[3];
+	int32		n = 0;
+
+	if (code != 0 || apikeys_shmem == NULL || apikeys_entries == NULL)
+		return;
+	f = AllocateFile(APIKEYS_DUMP_FILE ".tmp", PG_BINARY_W);
+	if (f == NULL)
+		goto error;
+	header[0] = APIKEYS_SHMEM_LAYOUT;
+	header[1] = sizeof(ApiKeysEntry);
+	header[2] = 0;
+	if (fwrite(header, sizeof(header), 1, f) != 1)
+		goto error;
+	hash_seq_init(&scan, apikeys_entries);
+	while ((e = hash_seq_search(&scan)) != NULL)
+	{
+		if (fwrite(e, sizeof(ApiKeysEntry), 1, f) != 1)
+		{
+			hash_seq_term(&scan);
+			goto error;
+		}
+		n++;
+	}
+	if (FreeFile(f))
+	{
+		f = NULL;
+		goto error;
+	}
+	(void) durable_rename(APIKEYS_DUMP_FILE ".tmp", APIKEYS_DUMP_FILE, LOG);
+	return;
+
+error:
+	ereport(LOG,
+			(errcode_for_file_access(),
+			 errmsg("could not write file \"%s\": %m", APIKEYS_DUMP_FILE ".tmp")));
+	if (f != NULL)
+		FreeFile(f);
+	unlink(APIKEYS_DUMP_FILE ".tmp");
+}
+
+/*
+ * An entry read back from the file: an immediate shutdown writes the table
+ * while backends may have been stopped mid-update, so keep its values in
+ * their possible ranges (a bucket is at most empty, a quota not below 0).
+ */
+static void
+sanitize_entry(ApiKeysEntry *e, TimestampTz now)
+{
+	if (e->nwindows < 0 || e->nwindows > APIKEY_MAX_WINDOWS)
+		e->nwindows = 0;
+	for (int i = 0; i < e->nwindows; i++)
+	{
+		ApiKeysWindowState *ws = &e->windows[i];
+		int128		limit;
+
+		if (ws->w.count < 1 || ws->w.burst < 1 || ws->w.period < 1)
+		{
+			e->nwindows = 0;	/* re-synced from the catalog at next use */
+			break;
+		}
+		limit = (int128) now * ws->w.count + (int128) ws->w.burst * ws->w.period;
+		if (ws->tat > limit)
+			ws->tat = limit;
+	}
+	if (e->remaining < 0)
+		e->remaining = 0;
+}
+
+/* At postmaster start: read back the table written at the last shutdown. */
+static void
+load_entries(void)
+{
+	FILE	   *f;
+	uint32		header[3];
+	ApiKeysEntry buf;
+	int			loaded = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	f = AllocateFile(APIKEYS_DUMP_FILE, PG_BINARY_R);
+	if (f == NULL)
+	{
+		if (errno != ENOENT)
+			ereport(LOG,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", APIKEYS_DUMP_FILE)));
+		return;
+	}
+	if (fread(header, sizeof(header), 1, f) == 1 &&
+		header[0] == APIKEYS_SHMEM_LAYOUT && header[1] == sizeof(ApiKeysEntry))
+	{
+		while (fread(&buf, sizeof(buf), 1, f) == 1)
+		{
+			ApiKeysEntry *e;
+			uint32		hash = apikeys_entry_hash(&buf.key);
+
+			e = apikeys_entry_enter(&buf.key, hash, true);
+			if (e == NULL)
+				break;			/* apikeys.max_tracked_keys was lowered */
+			memcpy((char *) e + sizeof(ApiKeysEntryKey),
+				   (char *) &buf + sizeof(ApiKeysEntryKey),
+				   sizeof(ApiKeysEntry) - sizeof(ApiKeysEntryKey));
+			sanitize_entry(e, now);
+			loaded++;
+		}
+	}
+	FreeFile(f);
+	/* Read once: after a crash, the next start must not see it again. */
+	unlink(APIKEYS_DUMP_FILE);
+	(void) loaded;
+}
+
+/*
+ * Called from _PG_init: define the settings of limits, usage and the
+ * worker; when preloaded, reserve the segment and register the worker.
+ */
+void
+apikeys_shmem_init(void)
+{
+	bool		preloading = process_shared_preload_libraries_in_progress;
+
+	/* server-start settings can only be defined while preloading */
+	if (preloading)
+		DefineCustomIntVariable("apikeys.max_tracked_keys",
+								"Keys and roles whose limits and usage shared memory can track at once.",
+								"Keys without limits use at most 90% of it. Takes effect at server start.",
+								&apikeys_max_tracked_keys,
+								10000, 16, 10000000,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+	apikeys_limits_define_settings();
+	apikeys_worker_define_settings(preloading);
+
+	if (!preloading)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = apikeys_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = apikeys_shmem_startup;
+	apikeys_worker_register();
+}
