@@ -63,14 +63,48 @@
  * on any relcache invalidation of the table (or of everything).
  */
 static Oid	imported_relid = InvalidOid;
+static Oid	imported_indexid = InvalidOid;
 static bool callback_registered = false;
 
-/* Relcache callback: forget the table's OID if it may be stale. */
+/* Relcache callback: forget the table's and index's OIDs if they may be stale. */
 static void
 imported_relcache_callback(Datum arg, Oid relid)
 {
 	if (!OidIsValid(relid) || relid == imported_relid)
+	{
 		imported_relid = InvalidOid;
+		imported_indexid = InvalidOid;
+	}
+}
+
+/* The unique index on digest of the opened table (what verify scans). */
+static Oid
+digest_index(Relation rel)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	Oid			found = InvalidOid;
+
+	foreach(lc, indexes)
+	{
+		HeapTuple	tp = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index idx;
+
+		if (!HeapTupleIsValid(tp))
+			continue;
+		idx = (Form_pg_index) GETSTRUCT(tp);
+		if (idx->indisunique && idx->indnkeyatts == 1 &&
+			idx->indkey.values[0] == Anum_imported_digest)
+			found = idx->indexrelid;
+		ReleaseSysCache(tp);
+	}
+	list_free(indexes);
+	if (!OidIsValid(found))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apikeys imported_keys has no unique index on digest"),
+				 errhint("Re-create the extension.")));
+	return found;
 }
 
 /* Is c a base62 character? */
@@ -146,29 +180,10 @@ open_imported(Oid *indexid)
 		if (rel != NULL && relid == imported_relid &&
 			rel->rd_rel->relkind == RELKIND_RELATION)
 		{
-			List	   *indexes = RelationGetIndexList(rel);
-			ListCell   *lc;
-
-			*indexid = InvalidOid;
-			foreach(lc, indexes)
-			{
-				HeapTuple	tp = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
-				Form_pg_index idx;
-
-				if (!HeapTupleIsValid(tp))
-					continue;
-				idx = (Form_pg_index) GETSTRUCT(tp);
-				if (idx->indisunique && idx->indnkeyatts == 1 &&
-					idx->indkey.values[0] == Anum_imported_digest)
-					*indexid = idx->indexrelid;
-				ReleaseSysCache(tp);
-			}
-			list_free(indexes);
-			if (!OidIsValid(*indexid))
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("apikeys imported_keys has no unique index on digest"),
-						 errhint("Re-create the extension.")));
+			/* looked up once, then kept until the table is invalidated */
+			if (!OidIsValid(imported_indexid))
+				imported_indexid = digest_index(rel);
+			*indexid = imported_indexid;
 			return rel;
 		}
 		if (rel != NULL)
