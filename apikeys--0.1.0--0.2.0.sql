@@ -238,6 +238,8 @@ CREATE SEQUENCE apikeys_internal.reveal_seq;
 COMMENT ON SEQUENCE apikeys_internal.reveal_seq IS
     'numbers reveals (apikey_reveal): a number missing from the audit log is a reveal that rolled back; the server log has it';
 REVOKE ALL ON SEQUENCE apikeys_internal.reveal_seq FROM PUBLIC;
+-- dumped with its value, so that numbers do not repeat after a restore
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.reveal_seq', '');
 
 -------------------------------------------------------------------------------
 -- 3. Privilege helpers.  Invoker rights, no SET clause, every operator

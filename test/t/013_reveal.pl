@@ -193,6 +193,7 @@ $node->safe_psql('postgres', q{
 
 # 9. A dump holds ciphertext only; restored, it reveals with the KEK.
 my $dumpfile = $node->basedir . '/dump.sql';
+my $seq_at_dump = $node->safe_psql('postgres', q{SELECT last_value FROM apikeys_internal.reveal_seq});
 $node->command_ok([ 'pg_dump', '-d', $node->connstr('postgres'), '--exclude-table=test_tokens', '-f', $dumpfile ], 'pg_dump');
 my $dump = slurp_file($dumpfile);
 like($dump, qr/COPY apikeys_internal\.revealable_secrets/, 'the dump carries the sealed tokens');
@@ -212,6 +213,8 @@ $node->poll_query_until('postgres', "SELECT current_setting('apikeys.kek_file') 
 like(try_sql("SELECT apikeys.apikey_reveal('$key_a')"), qr/not available/, 'without the KEK nothing is revealed');
 is($node->safe_psql('restored', q{SELECT count(*) FROM apikeys.keys WHERE revealable}), '2',
    'the restored keys are still marked revealable');
+is($node->safe_psql('restored', q{SELECT last_value FROM apikeys_internal.reveal_seq}), $seq_at_dump + 1,
+   'reveal numbers carry on after a restore (the sequence is dumped; one reveal since)');
 
 # Nothing secret anywhere: server log (debug prints, auto_explain, statements),
 # dump, audit rows.
