@@ -6,21 +6,27 @@ EXTVERSION = 0.2.0
 MODULE_big = apikeys
 OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/cache.o src/create.o \
              src/audit.o src/insert.o src/lifecycle.o src/objects.o src/session.o src/guard.o \
-             src/shmem.o src/limits.o src/usage.o src/worker.o
+             src/shmem.o src/limits.o src/usage.o src/worker.o \
+             src/note.o src/leak.o src/request.o src/reveal.o src/import.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
-          restrictions bad_input renewal limits hardening plpgsql_check limits_usage \
-          create_fast cache
+          restrictions bad_input renewal limits hardening leak requests reveal import \
+          plpgsql_check limits_usage create_fast cache
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
-ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke \
-            rate_limit_verify cache_invalidation
+ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke rate_limit_verify \
+            leak_race request_claim cache_invalidation
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src
 PG_CFLAGS  += -Wall -Wextra -Werror -Wno-unused-parameter  # PG headers have unused parameters
+
+# apikeys-scan: the leak scanner, a standalone program (no server headers)
+# installed beside pg_config; see src/scan/apikeys-scan.c.
+SCANNER     = src/scan/apikeys-scan
+EXTRA_CLEAN = $(SCANNER)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -33,6 +39,21 @@ endif
 # PGXS tracks no header dependencies: rebuild everything when one changes
 # (shared-memory structs must agree across files).
 $(OBJS): src/apikeys.h src/compat.h src/shmem.h
+
+all: $(SCANNER)
+
+$(SCANNER): src/scan/apikeys-scan.c
+	$(CC) $(CFLAGS) -O2 $(LDFLAGS) -o $@ $<
+
+.PHONY: install-scan uninstall-scan
+install: install-scan
+install-scan: $(SCANNER)
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) $(SCANNER) '$(DESTDIR)$(bindir)/apikeys-scan'
+
+uninstall: uninstall-scan
+uninstall-scan:
+	rm -f '$(DESTDIR)$(bindir)/apikeys-scan'
 
 .PHONY: test demo
 test:
@@ -52,6 +73,10 @@ print-isolation:
 bench:
 	bash test/bench.sh
 
+.PHONY: bench-scan
+bench-scan:
+	bash test/bench_scan.sh
+
 # Long-running checks, not part of `make test` (see README, Contributing).
 .PHONY: test-valgrind test-ubsan fuzz
 test-valgrind:
@@ -60,3 +85,7 @@ test-ubsan:
 	bash test/ubsan.sh
 fuzz:
 	bash test/fuzz/run.sh $${FUZZ_SECONDS:-600}
+
+.PHONY: bench-import
+bench-import:
+	bash test/bench_import.sh

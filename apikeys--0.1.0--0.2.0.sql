@@ -154,6 +154,93 @@ LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION apikeys_internal._last_used(pg_catalog.text) IS
     'internal: the last valid use of a key, counted in shared memory or flushed; null if never (or not counted: see apikeys.database)';
 
+-- Revealable keys (src/reveal.c): the token, sealed with pgcrypto under a
+-- key-encryption key that is not in the database.  Only the extension's
+-- owner reads the ciphertext; others may see which of the keys they can
+-- see are revealable.  Revoking or deleting a key deletes its row.
+CREATE TABLE apikeys_internal.revealable_secrets (
+    key_id    pg_catalog.text COLLATE "C" NOT NULL,
+    kek_id    pg_catalog.text COLLATE "C" NOT NULL,
+    sealed    pg_catalog.bytea NOT NULL,
+    sealed_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT revealable_secrets_pkey PRIMARY KEY (key_id),
+    CONSTRAINT revealable_secrets_key_id_fkey FOREIGN KEY (key_id)
+        REFERENCES apikeys_internal.key_catalog (key_id) ON DELETE CASCADE
+);
+COMMENT ON TABLE apikeys_internal.revealable_secrets IS
+    'tokens of revealable keys, sealed (pgcrypto, AES-256) under the key-encryption key named by apikeys.kek_file, which is not in the database; read only through apikey_reveal';
+COMMENT ON COLUMN apikeys_internal.revealable_secrets.kek_id IS
+    'id of the key-encryption key that sealed the token (a digest of it, not the key)';
+COMMENT ON COLUMN apikeys_internal.revealable_secrets.sealed IS
+    'the token, encrypted: an OpenPGP symmetric message with integrity check';
+COMMENT ON COLUMN apikeys_internal.revealable_secrets.key_id IS 'the key (deleting or revoking it deletes this row)';
+COMMENT ON COLUMN apikeys_internal.revealable_secrets.sealed_at IS 'when the current token was sealed (creation or last rotation)';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.revealable_secrets', '');
+ALTER TABLE apikeys_internal.revealable_secrets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.revealable_secrets FORCE ROW LEVEL SECURITY;
+-- (the listing joins it to the keys a role may see; no USAGE on the schema
+-- lets anyone name it directly)
+CREATE POLICY revealable_secrets_listing ON apikeys_internal.revealable_secrets
+    FOR SELECT USING (true);
+COMMENT ON POLICY revealable_secrets_listing ON apikeys_internal.revealable_secrets IS
+    'the key_id column, the only one granted, is readable for the listing apikeys.keys, which shows only keys the role may see';
+REVOKE ALL ON apikeys_internal.revealable_secrets FROM PUBLIC;
+GRANT SELECT (key_id) ON apikeys_internal.revealable_secrets TO PUBLIC;
+
+-- Imported keys (src/import.c): keys brought over from another system by
+-- apikey_import.  A token in apikeys' own format keeps its key id (digest
+-- null); any other token gets a fresh key id, and its SHA-256 (which the
+-- catalog also holds as the key's hash) is looked up here, by the unique
+-- index on digest, when such a token is verified.
+CREATE TABLE apikeys_internal.imported_keys (
+    key_id      pg_catalog.text COLLATE "C" NOT NULL,
+    digest      pg_catalog.bytea,
+    prefix      pg_catalog.text COLLATE "C" NOT NULL,
+    format      pg_catalog.text NOT NULL,
+    imported_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    replaced_at pg_catalog.timestamptz,
+    CONSTRAINT imported_keys_pkey PRIMARY KEY (key_id),
+    CONSTRAINT imported_keys_digest_key UNIQUE (digest),
+    CONSTRAINT imported_keys_key_id_fkey FOREIGN KEY (key_id)
+        REFERENCES apikeys_internal.key_catalog (key_id) ON DELETE CASCADE,
+    CONSTRAINT imported_keys_format_check
+        CHECK (format OPERATOR(pg_catalog.=) ANY (ARRAY['native', 'token', 'token_sha256'])),
+    CONSTRAINT imported_keys_digest_check
+        CHECK ((format OPERATOR(pg_catalog.=) 'native') OPERATOR(pg_catalog.=) (digest IS NULL)
+               AND (digest IS NULL OR pg_catalog.length(digest) OPERATOR(pg_catalog.=) 32))
+);
+COMMENT ON TABLE apikeys_internal.imported_keys IS
+    'keys imported by apikey_import: how, and for tokens not in apikeys'' format the SHA-256 that verify looks up';
+COMMENT ON COLUMN apikeys_internal.imported_keys.digest IS
+    'SHA-256 of the whole imported token (null for a token in apikeys'' format, which has a key id of its own)';
+COMMENT ON COLUMN apikeys_internal.imported_keys.prefix IS
+    'the key''s prefix, as in the catalog (the prefix its native tokens get on rotation)';
+COMMENT ON COLUMN apikeys_internal.imported_keys.format IS
+    'native (a custom token in apikeys'' format), token (another system''s token) or token_sha256 (only its SHA-256 was given)';
+COMMENT ON COLUMN apikeys_internal.imported_keys.replaced_at IS
+    'when apikey_rotate replaced the imported token with a native one';
+COMMENT ON COLUMN apikeys_internal.imported_keys.key_id IS 'the imported key (deleting it deletes this row)';
+COMMENT ON COLUMN apikeys_internal.imported_keys.imported_at IS 'when apikey_import brought it in';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.imported_keys', '');
+ALTER TABLE apikeys_internal.imported_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.imported_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY imported_keys_listing ON apikeys_internal.imported_keys
+    FOR SELECT USING (true);
+COMMENT ON POLICY imported_keys_listing ON apikeys_internal.imported_keys IS
+    'the columns granted (not digest) are readable for the listing apikeys.keys, which shows only keys the role may see';
+REVOKE ALL ON apikeys_internal.imported_keys FROM PUBLIC;
+GRANT SELECT (key_id, format, imported_at, replaced_at) ON apikeys_internal.imported_keys TO PUBLIC;
+
+-- Every reveal draws a number that survives a rollback; the audit row and
+-- the server log line carry it, so a gap in the audit log's numbers is a
+-- reveal whose transaction did not commit.
+CREATE SEQUENCE apikeys_internal.reveal_seq;
+COMMENT ON SEQUENCE apikeys_internal.reveal_seq IS
+    'numbers reveals (apikey_reveal): a number missing from the audit log is a reveal that rolled back; the server log has it';
+REVOKE ALL ON SEQUENCE apikeys_internal.reveal_seq FROM PUBLIC;
+-- dumped with its value, so that numbers do not repeat after a restore
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.reveal_seq', '');
+
 -------------------------------------------------------------------------------
 -- 3. Privilege helpers.  Invoker rights, no SET clause, every operator
 -- qualified: they answer for the role passed in and may be inlined into the
@@ -251,7 +338,11 @@ SELECT k.key_id,
        k.rate_limit,
        apikeys_internal._remaining(k.key_id, k.quota, k.quota_refill, k.quota_set_at) AS remaining,
        k.quota_refill AS refill,
-       apikeys_internal._last_used(k.key_id) AS last_used_at
+       apikeys_internal._last_used(k.key_id) AS last_used_at,
+       EXISTS (SELECT 1 FROM apikeys_internal.revealable_secrets s
+                WHERE s.key_id OPERATOR(pg_catalog.=) k.key_id) AS revealable,
+       EXISTS (SELECT 1 FROM apikeys_internal.imported_keys i
+                WHERE i.key_id OPERATOR(pg_catalog.=) k.key_id AND i.replaced_at IS NULL) AS imported
   FROM apikeys_internal.key_catalog k;
 
 COMMENT ON VIEW @extschema@.keys IS
@@ -272,6 +363,10 @@ COMMENT ON COLUMN @extschema@.keys.refill IS
     'quota refill: remaining is set to N at the start of each period, in UTC (null: none)';
 COMMENT ON COLUMN @extschema@.keys.last_used_at IS
     'last valid verification, live (null: never, or not counted: usage is counted in the database named by apikeys.database, with apikeys preloaded)';
+COMMENT ON COLUMN @extschema@.keys.imported IS
+    'was the key imported by apikey_import, and is its token still the imported one (false once rotated)?';
+COMMENT ON COLUMN @extschema@.keys.revealable IS
+    'was the key created revealable (its token sealed for apikey_reveal)? false once revoked';
 GRANT SELECT ON @extschema@.keys TO PUBLIC;
 
 CREATE VIEW @extschema@.audit_log WITH (security_invoker = true) AS
@@ -306,6 +401,17 @@ CREATE TRIGGER audit_log_no_truncate
     BEFORE TRUNCATE ON apikeys_internal.audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._audit_log_append_only();
 
+-- What an entry point says about the change under way, beyond what the row
+-- shows (src/note.c): {"action": ..., "changes": {...}}, or null.  Set from
+-- C only, around one internal call.
+CREATE FUNCTION apikeys_internal._audit_note()
+RETURNS pg_catalog.jsonb
+AS 'MODULE_PATHNAME', 'apikeys_audit_note'
+LANGUAGE C STABLE;
+COMMENT ON FUNCTION apikeys_internal._audit_note() IS
+    'internal: the audit note an apikeys entry point set for the change under way (action and extra changes, such as revoke_leak and its source), or null';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_note() FROM PUBLIC;
+
 -- One audit row per changed key row; secrets and hashes are never copied.
 -- plan_cache_mode is pinned so that no plan ever holds a row value (and its
 -- hash) as a constant: a user's debug_print_plan or an admin's auto_explain
@@ -325,6 +431,7 @@ DECLARE
     diff     jsonb := '{}'::jsonb;
     old_j    jsonb;
     new_j    jsonb;
+    note     jsonb;
     k        text;
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -358,6 +465,13 @@ BEGIN
     -- Changes made to the catalog outside the apikeys functions are marked.
     IF actor IS NULL THEN
         act := 'direct_' || lower(TG_OP);
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- the entry point may say why (revoke_leak: who reported it, and where)
+        note := apikeys_internal._audit_note();
+        IF note IS NOT NULL THEN
+            act := note ->> 'action';
+            diff := diff || (note -> 'changes');
+        END IF;
     END IF;
 
     INSERT INTO apikeys_internal.audit_log (action, key_id, actor, actor_role, key_role, changes)
@@ -416,10 +530,12 @@ AS $$
                WHEN 'allowed_origins' THEN 64   -- entries
                WHEN 'origin' THEN 255           -- characters per origin
                WHEN 'rate_limit' THEN 4         -- windows (src/apikeys.h APIKEY_MAX_WINDOWS)
+               WHEN 'reason' THEN 1000          -- characters of a request's reason or a decision's note
+               WHEN 'pending_requests' THEN 100 -- pending key requests per requesting role
            END
 $$;
 COMMENT ON FUNCTION apikeys_internal._limit(pg_catalog.text) IS
-    'size limits of user-supplied key fields: name, scopes, scope, metadata, allowed_ips, allowed_origins, origin, rate_limit';
+    'size limits of user-supplied key fields: name, scopes, scope, metadata, allowed_ips, allowed_origins, origin, rate_limit; of key requests: reason, pending_requests';
 
 -- Raise 54000 naming the limit when n exceeds it.
 CREATE FUNCTION apikeys_internal._check_limit(what pg_catalog.text, unit pg_catalog.text,
@@ -715,6 +831,7 @@ CREATE FUNCTION apikeys_internal._apikey_create(p_caller pg_catalog.oid,
                                                 p_rate_limit pg_catalog.text,
                                                 p_remaining pg_catalog.int8,
                                                 p_refill pg_catalog.text,
+                                                p_revealable pg_catalog.bool,
                                                 OUT new_key_id pg_catalog.text,
                                                 OUT new_token pg_catalog.text)
 LANGUAGE plpgsql
@@ -763,18 +880,26 @@ BEGIN
                     CASE WHEN lim.quota IS NOT NULL THEN clock_timestamp() END);
             new_key_id := m.key_id;
             new_token := m.token;
-            RETURN;
         EXCEPTION WHEN unique_violation THEN
-            NULL;                   -- draw another key id
+            CONTINUE;               -- draw another key id
         END;
+        -- a revealable key keeps its token sealed under the KEK (src/reveal.c)
+        IF p_revealable THEN
+            INSERT INTO apikeys_internal.revealable_secrets (key_id, kek_id, sealed)
+            SELECT new_key_id, s.kek_id, s.sealed FROM apikeys_internal._seal(new_token) s;
+            PERFORM apikeys_internal._audit_append(p_caller, 'seal', new_key_id, p_role,
+                jsonb_build_object('kek_id', (SELECT r.kek_id FROM apikeys_internal.revealable_secrets r
+                                               WHERE r.key_id = new_key_id)));
+        END IF;
+        RETURN;
     END LOOP;
     RAISE EXCEPTION 'could not allocate a unique api key id'
         USING ERRCODE = '23505';
 END
 $$;
-COMMENT ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text) IS
+COMMENT ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text, pg_catalog.bool) IS
     'internal half of apikey_create; the first argument is the calling role';
-REVOKE ALL ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_create(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text, pg_catalog.bool) FROM PUBLIC;
 
 CREATE FUNCTION apikeys_internal._apikey_rotate(p_caller pg_catalog.oid,
                                                 p_key_id pg_catalog.text,
@@ -818,6 +943,14 @@ BEGIN
                rotated_at = now(), updated_at = now()
          WHERE c.key_id = k.key_id;
     END IF;
+    -- an imported key now has a native token (the imported one lasts the grace)
+    UPDATE apikeys_internal.imported_keys i SET replaced_at = now()
+     WHERE i.key_id = k.key_id AND i.replaced_at IS NULL;
+    -- a revealable key keeps the new token sealed (only revealable keys need the KEK)
+    UPDATE apikeys_internal.revealable_secrets r
+       SET (kek_id, sealed, sealed_at) = (SELECT s.kek_id, s.sealed, now()
+                                            FROM apikeys_internal._seal(m.token) s)
+     WHERE r.key_id = k.key_id;
     RETURN m.token;
 END
 $$;
@@ -859,6 +992,10 @@ BEGIN
            prev_valid_until = CASE WHEN p_state = 'revoked' THEN NULL ELSE c.prev_valid_until END,
            updated_at = now()
      WHERE c.key_id = k.key_id;
+    -- ... nor a sealed token
+    IF p_state = 'revoked' THEN
+        DELETE FROM apikeys_internal.revealable_secrets r WHERE r.key_id = k.key_id;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION apikeys_internal._set_state(pg_catalog.oid, pg_catalog.text, pg_catalog.text) IS
@@ -1013,12 +1150,13 @@ CREATE FUNCTION @extschema@.apikey_create(name pg_catalog.text,
                                           allowed_origins pg_catalog.text[] DEFAULT NULL,
                                           rate_limit pg_catalog.text DEFAULT NULL,
                                           remaining pg_catalog.int8 DEFAULT NULL,
-                                          refill pg_catalog.text DEFAULT NULL)
+                                          refill pg_catalog.text DEFAULT NULL,
+                                          revealable pg_catalog.bool DEFAULT false)
 RETURNS TABLE (key_id pg_catalog.text, token pg_catalog.text)
 AS 'MODULE_PATHNAME', 'apikeys_create'
 LANGUAGE C VOLATILE ROWS 1;
-COMMENT ON FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text) IS
-    'creates a key for role (default: the calling role, which must be a member of it unless an admin); returns the token, shown this once; rate_limit (''100/second'', ''10/second burst 20, 5000/hour''), remaining (a quota of uses) and refill (''1000/day'', ''N/month on day D'') need shared_preload_libraries';
+COMMENT ON FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text, pg_catalog.bool) IS
+    'creates a key for role (default: the calling role, which must be a member of it unless an admin); returns the token, shown this once; rate_limit (''100/second'', ''10/second burst 20, 5000/hour''), remaining (a quota of uses) and refill (''1000/day'', ''N/month on day D'') need shared_preload_libraries; revealable => true keeps the token sealed under the key-encryption key, for apikey_reveal';
 
 CREATE FUNCTION @extschema@.apikey_update(key_id pg_catalog.text,
                                           name pg_catalog.text DEFAULT NULL,
@@ -1465,7 +1603,7 @@ DECLARE
     a record;
 BEGIN
     FOR o IN SELECT * FROM (VALUES
-        ('apikey_create', 'FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text)', 'EXECUTE'),
+        ('apikey_create', 'FUNCTION @extschema@.apikey_create(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text, pg_catalog.bool)', 'EXECUTE'),
         ('apikey_update', 'FUNCTION @extschema@.apikey_update(pg_catalog.text, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.regrole, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.int8, pg_catalog.text)', 'EXECUTE'),
         ('apikey_verify_text', 'FUNCTION @extschema@.apikey_verify(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4)', 'EXECUTE'),
         ('apikey_verify_apikey', 'FUNCTION @extschema@.apikey_verify(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4)', 'EXECUTE'),
@@ -1487,7 +1625,901 @@ END
 $do$;
 
 -------------------------------------------------------------------------------
--- 12. The backend-local key cache (src/cache.c) and one verification per
+-- 12. Leak response (src/leak.c).
+--
+-- apikey_check answers from the token alone (grammar and checksum), as a
+-- leak scanner does offline.  apikey_report_leak is for whoever holds a
+-- token, whatever their role (a secret scanner's endpoint): a live secret
+-- revokes its key at once, the audit row says revoke_leak with the reporter
+-- and the source, and a NOTIFY on channel apikeys goes out at commit.
+-------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.apikey_check(token pg_catalog.text)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikey_check'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON COLUMN apikeys_internal.audit_log.action IS
+    'create, rotate, disable, enable, revoke, update or delete; import for apikey_import; seal and reveal for revealable keys; request, approve, reject, cancel and claim for the approval workflow; revoke_leak for a revocation by apikey_report_leak (changes -> leak -> source); direct_insert, direct_update or direct_delete for changes made to the catalog outside the apikeys functions';
+
+COMMENT ON FUNCTION @extschema@.apikey_check(pg_catalog.text) IS
+    'is the text a well-formed api key token with a matching checksum? offline: reads no table, says nothing about the key';
+
+-- Append an audit row for an event that changes no catalog row (a reveal, a
+-- request, a report about a revoked key): the caller and the session user
+-- as actors, as the audit trigger records them.
+CREATE FUNCTION apikeys_internal._audit_append(p_caller pg_catalog.oid,
+                                               p_action pg_catalog.text,
+                                               p_key_id pg_catalog.text,
+                                               p_key_role pg_catalog.regrole,
+                                               p_changes pg_catalog.jsonb)
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO apikeys_internal.audit_log (action, key_id, actor, actor_role, key_role, changes)
+    VALUES (p_action, p_key_id, session_user, pg_get_userbyid(p_caller), p_key_role,
+            COALESCE(p_changes, '{}'))
+$$;
+COMMENT ON FUNCTION apikeys_internal._audit_append(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.regrole, pg_catalog.jsonb) IS
+    'internal: appends an audit row for an event that changes no key row (the first argument is the calling role)';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_append(pg_catalog.oid, pg_catalog.text, pg_catalog.text, pg_catalog.regrole, pg_catalog.jsonb) FROM PUBLIC;
+
+-- The caller (src/leak.c) has verified the token; the secret's digest is
+-- checked again here under the row lock, so a rotation that committed in
+-- between wins.  Returns revoked, already_revoked or invalid.
+CREATE FUNCTION apikeys_internal._apikey_report_leak(p_caller pg_catalog.oid,
+                                                     p_key_id pg_catalog.text,
+                                                     p_digest pg_catalog.bytea)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    k apikeys_internal.key_catalog;
+BEGIN
+    SELECT * INTO k FROM apikeys_internal.key_catalog c
+     WHERE c.key_id = p_key_id COLLATE "C"
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'invalid';
+    END IF;
+    -- (IS NOT TRUE: a key without a previous secret compares null there)
+    IF ((k.hash_version = 1 AND k.hash = p_digest)
+        OR (k.prev_hash_version = 1 AND k.prev_hash = p_digest
+            AND k.prev_valid_until > clock_timestamp())) IS NOT TRUE THEN
+        RETURN 'invalid';
+    END IF;
+    IF k.state = 'revoked' THEN
+        RETURN 'already_revoked';   -- nothing to do, nothing to record
+    END IF;
+    UPDATE apikeys_internal.key_catalog c
+       SET state = 'revoked', revoked_at = now(),
+           prev_hash_version = NULL, prev_hash = NULL, prev_valid_until = NULL,
+           updated_at = now()
+     WHERE c.key_id = k.key_id;
+    DELETE FROM apikeys_internal.revealable_secrets r WHERE r.key_id = k.key_id;
+    -- sent at commit, never before; never a secret
+    PERFORM pg_notify('apikeys', json_build_object(
+        'action', 'revoke_leak', 'key_id', k.key_id, 'role', k.role::text,
+        'reported_by', pg_get_userbyid(p_caller), 'at', now())::text);
+    RETURN 'revoked';
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_report_leak(pg_catalog.oid, pg_catalog.text, pg_catalog.bytea) IS
+    'internal half of apikey_report_leak: revokes the key if the digest is one of its live secrets; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_report_leak(pg_catalog.oid, pg_catalog.text, pg_catalog.bytea) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apikey_report_leak(token pg_catalog.text,
+                                               source pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikey_report_leak'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.apikey_report_leak(pg_catalog.text, pg_catalog.text) IS
+    'reports a leaked token: for anyone holding it; revokes its key at once (audit action revoke_leak with reporter and source, NOTIFY apikeys at commit) and returns revoked, already_revoked, or invalid for anything that is not a live secret';
+
+-------------------------------------------------------------------------------
+-- 13. Approval workflow: request, approve or reject, claim (src/request.c).
+--
+-- A role that may not create keys itself (apikey_create revoked from
+-- PUBLIC) asks for one with apikey_request; an admin, or a member of the
+-- role named by apikeys.approver_role, approves it (possibly narrowing its
+-- scopes and expiry) or rejects it; the requester claims the token once,
+-- within the claim period.  The token is minted at claim time: no secret is
+-- ever stored.  A request is named by the key id its key will have, so the
+-- audit log holds the key's history from its request on.
+-------------------------------------------------------------------------------
+CREATE TABLE apikeys_internal.key_requests (
+    key_id              pg_catalog.text COLLATE "C" NOT NULL,
+    name                pg_catalog.text NOT NULL,
+    prefix              pg_catalog.text COLLATE "C" NOT NULL,
+    role                pg_catalog.regrole NOT NULL,
+    scopes              pg_catalog.text[] NOT NULL DEFAULT '{}',
+    expires_at          pg_catalog.timestamptz,
+    metadata            pg_catalog.jsonb NOT NULL DEFAULT '{}',
+    allowed_ips         pg_catalog.cidr[],
+    allowed_origins     pg_catalog.text[],
+    reason              pg_catalog.text,
+    state               pg_catalog.text NOT NULL DEFAULT 'pending',
+    requested_by        pg_catalog.regrole NOT NULL,
+    requested_at        pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    decided_by          pg_catalog.regrole,
+    decided_at          pg_catalog.timestamptz,
+    decision_note       pg_catalog.text,
+    approved_scopes     pg_catalog.text[],
+    approved_expires_at pg_catalog.timestamptz,
+    claim_by            pg_catalog.timestamptz,
+    claimed_at          pg_catalog.timestamptz,
+    CONSTRAINT key_requests_pkey PRIMARY KEY (key_id),
+    CONSTRAINT key_requests_key_id_check
+        CHECK (key_id OPERATOR(pg_catalog.~) '^[0-9A-Za-z]{12}$'),
+    CONSTRAINT key_requests_prefix_check
+        CHECK (prefix OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]{0,19}$'),
+    CONSTRAINT key_requests_state_check
+        CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['pending', 'approved', 'rejected', 'cancelled', 'claimed'])),
+    CONSTRAINT key_requests_approved_check
+        CHECK ((state OPERATOR(pg_catalog.<>) ALL (ARRAY['approved', 'claimed']))
+               OR (approved_scopes IS NOT NULL AND claim_by IS NOT NULL))
+);
+CREATE INDEX key_requests_pending_idx ON apikeys_internal.key_requests (requested_by)
+    WHERE state OPERATOR(pg_catalog.=) 'pending';
+COMMENT ON TABLE apikeys_internal.key_requests IS
+    'api key requests: what was asked for, decided and claimed; never a secret (the token is minted at claim); read it through apikeys.key_requests';
+COMMENT ON COLUMN apikeys_internal.key_requests.key_id IS 'the key id the requested key gets when claimed; names the request';
+COMMENT ON COLUMN apikeys_internal.key_requests.state IS 'pending, approved, rejected, cancelled or claimed';
+COMMENT ON COLUMN apikeys_internal.key_requests.requested_by IS 'the role that asked, the only one that may claim the token; it may not approve its own request';
+COMMENT ON COLUMN apikeys_internal.key_requests.approved_scopes IS 'scopes the key gets: the requested ones, or fewer (an approver may only narrow)';
+COMMENT ON COLUMN apikeys_internal.key_requests.approved_expires_at IS 'expiry the key gets: the requested one, or earlier';
+COMMENT ON COLUMN apikeys_internal.key_requests.claim_by IS 'an approval not claimed by then has expired';
+COMMENT ON COLUMN apikeys_internal.key_requests.name IS 'name the key gets';
+COMMENT ON COLUMN apikeys_internal.key_requests.prefix IS 'prefix of the key''s tokens';
+COMMENT ON COLUMN apikeys_internal.key_requests.role IS 'role the key is for; the requester must belong to it';
+COMMENT ON COLUMN apikeys_internal.key_requests.metadata IS 'metadata the key gets';
+COMMENT ON COLUMN apikeys_internal.key_requests.allowed_ips IS 'networks the key gets (null: any)';
+COMMENT ON COLUMN apikeys_internal.key_requests.allowed_origins IS 'web origins the key gets (null: any)';
+COMMENT ON COLUMN apikeys_internal.key_requests.reason IS 'why the requester asks (at most 1000 characters)';
+COMMENT ON COLUMN apikeys_internal.key_requests.requested_at IS 'when the request was made';
+COMMENT ON COLUMN apikeys_internal.key_requests.decided_by IS 'role that approved or rejected it';
+COMMENT ON COLUMN apikeys_internal.key_requests.decided_at IS 'when it was approved or rejected';
+COMMENT ON COLUMN apikeys_internal.key_requests.decision_note IS 'the approver''s note (at most 1000 characters)';
+COMMENT ON COLUMN apikeys_internal.key_requests.claimed_at IS 'when the requester claimed the token';
+COMMENT ON COLUMN apikeys_internal.key_requests.scopes IS 'scopes requested';
+COMMENT ON COLUMN apikeys_internal.key_requests.expires_at IS 'expiry requested (null: none)';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.key_requests', '');
+
+-- May the role decide requests: is it an admin, or a member of the role
+-- apikeys.approver_role names?  (C: the setting is read where no client can
+-- have forged it, and a policy may call it without USAGE on this schema.)
+CREATE FUNCTION apikeys_internal._may_approve(who pg_catalog.oid)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikeys_may_approve'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION apikeys_internal._may_approve(pg_catalog.oid) IS
+    'may the role approve and reject api key requests? (superusers, members of apikeys_admin, and members of the role named by apikeys.approver_role)';
+
+CREATE FUNCTION apikeys_internal._new_key_id()
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_new_key_id'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._new_key_id() IS
+    'internal: 12 random base62 characters from pg_strong_random, for a request''s key id';
+REVOKE ALL ON FUNCTION apikeys_internal._new_key_id() FROM PUBLIC;
+
+ALTER TABLE apikeys_internal.key_requests ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.key_requests FORCE ROW LEVEL SECURITY;
+CREATE POLICY key_requests_visible ON apikeys_internal.key_requests
+    FOR SELECT
+    USING (apikeys_internal._may_approve(apikeys_internal._current_role())
+           OR pg_catalog.pg_has_role(apikeys_internal._current_role(), requested_by::pg_catalog.oid, 'MEMBER'));
+COMMENT ON POLICY key_requests_visible ON apikeys_internal.key_requests IS
+    'admins and approvers see every request; others the requests made by roles they belong to';
+REVOKE ALL ON apikeys_internal.key_requests FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.key_requests TO PUBLIC;
+
+CREATE VIEW @extschema@.key_requests WITH (security_invoker = true) AS
+SELECT r.key_id,
+       r.name,
+       r.role,
+       r.scopes,
+       r.expires_at,
+       r.prefix,
+       r.metadata,
+       r.allowed_ips,
+       r.allowed_origins,
+       r.reason,
+       CASE WHEN r.state OPERATOR(pg_catalog.=) 'approved'
+                 AND r.claim_by OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+            THEN 'expired'
+            ELSE r.state
+       END AS status,
+       r.requested_by,
+       r.requested_at,
+       r.decided_by,
+       r.decided_at,
+       r.decision_note,
+       r.approved_scopes,
+       r.approved_expires_at,
+       r.claim_by,
+       r.claimed_at
+  FROM apikeys_internal.key_requests r;
+COMMENT ON VIEW @extschema@.key_requests IS
+    'api key requests visible to the current role (admins and approvers: all; others: the requests of roles they belong to); never a secret';
+COMMENT ON COLUMN @extschema@.key_requests.key_id IS
+    'the key id the key gets when claimed; pass it to apikey_approve, apikey_reject, apikey_cancel and apikey_claim';
+COMMENT ON COLUMN @extschema@.key_requests.status IS
+    'pending, approved (claim it before claim_by), expired (approved, not claimed in time), rejected, cancelled or claimed';
+COMMENT ON COLUMN @extschema@.key_requests.scopes IS 'scopes requested';
+COMMENT ON COLUMN @extschema@.key_requests.expires_at IS 'expiry requested (null: none)';
+COMMENT ON COLUMN @extschema@.key_requests.approved_scopes IS 'scopes the key gets, within those requested';
+COMMENT ON COLUMN @extschema@.key_requests.approved_expires_at IS 'expiry the key gets, no later than the one requested';
+COMMENT ON COLUMN @extschema@.key_requests.claim_by IS 'the requester must claim the token before this';
+COMMENT ON COLUMN @extschema@.key_requests.name IS 'name the key gets';
+COMMENT ON COLUMN @extschema@.key_requests.prefix IS 'prefix of the key''s tokens';
+COMMENT ON COLUMN @extschema@.key_requests.role IS 'role the key is for; the requester must belong to it';
+COMMENT ON COLUMN @extschema@.key_requests.metadata IS 'metadata the key gets';
+COMMENT ON COLUMN @extschema@.key_requests.allowed_ips IS 'networks the key gets (null: any)';
+COMMENT ON COLUMN @extschema@.key_requests.allowed_origins IS 'web origins the key gets (null: any)';
+COMMENT ON COLUMN @extschema@.key_requests.reason IS 'why the requester asks (at most 1000 characters)';
+COMMENT ON COLUMN @extschema@.key_requests.requested_at IS 'when the request was made';
+COMMENT ON COLUMN @extschema@.key_requests.decided_by IS 'role that approved or rejected it';
+COMMENT ON COLUMN @extschema@.key_requests.decided_at IS 'when it was approved or rejected';
+COMMENT ON COLUMN @extschema@.key_requests.decision_note IS 'the approver''s note (at most 1000 characters)';
+COMMENT ON COLUMN @extschema@.key_requests.claimed_at IS 'when the requester claimed the token';
+COMMENT ON COLUMN @extschema@.key_requests.requested_by IS 'the role that asked, the only one that may claim the token';
+GRANT SELECT ON @extschema@.key_requests TO PUBLIC;
+
+-- Raise 22023 for text with control or bidirectional characters (a reason or
+-- note is shown in listings, as a name is).
+CREATE FUNCTION apikeys_internal._check_note(what pg_catalog.text, p_text pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_text IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM apikeys_internal._check_limit('reason', 'characters', length(p_text));
+    IF p_text COLLATE "C" ~ '[\u0001-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]' THEN
+        RAISE EXCEPTION 'api key request % contains a control character', what
+            USING ERRCODE = '22023',
+                  DETAIL = 'It may not contain control characters (line breaks and tabs included) or bidirectional text controls.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_note(pg_catalog.text, pg_catalog.text) IS
+    'internal: raises 54000 past 1000 characters and 22023 for control or bidirectional characters in a request''s reason or a decision''s note';
+REVOKE ALL ON FUNCTION apikeys_internal._check_note(pg_catalog.text, pg_catalog.text) FROM PUBLIC;
+
+-- Lock and return a request, or raise: 22023 for something that is not a
+-- key id (never echoed: it could be a token), 42704 for one the caller may
+-- not see.
+CREATE FUNCTION apikeys_internal._request_for_update(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS apikeys_internal.key_requests
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+BEGIN
+    IF p_key_id IS NULL THEN
+        RAISE EXCEPTION 'api key id must not be null'
+            USING ERRCODE = '22004';
+    END IF;
+    IF p_key_id COLLATE "C" !~ '^[0-9A-Za-z]{12}$' THEN
+        RAISE EXCEPTION 'invalid api key id'
+            USING ERRCODE = '22023',
+                  DETAIL = 'A key id is 12 letters and digits; the value given is not shown.';
+    END IF;
+    SELECT * INTO r FROM apikeys_internal.key_requests q
+     WHERE q.key_id = p_key_id COLLATE "C"
+       FOR UPDATE;
+    IF NOT FOUND OR NOT (apikeys_internal._may_approve(p_caller)
+                         OR pg_has_role(p_caller, r.requested_by::oid, 'MEMBER')) THEN
+        RAISE EXCEPTION 'api key request "%" does not exist', p_key_id
+            USING ERRCODE = '42704',
+                  HINT = 'Requests of roles you do not belong to are visible only to approvers.';
+    END IF;
+    RETURN r;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._request_for_update(pg_catalog.oid, pg_catalog.text) IS
+    'internal: locks a request the caller may see, or raises 42704';
+REVOKE ALL ON FUNCTION apikeys_internal._request_for_update(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+-- Raise 42501 unless the caller may decide requests.
+CREATE FUNCTION apikeys_internal._check_approver(p_caller pg_catalog.oid)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT apikeys_internal._may_approve(p_caller) THEN
+        RAISE EXCEPTION 'permission denied to decide api key requests'
+            USING ERRCODE = '42501',
+                  DETAIL = format('Role %s is neither a member of apikeys_admin nor of the approver role.',
+                                  quote_ident(pg_get_userbyid(p_caller))),
+                  HINT = 'A superuser names the approver role with ALTER DATABASE ... SET apikeys.approver_role.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_approver(pg_catalog.oid) IS
+    'internal: raises 42501 unless the role is an admin or a member of the approver role';
+REVOKE ALL ON FUNCTION apikeys_internal._check_approver(pg_catalog.oid) FROM PUBLIC;
+
+-- Does the set of scopes held hold every scope of want?  (A held 'jobs:*'
+-- holds 'jobs:read' and 'jobs:*' itself; '*' holds all.)
+CREATE FUNCTION apikeys_internal._scopes_within(want pg_catalog.text[], held pg_catalog.text[])
+RETURNS pg_catalog.text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT w.s
+      FROM pg_catalog.unnest(want) AS w(s)
+     WHERE NOT EXISTS (
+           SELECT 1 FROM pg_catalog.unnest(held) AS h(s)
+            WHERE w.s OPERATOR(pg_catalog.=) h.s COLLATE "C"
+               OR (pg_catalog.right(h.s, 1) OPERATOR(pg_catalog.=) '*'
+                   AND pg_catalog.left(w.s, pg_catalog.length(h.s) OPERATOR(pg_catalog.-) 1)
+                       OPERATOR(pg_catalog.=) pg_catalog.left(h.s, -1) COLLATE "C"))
+     LIMIT 1
+$$;
+COMMENT ON FUNCTION apikeys_internal._scopes_within(pg_catalog.text[], pg_catalog.text[]) IS
+    'internal: the first scope of want that held does not hold (wildcards as in verify), or null when held holds them all';
+
+CREATE FUNCTION apikeys_internal._apikey_request(p_caller pg_catalog.oid,
+                                                 p_name pg_catalog.text,
+                                                 p_role pg_catalog.regrole,
+                                                 p_scopes pg_catalog.text[],
+                                                 p_expires_at pg_catalog.timestamptz,
+                                                 p_prefix pg_catalog.text,
+                                                 p_metadata pg_catalog.jsonb,
+                                                 p_allowed_ips pg_catalog.cidr[],
+                                                 p_allowed_origins pg_catalog.text[],
+                                                 p_reason pg_catalog.text)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    new_id text;
+    pending int8;
+BEGIN
+    IF p_name IS NULL THEN
+        RAISE EXCEPTION 'api key name must not be null'
+            USING ERRCODE = '22004',
+                  HINT = 'Name the key after what uses it, such as ''billing service''.';
+    END IF;
+    PERFORM apikeys_internal._check_settings(p_name, p_scopes, p_expires_at, p_metadata, p_allowed_ips);
+    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
+        RAISE EXCEPTION 'empty api key allow-list'
+            USING ERRCODE = '22023',
+                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
+                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
+    END IF;
+    p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
+    p_prefix := COALESCE(p_prefix, 'ak');
+    IF p_prefix COLLATE "C" !~ '^[a-z][a-z0-9_]{0,19}$' THEN
+        RAISE EXCEPTION 'invalid api key prefix'
+            USING ERRCODE = '22023',
+                  DETAIL = 'A prefix is a lowercase letter followed by at most 19 lowercase letters, digits or underscores.';
+    END IF;
+    PERFORM apikeys_internal._check_note('reason', p_reason);
+    -- a key never exceeds its creator: the requester must belong to the role
+    p_role := COALESCE(p_role, p_caller::regrole);
+    PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+    SELECT count(*) INTO pending FROM apikeys_internal.key_requests q
+     WHERE q.requested_by = p_caller::regrole AND q.state = 'pending';
+    PERFORM apikeys_internal._check_limit('pending_requests', 'pending requests', pending + 1);
+
+    LOOP
+        new_id := apikeys_internal._new_key_id();
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM apikeys_internal.key_catalog c WHERE c.key_id = new_id)
+              AND NOT EXISTS (SELECT 1 FROM apikeys_internal.key_requests q WHERE q.key_id = new_id);
+    END LOOP;
+    INSERT INTO apikeys_internal.key_requests
+        (key_id, name, prefix, role, scopes, expires_at, metadata, allowed_ips,
+         allowed_origins, reason, requested_by)
+    VALUES (new_id, p_name, p_prefix, p_role, COALESCE(p_scopes, '{}'),
+            NULLIF(p_expires_at, 'infinity'), COALESCE(p_metadata, '{}'),
+            p_allowed_ips, p_allowed_origins, p_reason, p_caller::regrole);
+    PERFORM apikeys_internal._audit_append(p_caller, 'request', new_id, p_role,
+        jsonb_build_object('name', p_name, 'role', p_role, 'prefix', p_prefix,
+                           'scopes', COALESCE(p_scopes, '{}'),
+                           'expires_at', NULLIF(p_expires_at, 'infinity'),
+                           'metadata', COALESCE(p_metadata, '{}'),
+                           'allowed_ips', p_allowed_ips, 'allowed_origins', p_allowed_origins,
+                           'reason', p_reason));
+    PERFORM pg_notify('apikeys', json_build_object(
+        'action', 'request', 'key_id', new_id, 'role', p_role::text, 'at', now())::text);
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_request(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text) IS
+    'internal half of apikey_request; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_request(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_approve(p_caller pg_catalog.oid,
+                                                 p_key_id pg_catalog.text,
+                                                 p_scopes pg_catalog.text[],
+                                                 p_expires_at pg_catalog.timestamptz,
+                                                 p_claim_within pg_catalog.interval,
+                                                 p_note pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+    v_scopes text[];
+    v_expiry timestamptz;
+    outside text;
+    deadline timestamptz;
+    changes jsonb := '{}'::jsonb;
+BEGIN
+    PERFORM apikeys_internal._check_approver(p_caller);
+    r := apikeys_internal._request_for_update(p_caller, p_key_id);
+    IF r.state <> 'pending' THEN
+        RAISE EXCEPTION 'api key request "%" is not pending', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = format('The request is %s.', r.state);
+    END IF;
+    -- four eyes: not the requesting role, nor a role the requester can
+    -- become, nor (superusers aside, who belong to every role) a role that
+    -- can become the requester.  Session users are not compared: behind
+    -- PostgREST every request has the same one.
+    IF r.requested_by = p_caller::regrole
+       OR pg_has_role(r.requested_by::oid, p_caller, 'MEMBER')
+       OR (pg_has_role(p_caller, r.requested_by::oid, 'MEMBER')
+           AND NOT (SELECT a.rolsuper FROM pg_roles a WHERE a.oid = p_caller)) THEN
+        RAISE EXCEPTION 'cannot approve your own api key request'
+            USING ERRCODE = '42501',
+                  DETAIL = 'The approver may be neither the requesting role nor a member of it, and the requester may not be a member of the approving role.',
+                  HINT = 'Ask another approver.';
+    END IF;
+
+    -- an approver may narrow the request, never widen it
+    v_scopes := COALESCE(p_scopes, r.scopes);
+    IF p_scopes IS NOT NULL THEN
+        PERFORM apikeys_internal._check_settings(NULL, p_scopes, NULL, NULL, NULL);
+        outside := apikeys_internal._scopes_within(p_scopes, r.scopes);
+        IF outside IS NOT NULL THEN
+            RAISE EXCEPTION 'approved scopes must be within the requested scopes'
+                USING ERRCODE = '22023',
+                      DETAIL = format('Scope %s was not requested, and no requested scope holds it.', quote_literal(outside)),
+                      HINT = 'An approver may drop or narrow scopes; to grant more, the requester asks again.';
+        END IF;
+        IF v_scopes IS DISTINCT FROM r.scopes THEN
+            changes := changes || jsonb_build_object('scopes', jsonb_build_object('requested', r.scopes, 'approved', v_scopes));
+        END IF;
+    END IF;
+    v_expiry := r.expires_at;
+    IF p_expires_at = 'infinity' AND r.expires_at IS NOT NULL THEN
+        RAISE EXCEPTION 'approved expiry must not be later than the requested expiry'
+            USING ERRCODE = '22023',
+                  DETAIL = format('The request asked for expiry at %s; infinity would remove it.', r.expires_at);
+    END IF;
+    IF p_expires_at IS NOT NULL AND p_expires_at <> 'infinity' THEN
+        PERFORM apikeys_internal._check_settings(NULL, NULL, p_expires_at, NULL, NULL);
+        IF r.expires_at IS NOT NULL AND p_expires_at > r.expires_at THEN
+            RAISE EXCEPTION 'approved expiry must not be later than the requested expiry'
+                USING ERRCODE = '22023',
+                      DETAIL = format('The request asked for expiry at %s.', r.expires_at);
+        END IF;
+        v_expiry := p_expires_at;
+        IF v_expiry IS DISTINCT FROM r.expires_at THEN
+            changes := changes || jsonb_build_object('expires_at', jsonb_build_object('requested', r.expires_at, 'approved', v_expiry));
+        END IF;
+    END IF;
+    IF p_claim_within IS NULL OR p_claim_within <= '0'::interval OR p_claim_within > '30 days'::interval THEN
+        RAISE EXCEPTION 'claim period must be positive and at most 30 days'
+            USING ERRCODE = '22023',
+                  HINT = 'The requester claims the token within this time of the approval, or asks again.';
+    END IF;
+    PERFORM apikeys_internal._check_note('note', p_note);
+    -- no later than the key's own expiry
+    deadline := LEAST(now() + p_claim_within, v_expiry);
+
+    UPDATE apikeys_internal.key_requests q
+       SET state = 'approved', decided_by = p_caller::regrole, decided_at = now(),
+           decision_note = p_note, approved_scopes = v_scopes, approved_expires_at = v_expiry,
+           claim_by = deadline
+     WHERE q.key_id = r.key_id;
+    PERFORM apikeys_internal._audit_append(p_caller, 'approve', r.key_id, r.role,
+        changes || jsonb_strip_nulls(jsonb_build_object('claim_by', deadline, 'note', p_note)));
+    PERFORM pg_notify('apikeys', json_build_object(
+        'action', 'approve', 'key_id', r.key_id, 'role', r.role::text, 'at', now())::text);
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_approve(pg_catalog.oid, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.interval, pg_catalog.text) IS
+    'internal half of apikey_approve; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_approve(pg_catalog.oid, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.interval, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_reject(p_caller pg_catalog.oid,
+                                                p_key_id pg_catalog.text,
+                                                p_note pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+BEGIN
+    PERFORM apikeys_internal._check_approver(p_caller);
+    r := apikeys_internal._request_for_update(p_caller, p_key_id);
+    IF r.state NOT IN ('pending', 'approved') THEN
+        RAISE EXCEPTION 'api key request "%" is already decided', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = format('The request is %s.', r.state);
+    END IF;
+    PERFORM apikeys_internal._check_note('note', p_note);
+    UPDATE apikeys_internal.key_requests q
+       SET state = 'rejected', decided_by = p_caller::regrole, decided_at = now(),
+           decision_note = p_note, claim_by = NULL, approved_scopes = NULL,
+           approved_expires_at = NULL
+     WHERE q.key_id = r.key_id;
+    PERFORM apikeys_internal._audit_append(p_caller, 'reject', r.key_id, r.role,
+        jsonb_build_object('state', jsonb_build_object('old', r.state, 'new', 'rejected'))
+        || jsonb_strip_nulls(jsonb_build_object('note', p_note)));
+    PERFORM pg_notify('apikeys', json_build_object(
+        'action', 'reject', 'key_id', r.key_id, 'role', r.role::text, 'at', now())::text);
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_reject(pg_catalog.oid, pg_catalog.text, pg_catalog.text) IS
+    'internal half of apikey_reject; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_reject(pg_catalog.oid, pg_catalog.text, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_cancel(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+BEGIN
+    r := apikeys_internal._request_for_update(p_caller, p_key_id);
+    IF NOT (pg_has_role(p_caller, r.requested_by::oid, 'MEMBER') OR apikeys_internal._is_admin(p_caller)) THEN
+        RAISE EXCEPTION 'permission denied to cancel api key request "%"', p_key_id
+            USING ERRCODE = '42501',
+                  HINT = 'The requester cancels; an approver rejects.';
+    END IF;
+    IF r.state NOT IN ('pending', 'approved') THEN
+        RAISE EXCEPTION 'api key request "%" is already decided', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = format('The request is %s.', r.state);
+    END IF;
+    UPDATE apikeys_internal.key_requests q
+       SET state = 'cancelled', claim_by = NULL, approved_scopes = NULL, approved_expires_at = NULL
+     WHERE q.key_id = r.key_id;
+    PERFORM apikeys_internal._audit_append(p_caller, 'cancel', r.key_id, r.role,
+        jsonb_build_object('state', jsonb_build_object('old', r.state, 'new', 'cancelled')));
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_cancel(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_cancel; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_cancel(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+-- The token is minted here, handed out once and never stored.
+CREATE FUNCTION apikeys_internal._apikey_claim(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    r apikeys_internal.key_requests;
+    m record;
+BEGIN
+    r := apikeys_internal._request_for_update(p_caller, p_key_id);
+    IF r.requested_by <> p_caller::regrole THEN
+        RAISE EXCEPTION 'permission denied to claim api key request "%"', p_key_id
+            USING ERRCODE = '42501',
+                  DETAIL = format('Only the requesting role, %s, claims the token.', r.requested_by);
+    END IF;
+    IF r.state = 'claimed' THEN
+        RAISE EXCEPTION 'api key request "%" is already claimed', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'A token is handed out once, and never again.',
+                  HINT = 'If it was lost, revoke the key and request a new one.';
+    ELSIF r.state = 'pending' THEN
+        RAISE EXCEPTION 'api key request "%" is not approved yet', p_key_id
+            USING ERRCODE = '55000';
+    ELSIF r.state <> 'approved' THEN
+        RAISE EXCEPTION 'api key request "%" is %', p_key_id, r.state
+            USING ERRCODE = '55000';
+    ELSIF r.claim_by <= clock_timestamp() THEN
+        RAISE EXCEPTION 'approval of api key request "%" has expired', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = format('It had to be claimed by %s.', r.claim_by),
+                  HINT = 'Request the key again.';
+    END IF;
+    -- the requester may have left the role since
+    PERFORM apikeys_internal._check_role_grant(p_caller, r.role);
+
+    SELECT * INTO m FROM apikeys_internal._mint(r.prefix, r.key_id);
+    INSERT INTO apikeys_internal.key_catalog
+        (key_id, name, prefix, role, scopes, expires_at, metadata,
+         hash_version, hash, created_by, allowed_ips, allowed_origins)
+    VALUES (r.key_id, r.name, r.prefix, r.role, r.approved_scopes, r.approved_expires_at,
+            r.metadata, m.hash_version, m.hash, r.requested_by,
+            r.allowed_ips, r.allowed_origins);
+    UPDATE apikeys_internal.key_requests q
+       SET state = 'claimed', claimed_at = now()
+     WHERE q.key_id = r.key_id;
+    PERFORM apikeys_internal._audit_append(p_caller, 'claim', r.key_id, r.role,
+        jsonb_build_object('approved_by', r.decided_by, 'approved_at', r.decided_at));
+    RETURN m.token;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_claim(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_claim; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_claim(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apikey_request(name pg_catalog.text,
+                                           role pg_catalog.regrole DEFAULT NULL,
+                                           scopes pg_catalog.text[] DEFAULT '{}',
+                                           expires_at pg_catalog.timestamptz DEFAULT NULL,
+                                           prefix pg_catalog.text DEFAULT NULL,
+                                           metadata pg_catalog.jsonb DEFAULT '{}',
+                                           allowed_ips pg_catalog.cidr[] DEFAULT NULL,
+                                           allowed_origins pg_catalog.text[] DEFAULT NULL,
+                                           reason pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_request(pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text) IS
+    'asks for a key for role (default: the calling role, which must be a member of it), to be approved by an admin or approver; returns the key id naming the request (and the key, once claimed)';
+
+CREATE FUNCTION @extschema@.apikey_approve(key_id pg_catalog.text,
+                                           scopes pg_catalog.text[] DEFAULT NULL,
+                                           expires_at pg_catalog.timestamptz DEFAULT NULL,
+                                           claim_within pg_catalog.interval DEFAULT '7 days',
+                                           note pg_catalog.text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_approve(pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.interval, pg_catalog.text) IS
+    'approves a pending key request (admins and members of apikeys.approver_role, never the requester); scopes and expires_at may narrow it; the requester must claim it within claim_within';
+
+CREATE FUNCTION @extschema@.apikey_reject(key_id pg_catalog.text, note pg_catalog.text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_reject(pg_catalog.text, pg_catalog.text) IS
+    'rejects a pending key request, or withdraws an approval not yet claimed (admins and approvers)';
+
+CREATE FUNCTION @extschema@.apikey_cancel(key_id pg_catalog.text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_cancel(pg_catalog.text) IS
+    'cancels a key request not yet claimed (the requester, or an admin)';
+
+CREATE FUNCTION @extschema@.apikey_claim(key_id pg_catalog.text)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_claim(pg_catalog.text) IS
+    'creates the key of an approved request and returns its token, once: only the requesting role, before the claim period ends';
+
+-------------------------------------------------------------------------------
+-- 14. Revealable keys (src/reveal.c): apikey_create(..., revealable => true)
+-- seals the token under the key-encryption key (apikeys.kek_file, a file
+-- the server reads; never in the database); apikey_reveal gives it back to
+-- admins and the key's creator, audited every time; rotation seals the new
+-- token; revocation deletes it.  The sealing functions are C calling
+-- pgcrypto through fmgr: the KEK never appears in a statement or a plan.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._seal(token pg_catalog.text,
+                                       OUT kek_id pg_catalog.text,
+                                       OUT sealed pg_catalog.bytea)
+AS 'MODULE_PATHNAME', 'apikeys_seal'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION apikeys_internal._seal(pg_catalog.text) IS
+    'internal: encrypts a token under the key-encryption key (pgcrypto, AES-256, integrity-checked); 55000 with a hint when apikeys.kek_file gives none';
+REVOKE ALL ON FUNCTION apikeys_internal._seal(pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._unseal(key_id pg_catalog.text, kek_id pg_catalog.text,
+                                         sealed pg_catalog.bytea, hash pg_catalog.bytea)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_unseal'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION apikeys_internal._unseal(pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.bytea) IS
+    'internal: decrypts a sealed token and checks that it is the key''s current one (key id, checksum, hash)';
+REVOKE ALL ON FUNCTION apikeys_internal._unseal(pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.bytea) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._kek_id()
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_kek_id'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._kek_id() IS
+    'internal: id (a digest, not the key) of the key-encryption key apikeys.kek_file holds now';
+REVOKE ALL ON FUNCTION apikeys_internal._kek_id() FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._apikey_reveal(p_caller pg_catalog.oid, p_key_id pg_catalog.text)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    k apikeys_internal.key_catalog;
+    r apikeys_internal.revealable_secrets;
+    token text;
+    n int8;
+BEGIN
+    k := apikeys_internal._key_for_update(p_caller, p_key_id);
+    -- admins, and the key's creator while still a member of the key's role
+    IF NOT (apikeys_internal._is_admin(p_caller)
+            OR (k.created_by = p_caller::regrole
+                AND apikeys_internal._may_act_for(p_caller, k.role::oid))) THEN
+        RAISE EXCEPTION 'permission denied to reveal api key "%"', p_key_id
+            USING ERRCODE = '42501',
+                  DETAIL = 'Only admins, and the key''s creator while a member of the key''s role, may reveal it.';
+    END IF;
+    IF k.state = 'revoked' THEN
+        RAISE EXCEPTION 'api key "%" is revoked', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'Revoking a revealable key deletes its sealed token.';
+    END IF;
+    SELECT * INTO r FROM apikeys_internal.revealable_secrets s WHERE s.key_id = k.key_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'api key "%" is not revealable', p_key_id
+            USING ERRCODE = '55000',
+                  DETAIL = 'Its token was shown once, at creation, and is not stored.',
+                  HINT = 'Create keys with revealable => true to reveal them later; rotate this one for a new token.';
+    END IF;
+    token := apikeys_internal._unseal(k.key_id, r.kek_id, r.sealed, k.hash);
+    -- numbered outside the transaction, logged before the token leaves
+    n := nextval('apikeys_internal.reveal_seq');
+    RAISE LOG 'apikeys: api key "%" revealed to role % (session user %), reveal number %',
+        k.key_id, pg_get_userbyid(p_caller), session_user, n;
+    PERFORM apikeys_internal._audit_append(p_caller, 'reveal', k.key_id, k.role,
+        jsonb_build_object('reveal', n, 'kek_id', r.kek_id));
+    RETURN token;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_reveal(pg_catalog.oid, pg_catalog.text) IS
+    'internal half of apikey_reveal; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_reveal(pg_catalog.oid, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apikey_reveal(key_id pg_catalog.text)
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_reveal(pg_catalog.text) IS
+    'returns the token of a revealable key again: admins, and its creator while a member of its role; audited (reveal) and logged every time';
+
+-------------------------------------------------------------------------------
+-- 15. Import and custom keys (src/import.c).  apikey_import hashes the
+-- token in C and passes only its digest here: a token in apikeys' format
+-- keeps its key id and prefix (a custom key); any other token, or a bare
+-- SHA-256 of one, gets a fresh key id and is verified by its digest.  The
+-- key keeps its status (active, disabled, revoked, or expired by a past
+-- expiry); apikey_rotate gives it a native token.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._apikey_import(p_caller pg_catalog.oid,
+                                                p_name pg_catalog.text,
+                                                p_role pg_catalog.regrole,
+                                                p_scopes pg_catalog.text[],
+                                                p_expires_at pg_catalog.timestamptz,
+                                                p_prefix pg_catalog.text,
+                                                p_metadata pg_catalog.jsonb,
+                                                p_allowed_ips pg_catalog.cidr[],
+                                                p_allowed_origins pg_catalog.text[],
+                                                p_status pg_catalog.text,
+                                                p_key_id pg_catalog.text,
+                                                p_digest pg_catalog.bytea,
+                                                p_format pg_catalog.text)
+RETURNS pg_catalog.text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    new_id text := p_key_id;
+    state text;
+BEGIN
+    IF p_name IS NULL THEN
+        RAISE EXCEPTION 'api key name must not be null'
+            USING ERRCODE = '22004',
+                  HINT = 'Name the key after what uses it, such as ''billing service''.';
+    END IF;
+    -- (an imported key may have expired already: its expiry is not checked)
+    PERFORM apikeys_internal._check_settings(p_name, p_scopes, NULL, p_metadata, p_allowed_ips);
+    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
+        RAISE EXCEPTION 'empty api key allow-list'
+            USING ERRCODE = '22023',
+                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
+                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
+    END IF;
+    p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
+    p_prefix := COALESCE(p_prefix, 'ak');
+    IF p_prefix COLLATE "C" !~ '^[a-z][a-z0-9_]{0,19}$' THEN
+        RAISE EXCEPTION 'invalid api key prefix'
+            USING ERRCODE = '22023',
+                  DETAIL = 'A prefix is a lowercase letter followed by at most 19 lowercase letters, digits or underscores; an imported key''s native tokens get it when it is rotated.';
+    END IF;
+    state := CASE COALESCE(p_status, 'active')
+                 WHEN 'active' THEN 'active' WHEN 'disabled' THEN 'disabled'
+                 WHEN 'revoked' THEN 'revoked' END;
+    IF state IS NULL THEN
+        RAISE EXCEPTION 'invalid api key status to import'
+            USING ERRCODE = '22023',
+                  DETAIL = 'An imported key is active, disabled or revoked; an expired one is imported with its expires_at.';
+    END IF;
+    p_role := COALESCE(p_role, p_caller::regrole);
+    PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+
+    IF new_id IS NOT NULL AND EXISTS (SELECT 1 FROM apikeys_internal.key_requests q WHERE q.key_id = new_id) THEN
+        RAISE EXCEPTION 'api key already exists'
+            USING ERRCODE = '23505',
+                  DETAIL = format('Key id %s is taken by a key request.', new_id);
+    END IF;
+    IF new_id IS NULL THEN
+        LOOP
+            new_id := apikeys_internal._new_key_id();
+            EXIT WHEN NOT EXISTS (SELECT 1 FROM apikeys_internal.key_catalog c WHERE c.key_id = new_id)
+                  AND NOT EXISTS (SELECT 1 FROM apikeys_internal.key_requests q WHERE q.key_id = new_id);
+        END LOOP;
+    END IF;
+    BEGIN
+        INSERT INTO apikeys_internal.key_catalog
+            (key_id, name, prefix, role, scopes, expires_at, metadata, state,
+             hash_version, hash, created_by, revoked_at, allowed_ips, allowed_origins)
+        VALUES (new_id, p_name, p_prefix, p_role, COALESCE(p_scopes, '{}'),
+                NULLIF(p_expires_at, 'infinity'), COALESCE(p_metadata, '{}'), state,
+                1, p_digest, p_caller::regrole,
+                CASE WHEN state = 'revoked' THEN now() END,
+                p_allowed_ips, p_allowed_origins);
+        INSERT INTO apikeys_internal.imported_keys (key_id, digest, prefix, format)
+        VALUES (new_id, CASE WHEN p_format = 'native' THEN NULL ELSE p_digest END, p_prefix, p_format);
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'api key already exists'
+            USING ERRCODE = '23505',
+                  DETAIL = CASE WHEN p_format = 'native'
+                                THEN format('A key with key id %s exists.', new_id)
+                                ELSE 'A key with this token was imported before.' END;
+    END;
+    PERFORM apikeys_internal._audit_append(p_caller, 'import', new_id, p_role,
+        jsonb_build_object('format', p_format, 'status', state));
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text) IS
+    'internal half of apikey_import (which hashes the token in C); the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.apikey_import(name pg_catalog.text,
+                                          role pg_catalog.regrole DEFAULT NULL,
+                                          token pg_catalog.text DEFAULT NULL,
+                                          token_sha256 pg_catalog.bytea DEFAULT NULL,
+                                          scopes pg_catalog.text[] DEFAULT '{}',
+                                          expires_at pg_catalog.timestamptz DEFAULT NULL,
+                                          prefix pg_catalog.text DEFAULT NULL,
+                                          metadata pg_catalog.jsonb DEFAULT '{}',
+                                          allowed_ips pg_catalog.cidr[] DEFAULT NULL,
+                                          allowed_origins pg_catalog.text[] DEFAULT NULL,
+                                          status pg_catalog.text DEFAULT 'active')
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikey_import'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_import(pg_catalog.text, pg_catalog.regrole, pg_catalog.text, pg_catalog.bytea, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text) IS
+    'imports an existing key: its token (any format; one in apikeys'' format keeps its key id) or only token_sha256, with its settings and status (active, disabled, revoked); returns the key id; the token keeps working until apikey_rotate replaces it with a native one';
+
+-------------------------------------------------------------------------------
+-- 16. The backend-local key cache (src/cache.c) and one verification per
 -- statement (src/verify.c).
 --
 -- Ordinary DML sends no relcache invalidation, so these triggers register one
@@ -1553,7 +2585,7 @@ COMMENT ON FUNCTION @extschema@.apikey_cache_stats() IS
     'this backend''s key cache: entries held, apikeys.cache_size, memory in bytes, lookups answered from it (hits) and from the catalog (misses), evictions, invalidations received, loads discarded because an invalidation raced them, and repeats answered by the one-verification-per-statement rule';
 
 -------------------------------------------------------------------------------
--- 13. Creation at the speed of an insert (src/create.c, src/audit.c).
+-- 17. Creation at the speed of an insert (src/create.c, src/audit.c).
 --
 -- apikey_create decides a plainly valid call in C and writes it with one
 -- saved INSERT as the catalog's owner; anything else goes to _apikey_create

@@ -33,7 +33,7 @@ BEGIN
     SELECT * INTO f FROM apikeys.apikey_create(p_name, p_role, p_scopes, p_expires, p_prefix, p_metadata);
     SELECT * INTO r FROM apikeys_internal._apikey_create(apikeys_internal._current_role(), p_name, p_role,
                                                          p_scopes, p_expires, p_prefix, p_metadata,
-                                                         NULL, NULL, NULL, NULL, NULL);
+                                                         NULL, NULL, NULL, NULL, NULL, false);
     SELECT * INTO vf FROM apikeys.apikey_verify(f.token);
     SELECT * INTO vr FROM apikeys.apikey_verify(r.new_token);
     RETURN CASE

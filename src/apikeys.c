@@ -36,6 +36,8 @@ _PG_init(void)
 	apikeys_session_init();
 	apikeys_guard_init();
 	apikeys_shmem_init();
+	apikeys_request_init();		/* apikeys.approver_role */
+	apikeys_reveal_init();		/* apikeys.kek_file */
 
 	/* Define every apikeys.* setting above this line. */
 	MarkGUCPrefixReserved("apikeys");

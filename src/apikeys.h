@@ -37,6 +37,14 @@
 #define APIKEY_TOKEN_MAXLEN		(APIKEY_PREFIX_MAXLEN + APIKEY_TAIL_LEN)
 #define APIKEY_DEFAULT_PREFIX	"ak"
 
+/*
+ * Tokens imported from other systems (import.c): 16 to 512 printable ASCII
+ * characters.  APIKEY_INPUT_MAXLEN is the longest input a verify entry
+ * point reads at all; anything longer is invalid unread.
+ */
+#define APIKEY_IMPORTED_MINLEN	16
+#define APIKEY_INPUT_MAXLEN		512
+
 /* Stored hash schemes; the catalog records one per key. */
 #define APIKEY_DIGEST_LEN		32
 #define APIKEY_HASH_SHA256		1	/* SHA-256(secret) */
@@ -271,6 +279,26 @@ extern void apikey_verify_digest(const char *prefix, int prefix_len,
 extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
 							   int want_len);
 extern uint64 apikey_verify_repeats(void);
+
+/* lifecycle.c: calling an internal function from another file's entry point */
+extern Datum apikeys_call_internal(const char *name, int nargs,
+								   const Oid *argtypes,
+								   const NullableDatum *args, bool *isnull);
+
+/* note.c: what the audit trigger records for the change under way */
+extern void apikeys_audit_note_set(const char *action, const char *changes_json);
+extern void apikeys_audit_note_clear(void);
+
+/* import.c: imported keys, verified where the native format ends */
+extern bool apikey_has_native_shape(const char *s, size_t len);
+extern bool apikey_verify_imported(const char *s, size_t len,
+								   const ApiKeyRequest *req, ApiKeyVerdict *out);
+
+/* request.c: the approval workflow's setting */
+extern void apikeys_request_init(void);
+
+/* reveal.c: the key-encryption key's setting */
+extern void apikeys_reveal_init(void);
 
 /* session.c: apikey_login, the key context, pre_request, their settings */
 extern void apikeys_session_init(void);

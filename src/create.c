@@ -14,7 +14,7 @@
  * handle.  The table's constraints and triggers (the audit row included)
  * apply as for any insert.  Everything else (a value that could fail a
  * check, a restriction list to normalise, a rate limit or quota to parse, a
- * role the caller may not act for) takes
+ * token to seal for reveal, a role the caller may not act for) takes
  * the reference implementation, which raises the documented errors: the C
  * test below is a strict subset of what _apikey_create accepts, so both
  * paths accept and store exactly the same keys.
@@ -74,6 +74,7 @@ enum
 	Arg_rate_limit,
 	Arg_remaining,
 	Arg_refill,
+	Arg_revealable,
 	Arg_count
 };
 
@@ -295,12 +296,13 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 
 	/*
 	 * The 0.2.0 signature, a name; no restriction lists to normalise, no
-	 * rate limit or quota to parse.
+	 * rate limit or quota to parse, no token to seal.
 	 */
 	if (PG_NARGS() != Arg_count || PG_ARGISNULL(Arg_name) ||
 		!PG_ARGISNULL(Arg_allowed_ips) || !PG_ARGISNULL(Arg_allowed_origins) ||
 		!PG_ARGISNULL(Arg_rate_limit) || !PG_ARGISNULL(Arg_remaining) ||
-		!PG_ARGISNULL(Arg_refill))
+		!PG_ARGISNULL(Arg_refill) ||
+		(!PG_ARGISNULL(Arg_revealable) && PG_GETARG_BOOL(Arg_revealable)))
 		return false;
 
 	name = PG_GETARG_TEXT_PP(Arg_name);

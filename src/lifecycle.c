@@ -288,3 +288,54 @@ apikeys_current_role(PG_FUNCTION_ARGS)
 	/* current_user as an OID, without a round trip through its name */
 	PG_RETURN_OID(GetUserId());
 }
+
+/*
+ * Call apikeys_internal.<name>(caller, args...) with the caller prepended
+ * and recorded as the actor, as the lifecycle entry points above do; for
+ * entry points in other files (leak.c, reveal.c, request.c).  The function
+ * is looked up by name and argument types on every call (these are not hot
+ * paths) and used only if it is a member of the extension.
+ */
+Datum
+apikeys_call_internal(const char *name, int nargs, const Oid *argtypes,
+					  const NullableDatum *args, bool *isnull)
+{
+	Oid			types[FUNC_MAX_ARGS];
+	Oid			funcid;
+	FmgrInfo	flinfo;
+	LOCAL_FCINFO(inner, FUNC_MAX_ARGS);
+	Oid			caller = GetUserId();
+	Oid			saved_actor = current_actor;
+	Datum		result;
+
+	if (nargs + 1 > FUNC_MAX_ARGS)
+		elog(ERROR, "too many arguments for an apikeys internal function");
+	types[0] = OIDOID;
+	memcpy(&types[1], argtypes, nargs * sizeof(Oid));
+	funcid = apikeys_function_oid(name, nargs + 1, types);
+	if (!OidIsValid(funcid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function %s.%s is missing", APIKEYS_INTERNAL_SCHEMA, name),
+				 errhint("Re-create the extension, or finish updating it with ALTER EXTENSION apikeys UPDATE.")));
+	fmgr_info(funcid, &flinfo);
+	InitFunctionCallInfoData(*inner, &flinfo, nargs + 1, InvalidOid, NULL, NULL);
+	inner->args[0].value = ObjectIdGetDatum(caller);
+	inner->args[0].isnull = false;
+	for (int i = 0; i < nargs; i++)
+		inner->args[i + 1] = args[i];
+
+	current_actor = caller;
+	PG_TRY();
+	{
+		result = FunctionCallInvoke(inner);
+	}
+	PG_FINALLY();
+	{
+		current_actor = saved_actor;
+	}
+	PG_END_TRY();
+
+	*isnull = inner->isnull;
+	return result;
+}

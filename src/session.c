@@ -355,7 +355,7 @@ verify_text_datum(FunctionCallInfo fcinfo, int argno, const ApiKeyRequest *req,
 	text	   *token;
 
 	if (PG_ARGISNULL(argno) ||
-		toast_raw_datum_size(PG_GETARG_DATUM(argno)) > VARHDRSZ + APIKEY_TOKEN_MAXLEN)
+		toast_raw_datum_size(PG_GETARG_DATUM(argno)) > VARHDRSZ + APIKEY_INPUT_MAXLEN)
 	{
 		apikey_verify_token(NULL, 0, req, v);
 		return;
@@ -1100,7 +1100,7 @@ apikeys_pre_request(PG_FUNCTION_ARGS)
 	req.client_ip = client_ip_from(&hp.h[H_CLIENT_IP]);
 	req.origin = origin_from(&hp);
 	req.cost = 1;
-	if (strlen(cr.token) > APIKEY_TOKEN_MAXLEN)
+	if (strlen(cr.token) > APIKEY_INPUT_MAXLEN)
 		apikey_verify_token(NULL, 0, &req, &v); /* invalid, unread */
 	else
 		apikey_verify_token(cr.token, strlen(cr.token), &req, &v);

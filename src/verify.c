@@ -736,6 +736,9 @@ apikey_verify_token(const char *s, size_t len, const ApiKeyRequest *req,
 
 	if (s == NULL || !apikey_parse(s, len, &tok))
 	{
+		/* not a native token: one imported from another system? (import.c) */
+		if (s != NULL && apikey_verify_imported(s, len, req, out))
+			return;
 		apikey_verify_digest(NULL, 0, NULL, NULL, req, out);
 		return;
 	}
@@ -770,7 +773,7 @@ verify_text_arg(FunctionCallInfo fcinfo, ApiKeyVerdict *v)
 	}
 	/* Reject oversized input before detoasting it. */
 	raw = PG_GETARG_DATUM(0);
-	if (toast_raw_datum_size(raw) > VARHDRSZ + APIKEY_TOKEN_MAXLEN)
+	if (toast_raw_datum_size(raw) > VARHDRSZ + APIKEY_INPUT_MAXLEN)
 	{
 		apikey_verify_token(NULL, 0, &req, v);
 		return;

@@ -60,6 +60,8 @@ for my $round (1 .. 2)
         SELECT apikeys.apikey_verify(token, 'x') FROM test_tokens;
         SELECT apikeys.apikey_verify(token::apikeys.apikey, client_ip => '10.1.2.3') FROM test_tokens;
         SELECT apikeys.apikey_revoke(key_id) FROM test_tokens WHERE label = 'c$round';
+        -- a leak report hands the secret's digest to SQL (issue 11)
+        SELECT apikeys.apikey_report_leak(token, 'plans') FROM test_tokens WHERE label = 'b${round}r';
     }, extra_params => [ '-U', 'regress_plans' ]);
 }
 # ... and an admin's deletes
