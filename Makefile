@@ -4,8 +4,8 @@
 EXTENSION  = apikeys
 EXTVERSION = 0.2.0
 MODULE_big = apikeys
-OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/lifecycle.o \
-             src/objects.o src/session.o src/guard.o \
+OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/cache.o src/create.o \
+             src/audit.o src/insert.o src/lifecycle.o src/objects.o src/session.o src/guard.o \
              src/shmem.o src/limits.o src/usage.o src/worker.o \
              src/note.o src/leak.o src/request.o src/reveal.o src/import.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
@@ -14,10 +14,10 @@ PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
           restrictions bad_input renewal limits hardening leak requests reveal import \
-          plpgsql_check limits_usage
+          plpgsql_check limits_usage create_fast cache
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke rate_limit_verify \
-            leak_race request_claim
+            leak_race request_claim cache_invalidation
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src
@@ -49,6 +49,11 @@ install-scan: $(SCANNER)
 uninstall: uninstall-scan
 uninstall-scan:
 	rm -f '$(DESTDIR)$(bindir)/apikeys-scan'
+
+# SHA-256 straight from OpenSSL when the server uses it (src/token.c)
+ifeq ($(with_ssl),openssl)
+SHLIB_LINK += -lcrypto
+endif
 
 .PHONY: test demo
 test:

@@ -489,8 +489,23 @@ COMMENT ON FUNCTION apikeys_internal._audit_key_change() IS
 REVOKE ALL ON FUNCTION apikeys_internal._audit_key_change() FROM PUBLIC;
 
 CREATE TRIGGER key_catalog_audit
-    AFTER INSERT OR UPDATE OR DELETE ON apikeys_internal.key_catalog
+    AFTER UPDATE OR DELETE ON apikeys_internal.key_catalog
     FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_key_change();
+
+-- An insert's audit row, written in C (src/audit.c): the same row as the
+-- INSERT branch of _audit_key_change, without a PL/pgSQL call and the hex
+-- encoding of hashes only to drop them.  Creation is the one bulk operation.
+CREATE FUNCTION apikeys_internal._audit_key_create()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'apikeys_audit_key_create'
+LANGUAGE C;
+COMMENT ON FUNCTION apikeys_internal._audit_key_create() IS
+    'trigger: writes the audit row of a new key (action create, or direct_insert), without secrets or hashes';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_key_create() FROM PUBLIC;
+
+CREATE TRIGGER key_catalog_audit_create
+    AFTER INSERT ON apikeys_internal.key_catalog
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_key_create();
 
 -------------------------------------------------------------------------------
 -- 6. Lifecycle, internal halves.  SECURITY DEFINER ones pin search_path and
@@ -2502,3 +2517,98 @@ AS 'MODULE_PATHNAME', 'apikey_import'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.apikey_import(pg_catalog.text, pg_catalog.regrole, pg_catalog.text, pg_catalog.bytea, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text) IS
     'imports an existing key: its token (any format; one in apikeys'' format keeps its key id) or only token_sha256, with its settings and status (active, disabled, revoked); returns the key id; the token keeps working until apikey_rotate replaces it with a native one';
+-- 12. The backend-local key cache (src/cache.c) and one verification per
+-- statement (src/verify.c).
+--
+-- Ordinary DML sends no relcache invalidation, so these triggers register one
+-- for every change to an existing key.  It goes out with the commit (and is
+-- replayed on hot standbys), and every backend's key cache drops what it
+-- holds.  Creating a key sends none: a new key id cannot be in any cache.
+-- They fire ALWAYS: a logical replication subscriber applies changes as a
+-- replica, and its sessions' caches must follow too (its apply worker fires
+-- row triggers only, hence one per row for UPDATE and DELETE).
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._catalog_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'apikeys_catalog_changed'
+LANGUAGE C;
+COMMENT ON FUNCTION apikeys_internal._catalog_changed() IS
+    'trigger: registers a relcache invalidation of the key catalog, so that every backend''s key cache forgets what it holds when the change commits';
+REVOKE ALL ON FUNCTION apikeys_internal._catalog_changed() FROM PUBLIC;
+
+CREATE TRIGGER key_catalog_invalidate
+    AFTER UPDATE OR DELETE ON apikeys_internal.key_catalog
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._catalog_changed();
+CREATE TRIGGER key_catalog_invalidate_truncate
+    AFTER TRUNCATE ON apikeys_internal.key_catalog
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._catalog_changed();
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_invalidate;
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_invalidate_truncate;
+
+CREATE FUNCTION @extschema@.apikey_is_valid(token pg_catalog.text,
+                                            scope pg_catalog.text DEFAULT NULL,
+                                            client_ip pg_catalog.inet DEFAULT NULL,
+                                            origin pg_catalog.text DEFAULT NULL,
+                                            cost pg_catalog.int4 DEFAULT 1)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikey_is_valid_text'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_is_valid(pg_catalog.text, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4) IS
+    'is the token valid (and does the key have scope, and are client_ip and origin allowed)? apikey_verify(...).valid without building the row; never raises for bad input';
+
+CREATE FUNCTION @extschema@.apikey_is_valid(token @extschema@.apikey,
+                                            scope pg_catalog.text DEFAULT NULL,
+                                            client_ip pg_catalog.inet DEFAULT NULL,
+                                            origin pg_catalog.text DEFAULT NULL,
+                                            cost pg_catalog.int4 DEFAULT 1)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikey_is_valid_apikey'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_is_valid(@extschema@.apikey, pg_catalog.text, pg_catalog.inet, pg_catalog.text, pg_catalog.int4) IS
+    'is the parsed token valid (and does the key have scope, and are client_ip and origin allowed)?';
+
+CREATE FUNCTION @extschema@.apikey_cache_stats(OUT entries pg_catalog.int4,
+                                               OUT capacity pg_catalog.int4,
+                                               OUT memory_bytes pg_catalog.int8,
+                                               OUT hits pg_catalog.int8,
+                                               OUT misses pg_catalog.int8,
+                                               OUT evictions pg_catalog.int8,
+                                               OUT invalidations pg_catalog.int8,
+                                               OUT discarded_loads pg_catalog.int8,
+                                               OUT repeats pg_catalog.int8)
+RETURNS record
+AS 'MODULE_PATHNAME', 'apikey_cache_stats'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.apikey_cache_stats() IS
+    'this backend''s key cache: entries held, apikeys.cache_size, memory in bytes, lookups answered from it (hits) and from the catalog (misses), evictions, invalidations received, loads discarded because an invalidation raced them, and repeats answered by the one-verification-per-statement rule';
+
+-------------------------------------------------------------------------------
+-- 13. Creation at the speed of an insert (src/create.c, src/audit.c).
+--
+-- apikey_create decides a plainly valid call in C and writes it with one
+-- saved INSERT as the catalog's owner; anything else goes to _apikey_create
+-- as before.  Every statement that writes the catalog prepares its CHECK
+-- constraints again: the five checks of 0.1.0 become one, with the same
+-- conditions, in C.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._key_row_ok(key_id pg_catalog.text,
+                                             prefix pg_catalog.text,
+                                             name pg_catalog.text,
+                                             state pg_catalog.text,
+                                             no_prev_hash pg_catalog.bool,
+                                             no_prev_valid_until pg_catalog.bool)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikeys_key_row_ok'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION apikeys_internal._key_row_ok(pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.bool, pg_catalog.bool) IS
+    'the key catalog''s row check: key_id is 12 letters and digits, prefix matches [a-z][a-z0-9_]{0,19}, name is not blank, state is active, disabled or revoked, and prev_hash and prev_valid_until are both set or both null';
+
+ALTER TABLE apikeys_internal.key_catalog
+    DROP CONSTRAINT key_catalog_key_id_check,
+    DROP CONSTRAINT key_catalog_prefix_check,
+    DROP CONSTRAINT key_catalog_name_check,
+    DROP CONSTRAINT key_catalog_state_check,
+    DROP CONSTRAINT key_catalog_prev_check,
+    ADD CONSTRAINT key_catalog_row_check
+        CHECK (apikeys_internal._key_row_ok(key_id, prefix, name, state,
+                                            prev_hash IS NULL, prev_valid_until IS NULL));

@@ -6,15 +6,19 @@
 \set VERBOSITY terse
 SET search_path = apikeys, public;
 
--- One verification (a function in FROM runs once), shown as its status,
--- whether it says when to retry, and the quota left.
+-- One request: a verification run as a statement of its own (the loop runs
+-- its query through a cursor, a portal of its own, so the rule "one
+-- verification per statement" sees separate requests, as separate client
+-- statements would be), shown as its status, whether it says when to retry,
+-- and the quota left.
 CREATE FUNCTION regress.v(tok text, c int DEFAULT 1, want text DEFAULT NULL,
                           ip inet DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    r apikeys.verification;
+    r record;
 BEGIN
-    SELECT * INTO r FROM apikeys.apikey_verify(tok, scope => want, client_ip => ip, cost => c);
+    FOR r IN SELECT * FROM apikeys.apikey_verify(tok, scope => want, client_ip => ip, cost => c) LOOP
+    END LOOP;
     RETURN r.status
         || CASE WHEN r.retry_after IS NOT NULL THEN ' retry' ELSE '' END
         || coalesce(' remaining=' || r.remaining, '');

@@ -3,11 +3,12 @@
  *		Module entry point of the apikeys extension.
  *
  * The token format lives in token.c, the apikey type in type.c, the verify
- * hot path in verify.c, the lifecycle entry points in lifecycle.c,
- * logins, the key context and the PostgREST hook in session.c, the lock
- * guard for CREATE RULE in guard.c, the lookup of the extension's own
- * objects in objects.c, and rate limits, quotas and usage in shmem.c,
- * limits.c, usage.c and worker.c.
+ * hot path in verify.c, the backend-local key cache in cache.c, the
+ * lifecycle entry points in lifecycle.c (the fast path of apikey_create in
+ * create.c, the audit row of a new key in audit.c), logins, the key context
+ * and the PostgREST hook in session.c, the lock guard for CREATE RULE in
+ * guard.c, the lookup of the extension's own objects in objects.c, and rate
+ * limits, quotas and usage in shmem.c, limits.c, usage.c and worker.c.
  */
 #include "postgres.h"
 
@@ -30,6 +31,7 @@ void		_PG_init(void);
 void
 _PG_init(void)
 {
+	apikey_cache_init();
 	apikeys_session_init();
 	apikeys_guard_init();
 	apikeys_shmem_init();

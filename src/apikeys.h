@@ -124,6 +124,36 @@ extern Oid	apikeys_relation_oid(const char *relname);
 extern Oid	apikeys_function_oid(const char *proname, int nargs,
 								 const Oid *argtypes);
 
+/*
+ * insert.c: one row into one of the extension's tables, without an
+ * executor per row.  A DirectInsert names the columns a caller sets; keep
+ * it in static storage (it caches what it prepared).
+ */
+typedef struct DirectInsertPrepared DirectInsertPrepared;
+typedef struct DirectInsert
+{
+	int			ncolumns;
+	const char *const *columns;
+	DirectInsertPrepared *prepared;
+} DirectInsert;
+extern bool apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
+								 const char *nulls);
+
+/* A relation of the extension, looked up once and again after invalidation. */
+typedef struct CachedRelation
+{
+	const char *relname;
+	Oid			relid;
+	bool		valid;
+	bool		registered;
+} CachedRelation;
+extern Oid	apikey_cached_relation_oid(CachedRelation *c);
+
+/* lifecycle.c, create.c, audit.c */
+extern Oid	apikeys_current_actor(void);
+extern bool apikey_create_fast(FunctionCallInfo fcinfo, Oid caller,
+							   Datum *key_id, Datum *token);
+
 /* type.c */
 extern bool apikey_value_digest(const ApiKeyData *key,
 								uint8 digest[APIKEY_DIGEST_LEN]);
@@ -136,8 +166,82 @@ extern void apikey_checksum(const char *s, size_t len,
 							char out[APIKEY_CHECKSUM_LEN]);
 extern void apikey_digest(const char *secret, size_t len,
 						  uint8 out[APIKEY_DIGEST_LEN]);
+extern void apikey_mint_token(const char *prefix, int prefix_len,
+							  const char *key_id,
+							  char key_id_out[APIKEY_KEY_ID_LEN],
+							  char token[APIKEY_TOKEN_MAXLEN], int *token_len,
+							  uint8 digest[APIKEY_DIGEST_LEN]);
 extern void apikey_session_mask(uint8 digest[APIKEY_DIGEST_LEN]);
 extern bool apikey_digest_equal(const uint8 *a, const uint8 *b, size_t len);
+
+/*
+ * limits.c: rate limits and quotas of a key, parsed from its catalog row.
+ * A plain fixed-size struct, so that a key cache can keep it as it is.
+ */
+#define APIKEY_MAX_WINDOWS		4	/* rate-limit windows per key or role */
+#define APIKEY_MAX_COST			1000000
+
+typedef struct ApiKeyWindow
+{
+	int64		period;			/* window length, microseconds */
+	int64		count;			/* requests per window (the refill rate) */
+	int64		burst;			/* requests admitted at once */
+} ApiKeyWindow;
+
+typedef struct ApiKeyLimits
+{
+	int			nwindows;
+	ApiKeyWindow windows[APIKEY_MAX_WINDOWS];
+	bool		has_quota;
+	int64		quota;			/* remaining uses, as last set */
+	TimestampTz quota_set_at;	/* when it was set: its version */
+	char		refill_unit;	/* 0 (none), 'h'our, 'd'ay, 'm'onth */
+	int			refill_day;		/* of the month, 1-31 */
+	int64		refill_amount;
+} ApiKeyLimits;
+
+/*
+ * cache.c: what verify needs of one key, as the backend-local key cache
+ * keeps it.  One allocation: this fixed part, then copies of the variable
+ * columns, found by offset from the entry (0: the column is null).
+ */
+typedef struct ApiKeyEntry
+{
+	char		key_id[APIKEY_KEY_ID_LEN];
+	char		prefix[APIKEY_PREFIX_MAXLEN];
+	uint8		prefix_len;
+	char		state;			/* 'a'ctive, 'd'isabled, 'r'evoked */
+	bool		has_expiry;
+	bool		has_prev;		/* a replaced secret with a grace period */
+	bool		referenced;		/* cache.c's CLOCK bit */
+	int16		hash_version;	/* 0 when the stored hash is unusable */
+	int16		prev_hash_version;
+	Oid			role;
+	TimestampTz expires_at;
+	TimestampTz prev_valid_until;
+	uint8		hash[APIKEY_DIGEST_LEN];
+	uint8		prev_hash[APIKEY_DIGEST_LEN];
+	uint32		name_off;
+	uint32		scopes_off;
+	uint32		metadata_off;
+	uint32		allowed_ips_off;
+	uint32		allowed_origins_off;
+	ApiKeyLimits limits;		/* rate limits and quota (limits.c) */
+} ApiKeyEntry;
+
+#define APIKEY_ENTRY_FIELD(e, off, type) \
+	((off) == 0 ? (type) NULL : (type) ((const char *) (e) + (off)))
+#define ApiKeyEntryName(e)		APIKEY_ENTRY_FIELD(e, (e)->name_off, text *)
+#define ApiKeyEntryScopes(e)	APIKEY_ENTRY_FIELD(e, (e)->scopes_off, ArrayType *)
+#define ApiKeyEntryMetadata(e)	APIKEY_ENTRY_FIELD(e, (e)->metadata_off, Jsonb *)
+#define ApiKeyEntryAllowedIps(e) APIKEY_ENTRY_FIELD(e, (e)->allowed_ips_off, ArrayType *)
+#define ApiKeyEntryAllowedOrigins(e) APIKEY_ENTRY_FIELD(e, (e)->allowed_origins_off, ArrayType *)
+
+extern void apikey_cache_init(void);
+extern void apikey_cache_poll(void);
+extern uint64 apikey_cache_generation(void);
+extern const ApiKeyEntry *apikey_cache_get(const char *key_id,
+										   uint64 *generation);
 
 /*
  * verify.c: the outcome of one verification, for the SQL functions and for
@@ -182,6 +286,7 @@ typedef struct ApiKeyVerdict
 	Jsonb	   *metadata;
 	bool		has_expiry;
 	TimestampTz expires_at;
+	char		role_name[NAMEDATALEN];	/* the role's name at verification */
 	/* set by apikey_limits_apply (limits.c) */
 	bool		has_retry_after;	/* rate_limited, and retrying can help */
 	int64		retry_after;	/* microseconds until a retry can succeed */
@@ -197,6 +302,7 @@ extern void apikey_verify_digest(const char *prefix, int prefix_len,
 								 const ApiKeyRequest *req, ApiKeyVerdict *out);
 extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
 							   int want_len);
+extern uint64 apikey_verify_repeats(void);
 
 /* lifecycle.c: calling an internal function from another file's entry point */
 extern Datum apikeys_call_internal(const char *name, int nargs,
@@ -220,32 +326,6 @@ extern void apikeys_reveal_init(void);
 
 /* session.c: apikey_login, the key context, pre_request, their settings */
 extern void apikeys_session_init(void);
-
-/*
- * limits.c: rate limits and quotas of a key, parsed from its catalog row.
- * A plain fixed-size struct, so that a key cache can keep it as it is.
- */
-#define APIKEY_MAX_WINDOWS		4	/* rate-limit windows per key or role */
-#define APIKEY_MAX_COST			1000000
-
-typedef struct ApiKeyWindow
-{
-	int64		period;			/* window length, microseconds */
-	int64		count;			/* requests per window (the refill rate) */
-	int64		burst;			/* requests admitted at once */
-} ApiKeyWindow;
-
-typedef struct ApiKeyLimits
-{
-	int			nwindows;
-	ApiKeyWindow windows[APIKEY_MAX_WINDOWS];
-	bool		has_quota;
-	int64		quota;			/* remaining uses, as last set */
-	TimestampTz quota_set_at;	/* when it was set: its version */
-	char		refill_unit;	/* 0 (none), 'h'our, 'd'ay, 'm'onth */
-	int			refill_day;		/* of the month, 1-31 */
-	int64		refill_amount;
-} ApiKeyLimits;
 
 extern void apikey_limits_from_row(const Datum *values, const bool *nulls,
 								   int natts, ApiKeyLimits *out);

@@ -155,6 +155,32 @@ apikeys_create(PG_FUNCTION_ARGS)
 	bool		nulls[2];
 
 	InitMaterializedSRF(fcinfo, 0);
+
+	/* the common call, decided and written in C (create.c) */
+	{
+		Oid			caller = GetUserId();
+		Oid			saved_actor = current_actor;
+		bool		done;
+
+		current_actor = caller;
+		PG_TRY();
+		{
+			done = apikey_create_fast(fcinfo, caller, &values[0], &values[1]);
+		}
+		PG_FINALLY();
+		{
+			current_actor = saved_actor;
+		}
+		PG_END_TRY();
+		if (done)
+		{
+			nulls[0] = nulls[1] = false;
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			return (Datum) 0;
+		}
+	}
+
+	/* anything else: the reference implementation decides and reports */
 	result = call_internal(fcinfo, &isnull);
 	if (isnull)
 		elog(ERROR, "apikeys_internal._apikey_create returned null");
@@ -173,6 +199,13 @@ apikeys_create(PG_FUNCTION_ARGS)
 
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
+}
+
+/* The role that called the running lifecycle function (InvalidOid outside one). */
+Oid
+apikeys_current_actor(void)
+{
+	return current_actor;
 }
 
 /* SQL function: apikeys_internal._actor() returns oid */
@@ -218,29 +251,16 @@ apikeys_mint(PG_FUNCTION_ARGS)
 						   APIKEY_PREFIX_MAXLEN - 1)));
 
 	if (PG_ARGISNULL(1))
-		apikey_random_base62(key_id, APIKEY_KEY_ID_LEN);
+		apikey_mint_token(prefix, prefix_len, NULL, key_id, token, &len, digest);
 	else
 	{
 		text	   *k = PG_GETARG_TEXT_PP(1);
 
 		if (VARSIZE_ANY_EXHDR(k) != APIKEY_KEY_ID_LEN)
 			elog(ERROR, "malformed key id passed to apikeys_internal._mint");
-		memcpy(key_id, VARDATA_ANY(k), APIKEY_KEY_ID_LEN);
+		apikey_mint_token(prefix, prefix_len, VARDATA_ANY(k), key_id, token,
+						  &len, digest);
 	}
-
-	/* <prefix>_<key_id>_<secret><checksum> */
-	len = 0;
-	memcpy(token, prefix, prefix_len);
-	len += prefix_len;
-	token[len++] = '_';
-	memcpy(token + len, key_id, APIKEY_KEY_ID_LEN);
-	len += APIKEY_KEY_ID_LEN;
-	token[len++] = '_';
-	apikey_random_base62(token + len, APIKEY_SECRET_LEN);
-	apikey_digest(token + len, APIKEY_SECRET_LEN, digest);
-	len += APIKEY_SECRET_LEN;
-	apikey_checksum(token, len, token + len);
-	len += APIKEY_CHECKSUM_LEN;
 
 	hash = (bytea *) palloc(VARHDRSZ + APIKEY_DIGEST_LEN);
 	SET_VARSIZE(hash, VARHDRSZ + APIKEY_DIGEST_LEN);

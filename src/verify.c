@@ -3,43 +3,39 @@
  *		The verify hot path: apikey_verify(text) and apikey_verify(apikey).
  *
  * C end to end: the token is parsed and checksummed in place, the key is
- * found with a direct index scan of apikeys.key_catalog (no SPI, no SQL, no
- * SECURITY DEFINER), the secret's SHA-256 is compared in constant time, and
- * status, expiry, role and scope are checked.  Bad client input of any kind
- * yields status 'invalid'; this file raises only for can't-happen states.
+ * found in the backend-local key cache (cache.c; on a miss, a direct index
+ * scan of the catalog: no SPI, no SQL, no SECURITY DEFINER), the secret's
+ * SHA-256 is compared in constant time, and status, expiry, role,
+ * restrictions and scope are checked.  Bad client input of any kind yields
+ * status 'invalid'; this file raises only for can't-happen states.
  *
- * The scan uses the latest snapshot, not the statement's, so a revoke is
+ * The cache is coherent with commits (cache.c reads the invalidation queue
+ * before every lookup, and loads with the latest snapshot), so a revoke is
  * effective for every session from the moment it commits, whatever the
- * caller's isolation level.
+ * caller's isolation level.  Repeats within one statement are answered by
+ * the statement memo below.
  */
 #include "postgres.h"
 
 #include <sys/socket.h>
 
 #include "access/detoast.h"
-#include "access/genam.h"
 #include "access/htup_details.h"
-#include "access/relation.h"
-#include "access/skey.h"
-#include "access/stratnum.h"
-#include "access/xact.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_class_d.h"
-#include "catalog/pg_collation_d.h"
+#include "access/tupmacs.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_type_d.h"
+#include "common/hashfn.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
+#include "tcop/pquery.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
-#include "utils/inval.h"
 #include "utils/lsyscache.h"
-#include "utils/rel.h"
-#include "utils/relcache.h"
-#include "utils/snapmgr.h"
-#include "utils/timestamp.h"
+#include "utils/memutils.h"
+#include "utils/portal.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/typcache.h"
 
 #include "apikeys.h"
@@ -63,230 +59,6 @@ enum
 	Vf_natts
 };
 
-/* What the index lookup copies out of a catalog row. */
-typedef struct KeyRow
-{
-	bool		secret_ok;
-	char		state;			/* 'a'ctive, 'd'isabled, 'r'evoked */
-	Oid			role;
-	Datum		name;
-	Datum		scopes;
-	bool		scopes_null;
-	TimestampTz expires_at;
-	bool		expires_null;
-	Datum		metadata;
-	bool		metadata_null;
-	Datum		allowed_ips;
-	bool		ips_null;
-	Datum		allowed_origins;
-	bool		origins_null;
-	ApiKeyLimits limits;		/* rate limits and quota (limits.c) */
-} KeyRow;
-
-/*
- * The catalog's OID, resolved once per backend and forgotten whenever a
- * relcache invalidation names it (or all relations): that covers DROP
- * EXTENSION and anything else that could make it stale.  Its primary key
- * index comes from the relcache each time, under the lock.
- */
-static Oid	catalog_relid = InvalidOid;
-static bool catalog_callback_registered = false;
-
-/* Relcache callback: forget the catalog's OID if it may be stale. */
-static void
-catalog_relcache_callback(Datum arg, Oid relid)
-{
-	if (!OidIsValid(relid) || relid == catalog_relid)
-		catalog_relid = InvalidOid;
-}
-
-/* Look up apikeys.key_catalog by name, if its OID is not known. */
-static void
-resolve_catalog(void)
-{
-	Oid			relid;
-
-	if (OidIsValid(catalog_relid))
-		return;
-	if (!catalog_callback_registered)
-	{
-		CacheRegisterRelcacheCallback(catalog_relcache_callback, (Datum) 0);
-		catalog_callback_registered = true;
-	}
-	relid = apikeys_relation_oid(APIKEYS_CATALOG);
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("apikeys catalog is missing"),
-				 errhint("Run CREATE EXTENSION apikeys in this database.")));
-	catalog_relid = relid;
-}
-
-/*
- * Open and lock the catalog; return it with its primary key index.
- *
- * Taking the lock processes pending invalidations.  If they made the OID
- * we used stale (the extension was dropped or re-created meanwhile), let go
- * and try again with the name looked up afresh; once the lock is held and
- * nothing was invalidated, the relation cannot change under us.
- */
-static Relation
-open_catalog(Oid *indexid)
-{
-	for (int attempt = 0;; attempt++)
-	{
-		Oid			relid;
-		Relation	rel;
-
-		resolve_catalog();
-		relid = catalog_relid;
-		rel = try_relation_open(relid, AccessShareLock);
-		if (rel != NULL && relid == catalog_relid &&
-			rel->rd_rel->relkind == RELKIND_RELATION)
-		{
-			*indexid = RelationGetPrimaryKeyIndex(rel);
-			if (!OidIsValid(*indexid))
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("apikeys catalog has no primary key"),
-						 errhint("Re-create the extension.")));
-			return rel;
-		}
-		if (rel != NULL)
-			relation_close(rel, AccessShareLock);
-		catalog_relid = InvalidOid;
-		if (attempt >= 10)
-			elog(ERROR, "apikeys catalog keeps changing while it is opened");
-	}
-}
-
-/* Does a stored (version, hash) pair match this digest? */
-static bool
-stored_hash_matches(Datum version, Datum hash, const uint8 *digest)
-{
-	bytea	   *h;
-	bool		ok;
-
-	if (DatumGetInt16(version) != APIKEY_HASH_SHA256)
-		return false;
-	h = DatumGetByteaPP(hash);
-	ok = VARSIZE_ANY_EXHDR(h) == APIKEY_DIGEST_LEN &&
-		apikey_digest_equal((const uint8 *) VARDATA_ANY(h), digest,
-							APIKEY_DIGEST_LEN);
-	if ((Pointer) h != DatumGetPointer(hash))
-		pfree(h);
-	return ok;
-}
-
-/* Copy a varlena column out of the scanned tuple, detoasted. */
-static Datum
-copy_varlena(Datum d)
-{
-	return PointerGetDatum(PG_DETOAST_DATUM_COPY(d));
-}
-
-/*
- * Find key_id in the catalog by index scan and copy out what verify needs.
- * Returns false when there is no such key or the prefix differs.
- */
-static bool
-lookup_key(const char *prefix, int prefix_len, const char *key_id,
-		   const uint8 *digest, TimestampTz now, KeyRow *row)
-{
-	Relation	rel;
-	Oid			indexid;
-	Snapshot	snapshot;
-	ScanKeyData skey;
-	SysScanDesc scan;
-	HeapTuple	tup;
-	text	   *key_text;
-	bool		found = false;
-	int			natts;
-
-	key_text = cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN);
-	rel = open_catalog(&indexid);
-	natts = RelationGetDescr(rel)->natts;
-	if (natts != Natts_key_catalog && natts != Natts_key_catalog_0_1)
-		elog(ERROR, "apikeys catalog has %d columns, expected %d",
-			 natts, Natts_key_catalog);
-
-	/*
-	 * The latest snapshot makes a commit elsewhere effective at once.  It
-	 * cannot be taken in parallel mode (verify is PARALLEL UNSAFE, but a
-	 * mislabelled caller could still get there): fall back to the
-	 * statement's snapshot rather than fail.
-	 */
-	snapshot = RegisterSnapshot(IsInParallelMode() ? GetActiveSnapshot()
-								: GetLatestSnapshot());
-	ScanKeyInit(&skey, Anum_key_key_id, BTEqualStrategyNumber, F_TEXTEQ,
-				PointerGetDatum(key_text));
-	scan = systable_beginscan(rel, indexid, true, snapshot, 1, &skey);
-
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-	{
-		Datum		values[Natts_key_catalog];
-		bool		nulls[Natts_key_catalog];
-		text	   *stored_prefix;
-
-		/* columns a 0.1.0 catalog lacks read as null */
-		memset(nulls, true, sizeof(nulls));
-		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
-#define COL(a) ((a) - 1)
-		stored_prefix = DatumGetTextPP(values[COL(Anum_key_prefix)]);
-		if ((int) VARSIZE_ANY_EXHDR(stored_prefix) == prefix_len &&
-			memcmp(VARDATA_ANY(stored_prefix), prefix, prefix_len) == 0)
-		{
-			text	   *state = DatumGetTextPP(values[COL(Anum_key_state)]);
-
-			found = true;
-			row->secret_ok = stored_hash_matches(values[COL(Anum_key_hash_version)],
-												 values[COL(Anum_key_hash)],
-												 digest);
-			/* The previous secret of a rotation with grace. */
-			if (!row->secret_ok &&
-				!nulls[COL(Anum_key_prev_hash)] &&
-				!nulls[COL(Anum_key_prev_hash_version)] &&
-				!nulls[COL(Anum_key_prev_valid_until)] &&
-				DatumGetTimestampTz(values[COL(Anum_key_prev_valid_until)]) > now)
-				row->secret_ok = stored_hash_matches(values[COL(Anum_key_prev_hash_version)],
-													 values[COL(Anum_key_prev_hash)],
-													 digest);
-
-			/* Nothing more is needed, or returned, for a wrong secret. */
-			if (row->secret_ok)
-			{
-				row->state = VARSIZE_ANY_EXHDR(state) > 0 ? *VARDATA_ANY(state) : '?';
-				row->role = DatumGetObjectId(values[COL(Anum_key_role)]);
-				row->name = copy_varlena(values[COL(Anum_key_name)]);
-				row->scopes_null = nulls[COL(Anum_key_scopes)];
-				if (!row->scopes_null)
-					row->scopes = copy_varlena(values[COL(Anum_key_scopes)]);
-				row->expires_null = nulls[COL(Anum_key_expires_at)];
-				if (!row->expires_null)
-					row->expires_at = DatumGetTimestampTz(values[COL(Anum_key_expires_at)]);
-				row->metadata_null = nulls[COL(Anum_key_metadata)];
-				if (!row->metadata_null)
-					row->metadata = copy_varlena(values[COL(Anum_key_metadata)]);
-				row->ips_null = nulls[COL(Anum_key_allowed_ips)];
-				if (!row->ips_null)
-					row->allowed_ips = copy_varlena(values[COL(Anum_key_allowed_ips)]);
-				row->origins_null = nulls[COL(Anum_key_allowed_origins)];
-				if (!row->origins_null)
-					row->allowed_origins = copy_varlena(values[COL(Anum_key_allowed_origins)]);
-				apikey_limits_from_row(values, nulls, natts, &row->limits);
-			}
-		}
-#undef COL
-	}
-
-	systable_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	relation_close(rel, AccessShareLock);
-	pfree(key_text);
-	return found;
-}
-
 /*
  * Does a key holding scopes hold want?  A held scope ending in '*' holds
  * every scope that starts with what precedes the '*' ('jobs:*' holds
@@ -295,22 +67,25 @@ lookup_key(const char *prefix, int prefix_len, const char *key_id,
 bool
 apikey_scopes_hold(ArrayType *scopes, const char *want, int want_len)
 {
-	Datum	   *elems;
-	bool	   *enulls;
-	int			n;
+	int			n = ArrayGetNItems(ARR_NDIM(scopes), ARR_DIMS(scopes));
+	bits8	   *nullmap = ARR_NULLBITMAP(scopes);
+	const char *ptr;
 
-	deconstruct_array(scopes, TEXTOID, -1, false, TYPALIGN_INT, &elems, &enulls, &n);
+	/* walk the text elements in place: no deconstructed copy */
+	ptr = (const char *) scopes +
+		(ARR_HASNULL(scopes) ? (Size) scopes->dataoffset :
+		 ARR_OVERHEAD_NONULLS(ARR_NDIM(scopes)));
 	for (int i = 0; i < n; i++)
 	{
-		text	   *e;
 		const char *p;
 		int			len;
 
-		if (enulls[i])
+		if (nullmap != NULL && !(nullmap[i / 8] & (1 << (i % 8))))
 			continue;
-		e = DatumGetTextPP(elems[i]);
-		p = VARDATA_ANY(e);
-		len = VARSIZE_ANY_EXHDR(e);
+		ptr = (const char *) att_align_pointer(ptr, TYPALIGN_INT, -1, ptr);
+		p = VARDATA_ANY(ptr);
+		len = VARSIZE_ANY_EXHDR(ptr);
+		ptr += VARSIZE_ANY(ptr);
 		if (len == want_len && memcmp(p, want, len) == 0)
 			return true;
 		if (len > 0 && p[len - 1] == '*' &&
@@ -467,147 +242,501 @@ apikey_status_name(ApiKeyStatus status)
 	return "invalid";
 }
 
-/* Build the apikeys.verification row from a verdict. */
-static Datum
-verdict_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
+/*
+ * One verification per statement.
+ *
+ * PostgreSQL evaluates (apikey_verify(t)).valid, (apikey_verify(t)).status
+ * as two calls, and (apikey_verify(t)).* as one per field.  The statement
+ * memo makes them one verification: within one statement (the portal that
+ * runs it, with every function it calls), a repeat of the same token with
+ * the same arguments returns the first call's status, and is counted and
+ * charged once.  If an invalidation arrived in between (a key was changed
+ * and committed, in this session or another), the repeat re-evaluates the
+ * key as it is now, so no change is ever hidden, but still counts once.
+ *
+ * The memo lives in a small memory context under the portal, so it ends
+ * with the statement; it remembers the last APIKEY_MEMO_MAX distinct
+ * verifications of the statement.  A key is its token identity (prefix,
+ * key id, SHA-256 of the secret) and the request's arguments, compared in
+ * full.  Up to MEMO_LINEAR entries are searched linearly; past that, an
+ * index of chained buckets is built.
+ */
+#define APIKEY_MEMO_MAX		1024
+#define MEMO_LINEAR			8
+#define MEMO_BUCKETS		(2 * APIKEY_MEMO_MAX)
+
+typedef struct MemoEntry
 {
-	Oid			rettype = get_fn_expr_rettype(fcinfo->flinfo);
-	TupleDesc	tupdesc;
-	Datum		values[Vf_natts];
-	bool		nulls[Vf_natts];
-	Datum		result;
+	uint32		hash;
+	int32		next;			/* next index in the bucket chain, or -1 */
+	int32		scope_len;		/* -1: argument was null */
+	int32		ip_len;
+	int32		origin_len;
+	uint8		prefix_len;
+	char		prefix[APIKEY_PREFIX_MAXLEN];
+	char		key_id[APIKEY_KEY_ID_LEN];
+	uint8		digest[APIKEY_DIGEST_LEN];
+	int32		cost;
+	char	   *args;			/* scope, client_ip, origin bytes, concatenated */
+	ApiKeyStatus status;
+	uint64		generation;		/* key cache generation it was evaluated at */
+	/* the outcome of the key's limits, decided on the first evaluation */
+	bool		limited;		/* apikey_limits_apply ran for this request */
+	bool		has_retry_after;
+	int64		retry_after;
+	bool		has_remaining;
+	int64		remaining;
+} MemoEntry;
 
-	if (!OidIsValid(rettype))
-		rettype = get_func_rettype(fcinfo->flinfo->fn_oid);
-	tupdesc = lookup_rowtype_tupdesc(rettype, -1);
-	/* (a database still at 0.1.0 has a shorter type) */
-	if (tupdesc->natts != Vf_natts && tupdesc->natts != Vf_natts_0_1)
-		elog(ERROR, "apikeys.verification has %d columns, expected %d",
-			 tupdesc->natts, Vf_natts);
+typedef struct StatementMemo
+{
+	Portal		portal;
+	LocalTransactionId lxid;
+	MemoryContext cxt;
+	MemoryContextCallback on_reset;
+	MemoEntry  *entries;
+	int			capacity;
+	int			count;			/* entries in use (up to APIKEY_MEMO_MAX) */
+	int			oldest;			/* next one to overwrite once full */
+	int32	   *buckets;		/* NULL until count passes MEMO_LINEAR */
+} StatementMemo;
 
-	memset(nulls, true, sizeof(nulls));
-	values[Vf_valid] = BoolGetDatum(v->status == APIKEY_VALID);
-	nulls[Vf_valid] = false;
-	values[Vf_status] = CStringGetTextDatum(apikey_status_name(v->status));
-	nulls[Vf_status] = false;
-	if (v->status != APIKEY_INVALID)
+static StatementMemo *memo = NULL;
+static uint64 memo_repeats = 0;
+
+/* Memory context callback: the statement's portal is gone. */
+static void
+memo_reset_callback(void *arg)
+{
+	if (memo == (StatementMemo *) arg)
+		memo = NULL;
+}
+
+/* The memo of the running statement, created on first use; NULL if none. */
+static StatementMemo *
+statement_memo(void)
+{
+	Portal		portal = ActivePortal;
+	LocalTransactionId lxid = APIKEYS_CURRENT_LXID();
+	MemoryContext cxt;
+
+	if (portal == NULL || portal->portalContext == NULL)
+		return NULL;
+	if (memo != NULL && memo->portal == portal && memo->lxid == lxid)
+		return memo;
+	if (memo != NULL)
+		MemoryContextDelete(memo->cxt); /* another statement's: let it go */
+
+	cxt = AllocSetContextCreate(portal->portalContext, "apikeys statement memo",
+								ALLOCSET_SMALL_SIZES);
+	memo = MemoryContextAllocZero(cxt, sizeof(StatementMemo));
+	memo->portal = portal;
+	memo->lxid = lxid;
+	memo->cxt = cxt;
+	memo->capacity = MEMO_LINEAR;
+	memo->entries = MemoryContextAlloc(cxt, MEMO_LINEAR * sizeof(MemoEntry));
+	memo->on_reset.func = memo_reset_callback;
+	memo->on_reset.arg = memo;
+	MemoryContextRegisterResetCallback(cxt, &memo->on_reset);
+	return memo;
+}
+
+/* Bytes of an optional varlena argument, -1 for null. */
+static inline int32
+arg_len(const void *v)
+{
+	return v == NULL ? -1 : (int32) VARSIZE_ANY_EXHDR(v);
+}
+
+/* Hash of a memo key: the digest is already uniformly random. */
+static uint32
+memo_hash(const char *key_id, const uint8 *digest, const ApiKeyRequest *req)
+{
+	uint32		h;
+
+	memcpy(&h, digest, sizeof(h));
+	h ^= hash_bytes((const unsigned char *) key_id, APIKEY_KEY_ID_LEN);
+	if (req->scope != NULL)
+		h = hash_combine(h, hash_bytes((const unsigned char *) VARDATA_ANY(req->scope),
+									   VARSIZE_ANY_EXHDR(req->scope)));
+	return h;
+}
+
+/* Does a memo entry hold exactly this token and these arguments? */
+static bool
+memo_matches(const MemoEntry *m, uint32 hash, const char *prefix, int prefix_len,
+			 const char *key_id, const uint8 *digest, const ApiKeyRequest *req)
+{
+	const char *a = m->args;
+
+	if (m->hash != hash || m->prefix_len != prefix_len ||
+		memcmp(m->digest, digest, APIKEY_DIGEST_LEN) != 0 ||
+		memcmp(m->key_id, key_id, APIKEY_KEY_ID_LEN) != 0 ||
+		memcmp(m->prefix, prefix, prefix_len) != 0 ||
+		m->cost != req->cost ||
+		m->scope_len != arg_len(req->scope) ||
+		m->ip_len != arg_len(req->client_ip) ||
+		m->origin_len != arg_len(req->origin))
+		return false;
+	if (m->scope_len > 0)
 	{
-		char	   *role_name = GetUserNameFromId(v->role, true);
-
-		values[Vf_key_id] = CStringGetTextDatum(v->key_id);
-		nulls[Vf_key_id] = false;
-		if (role_name != NULL)
-		{
-			values[Vf_role] = DirectFunctionCall1(namein, CStringGetDatum(role_name));
-			nulls[Vf_role] = false;
-		}
-		if (v->scopes != NULL)
-		{
-			values[Vf_scopes] = PointerGetDatum(v->scopes);
-			nulls[Vf_scopes] = false;
-		}
-		if (v->has_expiry)
-		{
-			values[Vf_expires_at] = TimestampTzGetDatum(v->expires_at);
-			nulls[Vf_expires_at] = false;
-		}
-		if (v->metadata != NULL)
-		{
-			values[Vf_metadata] = JsonbPGetDatum(v->metadata);
-			nulls[Vf_metadata] = false;
-		}
-		values[Vf_name] = PointerGetDatum(v->name);
-		nulls[Vf_name] = false;
+		if (memcmp(a, VARDATA_ANY(req->scope), m->scope_len) != 0)
+			return false;
+		a += m->scope_len;
 	}
-	if (v->has_retry_after)
+	if (m->ip_len > 0)
 	{
-		Interval   *iv = (Interval *) palloc0(sizeof(Interval));
+		if (memcmp(a, VARDATA_ANY(req->client_ip), m->ip_len) != 0)
+			return false;
+		a += m->ip_len;
+	}
+	if (m->origin_len > 0 &&
+		memcmp(a, VARDATA_ANY(req->origin), m->origin_len) != 0)
+		return false;
+	return true;
+}
 
-		iv->time = v->retry_after;
-		values[Vf_retry_after] = IntervalPGetDatum(iv);
-		nulls[Vf_retry_after] = false;
-	}
-	if (v->has_remaining)
+/* Find an earlier verification of this token with these arguments. */
+static MemoEntry *
+memo_lookup(StatementMemo *mm, uint32 hash, const char *prefix, int prefix_len,
+			const char *key_id, const uint8 *digest, const ApiKeyRequest *req)
+{
+	if (mm->buckets == NULL)
 	{
-		values[Vf_remaining] = Int64GetDatum(v->remaining);
-		nulls[Vf_remaining] = false;
+		for (int i = 0; i < mm->count; i++)
+			if (memo_matches(&mm->entries[i], hash, prefix, prefix_len,
+							 key_id, digest, req))
+				return &mm->entries[i];
+		return NULL;
 	}
-	result = HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
-	ReleaseTupleDesc(tupdesc);
-	return result;
+	for (int32 i = mm->buckets[hash % MEMO_BUCKETS]; i >= 0; i = mm->entries[i].next)
+		if (memo_matches(&mm->entries[i], hash, prefix, prefix_len,
+						 key_id, digest, req))
+			return &mm->entries[i];
+	return NULL;
+}
+
+/* Unlink entry i from its bucket chain. */
+static void
+memo_unlink(StatementMemo *mm, int32 i)
+{
+	int32	   *link = &mm->buckets[mm->entries[i].hash % MEMO_BUCKETS];
+
+	while (*link >= 0)
+	{
+		if (*link == i)
+		{
+			*link = mm->entries[i].next;
+			return;
+		}
+		link = &mm->entries[*link].next;
+	}
+}
+
+/* Remember a verification; overwrites the oldest once the memo is full. */
+static MemoEntry *
+memo_remember(StatementMemo *mm, uint32 hash, const char *prefix, int prefix_len,
+			  const char *key_id, const uint8 *digest, const ApiKeyRequest *req,
+			  ApiKeyStatus status, uint64 generation)
+{
+	MemoEntry  *m;
+	int32		i;
+	Size		args_len = 0;
+	char	   *a;
+
+	if (mm->count < APIKEY_MEMO_MAX)
+	{
+		if (mm->count == mm->capacity)
+		{
+			mm->capacity *= 2;
+			mm->entries = repalloc(mm->entries, mm->capacity * sizeof(MemoEntry));
+		}
+		i = mm->count++;
+		if (mm->count > MEMO_LINEAR && mm->buckets == NULL)
+		{
+			/* index every entry so far; later ones are linked as they come */
+			mm->buckets = MemoryContextAlloc(mm->cxt, MEMO_BUCKETS * sizeof(int32));
+			memset(mm->buckets, 0xFF, MEMO_BUCKETS * sizeof(int32));
+			for (int32 j = 0; j < i; j++)
+			{
+				int32	   *head = &mm->buckets[mm->entries[j].hash % MEMO_BUCKETS];
+
+				mm->entries[j].next = *head;
+				*head = j;
+			}
+		}
+	}
+	else
+	{
+		i = mm->oldest;
+		mm->oldest = (mm->oldest + 1) % APIKEY_MEMO_MAX;
+		memo_unlink(mm, i);
+		if (mm->entries[i].args != NULL)
+			pfree(mm->entries[i].args);
+	}
+
+	m = &mm->entries[i];
+	m->hash = hash;
+	m->prefix_len = (uint8) prefix_len;
+	memcpy(m->prefix, prefix, prefix_len);
+	memcpy(m->key_id, key_id, APIKEY_KEY_ID_LEN);
+	memcpy(m->digest, digest, APIKEY_DIGEST_LEN);
+	m->scope_len = arg_len(req->scope);
+	m->ip_len = arg_len(req->client_ip);
+	m->origin_len = arg_len(req->origin);
+	args_len = Max(m->scope_len, 0) + Max(m->ip_len, 0) + Max(m->origin_len, 0);
+	m->args = NULL;
+	if (args_len > 0)
+	{
+		a = m->args = MemoryContextAlloc(mm->cxt, args_len);
+		if (m->scope_len > 0)
+		{
+			memcpy(a, VARDATA_ANY(req->scope), m->scope_len);
+			a += m->scope_len;
+		}
+		if (m->ip_len > 0)
+		{
+			memcpy(a, VARDATA_ANY(req->client_ip), m->ip_len);
+			a += m->ip_len;
+		}
+		if (m->origin_len > 0)
+			memcpy(a, VARDATA_ANY(req->origin), m->origin_len);
+	}
+	m->cost = req->cost;
+	m->status = status;
+	m->generation = generation;
+	m->limited = false;
+	m->has_retry_after = m->has_remaining = false;
+	if (mm->buckets != NULL)
+	{
+		int32	   *head = &mm->buckets[hash % MEMO_BUCKETS];
+
+		m->next = *head;
+		*head = i;
+	}
+	return m;
+}
+
+/* Verifications answered by the statement memo, for apikey_cache_stats(). */
+uint64
+apikey_verify_repeats(void)
+{
+	return memo_repeats;
+}
+
+/*
+ * Judge a key entry against a presented secret and a request.  role_name
+ * receives the key's role name (empty if the role is gone).
+ */
+static ApiKeyStatus
+evaluate(const ApiKeyEntry *e, const char *prefix, int prefix_len,
+		 const uint8 *digest, const ApiKeyRequest *req, char *role_name,
+		 bool *known)
+{
+	/* one clock reading serves the grace period and the expiry, if any */
+	TimestampTz now = (e != NULL && (e->has_prev || e->has_expiry)) ?
+		GetCurrentTimestamp() : 0;
+	bool		secret_ok;
+	HeapTuple	roletup;
+	ArrayType  *arr;
+
+	role_name[0] = '\0';
+	*known = false;
+	if (e == NULL || e->prefix_len != prefix_len ||
+		memcmp(e->prefix, prefix, prefix_len) != 0)
+		return APIKEY_INVALID;
+	/* the key exists: a failure from here on is counted against it */
+	*known = true;
+
+	secret_ok = e->hash_version == APIKEY_HASH_SHA256 &&
+		apikey_digest_equal(e->hash, digest, APIKEY_DIGEST_LEN);
+	/* The previous secret of a rotation with grace. */
+	if (!secret_ok && e->has_prev && e->prev_valid_until > now)
+		secret_ok = e->prev_hash_version == APIKEY_HASH_SHA256 &&
+			apikey_digest_equal(e->prev_hash, digest, APIKEY_DIGEST_LEN);
+	if (!secret_ok)
+		return APIKEY_INVALID;
+
+	/* A key whose role was dropped is orphaned: it authenticates nobody. */
+	roletup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(e->role));
+	if (!HeapTupleIsValid(roletup))
+		return APIKEY_INVALID;
+	strlcpy(role_name, NameStr(((Form_pg_authid) GETSTRUCT(roletup))->rolname),
+			NAMEDATALEN);
+	ReleaseSysCache(roletup);
+
+	if (e->state == 'r')
+		return APIKEY_REVOKED;
+	if (e->state != 'a')
+		return APIKEY_DISABLED;
+	if (e->has_expiry && e->expires_at <= now)
+		return APIKEY_EXPIRED;
+	if ((arr = ApiKeyEntryAllowedIps(e)) != NULL &&
+		(req->client_ip == NULL || !ip_allowed(arr, req->client_ip)))
+		return APIKEY_IP_NOT_ALLOWED;
+	if ((arr = ApiKeyEntryAllowedOrigins(e)) != NULL &&
+		(req->origin == NULL || !origin_allowed(arr, req->origin)))
+		return APIKEY_ORIGIN_NOT_ALLOWED;
+	if (req->scope != NULL &&
+		((arr = ApiKeyEntryScopes(e)) == NULL ||
+		 !apikey_scopes_hold(arr, VARDATA_ANY(req->scope),
+							 VARSIZE_ANY_EXHDR(req->scope))))
+		return APIKEY_INSUFFICIENT_SCOPE;
+
+	/*
+	 * Rate limits and quotas are the caller's (apply_limits): only a request
+	 * that passed every other check spends, and only on its statement's
+	 * first evaluation.
+	 */
+	return APIKEY_VALID;
+}
+
+/* Copy a varlena out of a cache entry into the current memory context. */
+static void *
+copy_varlena(const void *v)
+{
+	Size		len;
+	void	   *copy;
+
+	if (v == NULL)
+		return NULL;
+	len = VARSIZE(v);
+	copy = palloc(len);
+	memcpy(copy, v, len);
+	return copy;
+}
+
+/*
+ * Run the key's rate limits and quota (limits.c) for a request judged
+ * status, and count it in the key's usage.  A valid request spends its cost
+ * or becomes rate_limited or quota_exceeded; a wrong secret or a dropped
+ * role (status invalid, key known) counts as a failure of that key.
+ */
+static void save_limits(MemoEntry *m, const ApiKeyVerdict *out, bool limited);
+
+static ApiKeyStatus
+apply_limits(const ApiKeyEntry *e, const char *key_id, const ApiKeyRequest *req,
+			 ApiKeyStatus status, ApiKeyVerdict *out, MemoEntry *m)
+{
+	out->status = status;
+	out->role = e->role;
+	apikey_limits_apply(key_id, status == APIKEY_INVALID ? NULL : &e->limits,
+						req->cost, GetCurrentTimestamp(), out);
+	if (m != NULL)
+		save_limits(m, out, true);
+	return out->status;
+}
+
+/* Keep the limits' answer with the statement's memo entry. */
+static void
+save_limits(MemoEntry *m, const ApiKeyVerdict *out, bool limited)
+{
+	m->limited = limited;
+	m->has_retry_after = out->has_retry_after;
+	m->retry_after = out->retry_after;
+	m->has_remaining = out->has_remaining;
+	m->remaining = out->remaining;
+}
+
+/* A repeat gets the limits' first answer. */
+static void
+restore_limits(const MemoEntry *m, ApiKeyVerdict *out)
+{
+	out->has_retry_after = m->has_retry_after;
+	out->retry_after = m->retry_after;
+	out->has_remaining = m->has_remaining;
+	out->remaining = m->remaining;
 }
 
 /*
  * Verify a parsed token (prefix, key id, digest of the secret) against the
- * catalog and the request, and fill in the verdict.
+ * key cache and the request, and fill in the verdict.  Key details are
+ * copied into the caller's memory context.
  */
 void
 apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 					 const uint8 *digest, const ApiKeyRequest *req,
 					 ApiKeyVerdict *out)
 {
-	KeyRow		row;
-	TimestampTz now;
+	StatementMemo *mm;
+	MemoEntry  *m = NULL;
+	uint32		hash = 0;
+	const ApiKeyEntry *e;
+	uint64		generation;
+	ApiKeyStatus status;
+	bool		known = false;
 
 	memset(out, 0, sizeof(*out));
 	out->status = APIKEY_INVALID;
 	if (key_id == NULL)
 		return;
 
-	memset(&row, 0, sizeof(row));
-	/* one clock reading serves the grace period and the expiry */
-	now = GetCurrentTimestamp();
-	if (!lookup_key(prefix, prefix_len, key_id, digest, now, &row))
-		return;
-
-	/*
-	 * A wrong secret; or a key whose role was dropped: it is orphaned and
-	 * authenticates nobody.  Either counts as a failure of that key id.
-	 */
-	if (!row.secret_ok || !SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(row.role)))
+	mm = statement_memo();
+	if (mm != NULL)
 	{
-		/* apikeys limits and usage (limits.c): count the failure */
-		apikey_limits_apply(key_id, NULL, req->cost, now, out);
-		return;
+		hash = memo_hash(key_id, digest, req);
+		m = memo_lookup(mm, hash, prefix, prefix_len, key_id, digest, req);
 	}
 
-	memcpy(out->key_id, key_id, APIKEY_KEY_ID_LEN);
-	out->key_id[APIKEY_KEY_ID_LEN] = '\0';
-	out->role = row.role;
-	out->name = DatumGetTextP(row.name);
-	out->scopes = row.scopes_null ? NULL : DatumGetArrayTypeP(row.scopes);
-	out->metadata = row.metadata_null ? NULL : DatumGetJsonbP(row.metadata);
-	out->has_expiry = !row.expires_null;
-	out->expires_at = row.expires_at;
-
-	if (row.state == 'r')
-		out->status = APIKEY_REVOKED;
-	else if (row.state != 'a')
-		out->status = APIKEY_DISABLED;
-	else if (!row.expires_null && row.expires_at <= now)
-		out->status = APIKEY_EXPIRED;
-	else if (!row.ips_null &&
-			 (req->client_ip == NULL ||
-			  !ip_allowed(DatumGetArrayTypeP(row.allowed_ips), req->client_ip)))
-		out->status = APIKEY_IP_NOT_ALLOWED;
-	else if (!row.origins_null &&
-			 (req->origin == NULL ||
-			  !origin_allowed(DatumGetArrayTypeP(row.allowed_origins), req->origin)))
-		out->status = APIKEY_ORIGIN_NOT_ALLOWED;
-	else if (req->scope != NULL &&
-			 (out->scopes == NULL ||
-			  !apikey_scopes_hold(out->scopes, VARDATA_ANY(req->scope),
-								  VARSIZE_ANY_EXHDR(req->scope))))
-		out->status = APIKEY_INSUFFICIENT_SCOPE;
+	/* (takes in pending invalidations first) */
+	e = apikey_cache_get(key_id, &generation);
+	if (m != NULL && m->generation == generation)
+	{
+		/* a repeat within the statement, nothing changed since: its result */
+		memo_repeats++;
+		status = m->status;
+		if (status != APIKEY_INVALID)
+			(void) evaluate(e, prefix, prefix_len, digest, req, out->role_name, &known);
+		restore_limits(m, out);
+	}
 	else
-		out->status = APIKEY_VALID;
+	{
+		status = evaluate(e, prefix, prefix_len, digest, req, out->role_name, &known);
+		if (m != NULL)
+		{
+			/*
+			 * A key changed since: judge it afresh, but it is no new request.
+			 * If it still passes, the limits' first answer stands; a request
+			 * that now passes for the first time spends now.
+			 */
+			if (status == APIKEY_VALID && m->limited)
+			{
+				status = m->status;
+				restore_limits(m, out);
+			}
+			else if (status == APIKEY_VALID)
+				status = apply_limits(e, key_id, req, status, out, m);
+			m->status = status;
+			m->generation = generation;
+		}
+		else
+		{
+			/* the request's first evaluation in this statement */
+			if (known)
+				status = apply_limits(e, key_id, req, status, out, NULL);
+			if (mm != NULL)
+			{
+				m = memo_remember(mm, hash, prefix, prefix_len, key_id, digest, req,
+								  status, generation);
+				save_limits(m, out, known);
+			}
+		}
+	}
 
-	/*
-	 * apikeys limits and usage (limits.c): a valid request spends its cost
-	 * of the key's rate limits and quota, or becomes rate_limited or
-	 * quota_exceeded; every status is counted in the key's usage.
-	 */
-	apikey_limits_apply(key_id, &row.limits, req->cost, now, out);
+	out->status = status;
+	if (status == APIKEY_INVALID)
+	{
+		out->role_name[0] = '\0';
+		return;
+	}
+	memcpy(out->key_id, e->key_id, APIKEY_KEY_ID_LEN);
+	out->key_id[APIKEY_KEY_ID_LEN] = '\0';
+	out->role = e->role;
+	out->name = copy_varlena(ApiKeyEntryName(e));
+	out->scopes = copy_varlena(ApiKeyEntryScopes(e));
+	out->metadata = copy_varlena(ApiKeyEntryMetadata(e));
+	out->has_expiry = e->has_expiry;
+	out->expires_at = e->expires_at;
 }
 
 /*
@@ -634,14 +763,161 @@ apikey_verify_token(const char *s, size_t len, const ApiKeyRequest *req,
 	explicit_bzero(digest, sizeof(digest));
 }
 
-/* The request arguments shared by both apikey_verify functions. */
+/* The request arguments shared by the apikey_verify and apikey_is_valid functions. */
 static void
 request_from_args(FunctionCallInfo fcinfo, ApiKeyRequest *req)
 {
-	req->scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	req->scope = PG_NARGS() > 1 && !PG_ARGISNULL(1) ? PG_GETARG_TEXT_PP(1) : NULL;
 	req->client_ip = PG_NARGS() > 2 && !PG_ARGISNULL(2) ? PG_GETARG_INET_PP(2) : NULL;
 	req->origin = PG_NARGS() > 3 && !PG_ARGISNULL(3) ? PG_GETARG_TEXT_PP(3) : NULL;
 	req->cost = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_INT32(4) : 1;
+}
+
+/* Verify argument 0, a token as text, for the request in the other arguments. */
+static void
+verify_text_arg(FunctionCallInfo fcinfo, ApiKeyVerdict *v)
+{
+	ApiKeyRequest req;
+	Datum		raw;
+	text	   *token;
+
+	request_from_args(fcinfo, &req);
+	if (PG_ARGISNULL(0))
+	{
+		apikey_verify_token(NULL, 0, &req, v);
+		return;
+	}
+	/* Reject oversized input before detoasting it. */
+	raw = PG_GETARG_DATUM(0);
+	if (toast_raw_datum_size(raw) > VARHDRSZ + APIKEY_INPUT_MAXLEN)
+	{
+		apikey_verify_token(NULL, 0, &req, v);
+		return;
+	}
+	token = DatumGetTextPP(raw);
+	apikey_verify_token(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &req, v);
+}
+
+/* Verify argument 0, an apikey value, for the request in the other arguments. */
+static void
+verify_apikey_arg(FunctionCallInfo fcinfo, ApiKeyVerdict *v)
+{
+	ApiKeyRequest req;
+	ApiKeyData *key;
+	uint8		digest[APIKEY_DIGEST_LEN];
+
+	request_from_args(fcinfo, &req);
+	if (PG_ARGISNULL(0))
+	{
+		apikey_verify_digest(NULL, 0, NULL, NULL, &req, v);
+		return;
+	}
+	key = PG_GETARG_APIKEY_P(0);
+	/* A value parsed in another transaction proves nothing. */
+	if (key->lxid != APIKEYS_CURRENT_LXID())
+	{
+		apikey_verify_digest(NULL, 0, NULL, NULL, &req, v);
+		return;
+	}
+	/* Unmask; a value parsed by another backend yields a wrong digest. */
+	memcpy(digest, key->digest, APIKEY_DIGEST_LEN);
+	apikey_session_mask(digest);
+	apikey_verify_digest(key->prefix, key->prefix_len, key->key_id,
+						 digest, &req, v);
+	explicit_bzero(digest, sizeof(digest));
+}
+
+/*
+ * The result row's descriptor.  The type is resolved once per call site
+ * (fn_extra), and its type cache entry is kept there: the descriptor is read
+ * from it at each call, which costs a pointer load and stays right if the
+ * type is ever altered.
+ */
+static TupleDesc
+verification_desc(FunctionCallInfo fcinfo)
+{
+	TypeCacheEntry *tce = (TypeCacheEntry *) fcinfo->flinfo->fn_extra;
+
+	if (tce == NULL)
+	{
+		Oid			rettype = get_fn_expr_rettype(fcinfo->flinfo);
+
+		if (!OidIsValid(rettype))
+			rettype = get_func_rettype(fcinfo->flinfo->fn_oid);
+		tce = lookup_type_cache(rettype, TYPECACHE_TUPDESC);
+		if (tce->tupDesc == NULL)
+			elog(ERROR, "type %u is not composite", rettype);
+		fcinfo->flinfo->fn_extra = tce;
+	}
+	/* (a database still at 0.1.0 has a shorter type) */
+	if (tce->tupDesc->natts != Vf_natts && tce->tupDesc->natts != Vf_natts_0_1)
+		elog(ERROR, "apikeys.verification has %d columns, expected %d",
+			 tce->tupDesc->natts, Vf_natts);
+	return tce->tupDesc;
+}
+
+/* Build the apikeys.verification row from a verdict. */
+static Datum
+verdict_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
+{
+	TupleDesc	tupdesc = verification_desc(fcinfo);
+	Datum		values[Vf_natts];
+	bool		nulls[Vf_natts];
+
+	memset(nulls, true, sizeof(nulls));
+	values[Vf_valid] = BoolGetDatum(v->status == APIKEY_VALID);
+	nulls[Vf_valid] = false;
+	values[Vf_status] = CStringGetTextDatum(apikey_status_name(v->status));
+	nulls[Vf_status] = false;
+	if (v->status != APIKEY_INVALID)
+	{
+		values[Vf_key_id] = PointerGetDatum(cstring_to_text_with_len(v->key_id,
+																	 APIKEY_KEY_ID_LEN));
+		nulls[Vf_key_id] = false;
+		if (v->role_name[0] != '\0')
+		{
+			/* heap_form_tuple copies NAMEDATALEN bytes: give it a full Name */
+			NameData   *n = (NameData *) palloc0(NAMEDATALEN);
+
+			strlcpy(NameStr(*n), v->role_name, NAMEDATALEN);
+			values[Vf_role] = NameGetDatum(n);
+			nulls[Vf_role] = false;
+		}
+		if (v->scopes != NULL)
+		{
+			values[Vf_scopes] = PointerGetDatum(v->scopes);
+			nulls[Vf_scopes] = false;
+		}
+		if (v->has_expiry)
+		{
+			values[Vf_expires_at] = TimestampTzGetDatum(v->expires_at);
+			nulls[Vf_expires_at] = false;
+		}
+		if (v->metadata != NULL)
+		{
+			values[Vf_metadata] = JsonbPGetDatum(v->metadata);
+			nulls[Vf_metadata] = false;
+		}
+		if (v->name != NULL)
+		{
+			values[Vf_name] = PointerGetDatum(v->name);
+			nulls[Vf_name] = false;
+		}
+	}
+	if (tupdesc->natts == Vf_natts && v->has_retry_after)
+	{
+		Interval   *iv = (Interval *) palloc0(sizeof(Interval));
+
+		iv->time = v->retry_after;
+		values[Vf_retry_after] = IntervalPGetDatum(iv);
+		nulls[Vf_retry_after] = false;
+	}
+	if (tupdesc->natts == Vf_natts && v->has_remaining)
+	{
+		values[Vf_remaining] = Int64GetDatum(v->remaining);
+		nulls[Vf_remaining] = false;
+	}
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
 
 /* SQL function: apikey_verify(text, text, inet, text) returns apikeys.verification */
@@ -649,26 +925,9 @@ PG_FUNCTION_INFO_V1(apikey_verify_text);
 Datum
 apikey_verify_text(PG_FUNCTION_ARGS)
 {
-	ApiKeyRequest req;
 	ApiKeyVerdict v;
-	Datum		raw;
-	text	   *token;
 
-	request_from_args(fcinfo, &req);
-	if (PG_ARGISNULL(0))
-		apikey_verify_token(NULL, 0, &req, &v);
-	else
-	{
-		/* Reject oversized input before detoasting it. */
-		raw = PG_GETARG_DATUM(0);
-		if (toast_raw_datum_size(raw) > VARHDRSZ + APIKEY_INPUT_MAXLEN)
-			apikey_verify_token(NULL, 0, &req, &v);
-		else
-		{
-			token = DatumGetTextPP(raw);
-			apikey_verify_token(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &req, &v);
-		}
-	}
+	verify_text_arg(fcinfo, &v);
 	return verdict_datum(fcinfo, &v);
 }
 
@@ -677,29 +936,30 @@ PG_FUNCTION_INFO_V1(apikey_verify_apikey);
 Datum
 apikey_verify_apikey(PG_FUNCTION_ARGS)
 {
-	ApiKeyRequest req;
 	ApiKeyVerdict v;
-	ApiKeyData *key;
-	uint8		digest[APIKEY_DIGEST_LEN];
 
-	request_from_args(fcinfo, &req);
-	if (PG_ARGISNULL(0))
-		apikey_verify_digest(NULL, 0, NULL, NULL, &req, &v);
-	else
-	{
-		key = PG_GETARG_APIKEY_P(0);
-		/* A value parsed in another transaction proves nothing. */
-		if (key->lxid != APIKEYS_CURRENT_LXID())
-			apikey_verify_digest(NULL, 0, NULL, NULL, &req, &v);
-		else
-		{
-			/* Unmask; a value parsed by another backend yields a wrong digest. */
-			memcpy(digest, key->digest, APIKEY_DIGEST_LEN);
-			apikey_session_mask(digest);
-			apikey_verify_digest(key->prefix, key->prefix_len, key->key_id,
-								 digest, &req, &v);
-			explicit_bzero(digest, sizeof(digest));
-		}
-	}
+	verify_apikey_arg(fcinfo, &v);
 	return verdict_datum(fcinfo, &v);
+}
+
+/* SQL function: apikey_is_valid(text, text, inet, text) returns boolean */
+PG_FUNCTION_INFO_V1(apikey_is_valid_text);
+Datum
+apikey_is_valid_text(PG_FUNCTION_ARGS)
+{
+	ApiKeyVerdict v;
+
+	verify_text_arg(fcinfo, &v);
+	PG_RETURN_BOOL(v.status == APIKEY_VALID);
+}
+
+/* SQL function: apikey_is_valid(apikey, text, inet, text) returns boolean */
+PG_FUNCTION_INFO_V1(apikey_is_valid_apikey);
+Datum
+apikey_is_valid_apikey(PG_FUNCTION_ARGS)
+{
+	ApiKeyVerdict v;
+
+	verify_apikey_arg(fcinfo, &v);
+	PG_RETURN_BOOL(v.status == APIKEY_VALID);
 }

@@ -35,12 +35,17 @@ $node->safe_psql('postgres', q{
     CREATE FUNCTION spend(l text, n int) RETURNS int LANGUAGE plpgsql AS $$
     DECLARE
         granted int := 0;
+        r record;
         tk text := (SELECT token FROM tok WHERE label = l);
     BEGIN
+        -- n requests: each verification runs through a cursor, a statement
+        -- of its own (one verification per statement is one request)
         FOR i IN 1..n LOOP
-            IF (SELECT v.valid FROM apikeys.apikey_verify(tk) v) THEN
-                granted := granted + 1;
-            END IF;
+            FOR r IN SELECT v.valid FROM apikeys.apikey_verify(tk) v LOOP
+                IF r.valid THEN
+                    granted := granted + 1;
+                END IF;
+            END LOOP;
         END LOOP;
         RETURN granted;
     END $$;
