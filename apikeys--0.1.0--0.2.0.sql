@@ -391,6 +391,8 @@ SELECT a.at, a.txid, a.action, a.key_id, a.actor, a.actor_role, a.key_role, a.ch
   FROM apikeys_internal.audit_log a;
 COMMENT ON VIEW @extschema@.audit_log IS
     'append-only history of every change to an api key, as far as the current role may see it (admins: all; others: rows they caused and rows of keys whose role they belong to); never a secret or a hash';
+COMMENT ON COLUMN @extschema@.audit_log.seq IS
+    'place of the row in the audit hash chain (apikeys.audit_verify); the hashes themselves are in apikeys_internal.audit_log, for admins';
 GRANT SELECT ON @extschema@.audit_log TO PUBLIC;
 
 -------------------------------------------------------------------------------

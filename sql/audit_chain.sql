@@ -151,7 +151,7 @@ DROP TABLE saved;
 SELECT pg_sleep(0.2);
 SELECT clock_timestamp() AS mid \gset
 SELECT pg_sleep(0.2);
-SELECT key_id AS k3 FROM apikey_create('chain 3', role => 'regress_ch', expires_at => now() + interval '2 days') \gset
+SELECT key_id AS k3, token AS t3 FROM apikey_create('chain 3', role => 'regress_ch', expires_at => now() + interval '2 days') \gset
 SELECT key_id AS k4 FROM apikey_create('chain 4', role => 'regress_ch', expires_at => now() + interval '30 days') \gset
 SET ROLE regress_ch_admin;
 SELECT audit_purge(clock_timestamp() - :'mid'::timestamptz) > 0 AS purged;
@@ -172,6 +172,10 @@ SELECT ok, regexp_replace(problem, '\d+', 'N', 'g') FROM audit_verify_detail(:s0
 SELECT name, expires_soon FROM keys WHERE name LIKE 'chain%' ORDER BY name;
 SELECT name FROM expiring() WHERE name LIKE 'chain%';
 SELECT name FROM expiring(within => '60 days') WHERE name LIKE 'chain%';
+-- a key verified just now is not stale; one never used is, from its creation
+SELECT pg_sleep(0.3);
+SELECT (apikey_verify(:'t3')).status;
+SELECT name FROM stale(unused_for => '0.2 seconds') WHERE name LIKE 'chain%' ORDER BY name;
 SELECT name FROM stale(unused_for => '1 hour') WHERE name LIKE 'chain%';
 SELECT name FROM stale(unused_for => '0') WHERE name LIKE 'chain%' ORDER BY name;
 
