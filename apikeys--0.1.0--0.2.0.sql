@@ -115,6 +115,112 @@ GRANT SELECT (rate_limit, quota, quota_refill, quota_set_at) ON apikeys_internal
 -- Role-limit changes are audited with no key id.
 ALTER TABLE apikeys_internal.audit_log ALTER COLUMN key_id DROP NOT NULL;
 
+-- The audit chain (README, "Audit"): every audit row carries its place in
+-- the chain, the previous row's hash and a hash over both and its own
+-- canonical content.  The BEFORE INSERT trigger (section 5) fills them in,
+-- whoever writes the row: the catalog trigger, role limits, a C writer.
+ALTER TABLE apikeys_internal.audit_log
+    ADD COLUMN seq pg_catalog.int8,
+    ADD COLUMN key_role_name pg_catalog.name,
+    ADD COLUMN prev_hash pg_catalog.bytea,
+    ADD COLUMN row_hash pg_catalog.bytea;
+COMMENT ON COLUMN apikeys_internal.audit_log.seq IS
+    'place in the audit chain: 1, 2, 3 ... with no gap after the anchor (apikeys_internal.audit_chain)';
+COMMENT ON COLUMN apikeys_internal.audit_log.key_role_name IS
+    'name of key_role when the row was written: the chain hashes the name, which survives pg_dump (an oid does not)';
+COMMENT ON COLUMN apikeys_internal.audit_log.prev_hash IS
+    'row_hash of the previous row of the chain (the anchor''s for the first row)';
+COMMENT ON COLUMN apikeys_internal.audit_log.row_hash IS
+    'SHA-256 of prev_hash and the row''s canonical content (apikeys_internal._audit_row_hash)';
+
+-- One field of the canonical encoding: its length in bytes, a colon and the
+-- text, or a dash for null; no separator can be forged from inside a value.
+CREATE FUNCTION apikeys_internal._audit_field(v pg_catalog.text)
+RETURNS pg_catalog.text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT CASE WHEN v IS NULL THEN '-'
+                ELSE pg_catalog.octet_length(v)::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) v END
+$$;
+COMMENT ON FUNCTION apikeys_internal._audit_field(pg_catalog.text) IS
+    'internal: one field of an audit row''s canonical encoding (byte length, colon, text; a dash for null)';
+
+-- The hash of an audit row: SHA-256 over the previous hash and a fixed,
+-- versioned encoding of the row's columns, each in a text form that no
+-- setting changes (UTC time to the microsecond, jsonb's own canonical text).
+CREATE FUNCTION apikeys_internal._audit_row_hash(prev pg_catalog.bytea, seq pg_catalog.int8,
+                                                 at pg_catalog.timestamptz, txid pg_catalog.xid8,
+                                                 action pg_catalog.text, key_id pg_catalog.text,
+                                                 actor pg_catalog.name, actor_role pg_catalog.name,
+                                                 key_role_name pg_catalog.name, changes pg_catalog.jsonb)
+RETURNS pg_catalog.bytea
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT pg_catalog.sha256(prev OPERATOR(pg_catalog.||) pg_catalog.convert_to(pg_catalog.concat_ws(',',
+        'apikeys-audit-v1',
+        apikeys_internal._audit_field(seq::pg_catalog.text),
+        apikeys_internal._audit_field(pg_catalog.to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')),
+        apikeys_internal._audit_field(txid::pg_catalog.text),
+        apikeys_internal._audit_field(action),
+        apikeys_internal._audit_field(key_id),
+        apikeys_internal._audit_field(actor::pg_catalog.text),
+        apikeys_internal._audit_field(actor_role::pg_catalog.text),
+        apikeys_internal._audit_field(key_role_name::pg_catalog.text),
+        apikeys_internal._audit_field(changes::pg_catalog.text)), 'UTF8'))
+$$;
+COMMENT ON FUNCTION apikeys_internal._audit_row_hash(pg_catalog.bytea, pg_catalog.int8, pg_catalog.timestamptz, pg_catalog.xid8, pg_catalog.text, pg_catalog.text, pg_catalog.name, pg_catalog.name, pg_catalog.name, pg_catalog.jsonb) IS
+    'internal: SHA-256 of the previous row''s hash and the canonical encoding (apikeys-audit-v1) of an audit row';
+
+-- The chain head: one row, locked by every append until its transaction
+-- ends, so appends are serialised and no two rows share a predecessor.  The
+-- anchor is where verification starts: the genesis (seq 0, zero hash), or
+-- the last row removed by apikeys.audit_purge.  Not dumped: a restore
+-- rebuilds it from the rows it loads.
+CREATE TABLE apikeys_internal.audit_chain (
+    one         pg_catalog.bool PRIMARY KEY DEFAULT true CHECK (one),
+    seq         pg_catalog.int8 NOT NULL,
+    hash        pg_catalog.bytea NOT NULL,
+    anchor_seq  pg_catalog.int8 NOT NULL,
+    anchor_hash pg_catalog.bytea NOT NULL,
+    purge_xid   pg_catalog.xid8,
+    purge_upto  pg_catalog.int8
+);
+COMMENT ON TABLE apikeys_internal.audit_chain IS
+    'head of the audit chain (one row): last seq and hash, the anchor verification starts from, and the purge in progress';
+COMMENT ON COLUMN apikeys_internal.audit_chain.seq IS 'seq of the last row of the chain (0: none yet)';
+COMMENT ON COLUMN apikeys_internal.audit_chain.hash IS 'row_hash of the last row of the chain';
+COMMENT ON COLUMN apikeys_internal.audit_chain.anchor_seq IS 'seq of the last row removed by a purge (0: none)';
+COMMENT ON COLUMN apikeys_internal.audit_chain.anchor_hash IS 'row_hash of that row: prev_hash of the first row kept';
+COMMENT ON COLUMN apikeys_internal.audit_chain.purge_xid IS 'transaction of apikeys.audit_purge allowed to delete rows';
+COMMENT ON COLUMN apikeys_internal.audit_chain.purge_upto IS 'last seq that purge may delete';
+REVOKE ALL ON apikeys_internal.audit_chain FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.audit_chain TO apikeys_admin;
+
+-- Chain the rows an earlier version wrote, in the order they were written.
+DO $do$
+DECLARE
+    r record;
+    n pg_catalog.int8 := 0;
+    h pg_catalog.bytea := pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex');
+    hn pg_catalog.bytea;
+BEGIN
+    FOR r IN SELECT a.ctid AS row_ctid, a.*, pg_catalog.pg_get_userbyid(a.key_role::pg_catalog.oid) AS rname
+               FROM apikeys_internal.audit_log a ORDER BY a.at, a.txid, a.ctid LOOP
+        n := n OPERATOR(pg_catalog.+) 1;
+        hn := apikeys_internal._audit_row_hash(h, n, r.at, r.txid, r.action, r.key_id, r.actor,
+                                               r.actor_role, CASE WHEN r.key_role IS NOT NULL THEN r.rname END, r.changes);
+        UPDATE apikeys_internal.audit_log a
+           SET seq = n, prev_hash = h, row_hash = hn,
+               key_role_name = CASE WHEN r.key_role IS NOT NULL THEN r.rname END
+         WHERE a.ctid OPERATOR(pg_catalog.=) r.row_ctid;
+        h := hn;
+    END LOOP;
+    INSERT INTO apikeys_internal.audit_chain (seq, hash, anchor_seq, anchor_hash)
+    VALUES (n, h, 0, pg_catalog.decode(pg_catalog.repeat('00', 32), 'hex'));
+END
+$do$;
+CREATE UNIQUE INDEX audit_log_seq_idx ON apikeys_internal.audit_log (seq);
+
 -- The grammar of limits (C, src/limits.c), for create and update.
 CREATE FUNCTION apikeys_internal._rate_limit_normalize(rate_limit pg_catalog.text)
 RETURNS pg_catalog.text[]
@@ -342,7 +448,11 @@ SELECT k.key_id,
        EXISTS (SELECT 1 FROM apikeys_internal.revealable_secrets s
                 WHERE s.key_id OPERATOR(pg_catalog.=) k.key_id) AS revealable,
        EXISTS (SELECT 1 FROM apikeys_internal.imported_keys i
-                WHERE i.key_id OPERATOR(pg_catalog.=) k.key_id AND i.replaced_at IS NULL) AS imported
+                WHERE i.key_id OPERATOR(pg_catalog.=) k.key_id AND i.replaced_at IS NULL) AS imported,
+       (k.state OPERATOR(pg_catalog.=) 'active'
+        AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+        AND k.expires_at OPERATOR(pg_catalog.<=) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) '7 days'::pg_catalog.interval))
+           IS TRUE AS expires_soon
   FROM apikeys_internal.key_catalog k;
 
 COMMENT ON VIEW @extschema@.keys IS
@@ -367,13 +477,17 @@ COMMENT ON COLUMN @extschema@.keys.imported IS
     'was the key imported by apikey_import, and is its token still the imported one (false once rotated)?';
 COMMENT ON COLUMN @extschema@.keys.revealable IS
     'was the key created revealable (its token sealed for apikey_reveal)? false once revoked';
+COMMENT ON COLUMN @extschema@.keys.expires_soon IS
+    'the key is active and expires within 7 days (apikeys.expiring takes another window)';
 GRANT SELECT ON @extschema@.keys TO PUBLIC;
 
 CREATE VIEW @extschema@.audit_log WITH (security_invoker = true) AS
-SELECT a.at, a.txid, a.action, a.key_id, a.actor, a.actor_role, a.key_role, a.changes
+SELECT a.at, a.txid, a.action, a.key_id, a.actor, a.actor_role, a.key_role, a.changes, a.seq
   FROM apikeys_internal.audit_log a;
 COMMENT ON VIEW @extschema@.audit_log IS
     'append-only history of every change to an api key, as far as the current role may see it (admins: all; others: rows they caused and rows of keys whose role they belong to); never a secret or a hash';
+COMMENT ON COLUMN @extschema@.audit_log.seq IS
+    'place of the row in the audit hash chain (apikeys.audit_verify); the hashes themselves are in apikeys_internal.audit_log, for admins';
 GRANT SELECT ON @extschema@.audit_log TO PUBLIC;
 
 -------------------------------------------------------------------------------
@@ -385,6 +499,13 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- apikeys.audit_purge, and only it, removes rows up to its anchor
+    IF TG_OP = 'DELETE' AND EXISTS (
+           SELECT FROM apikeys_internal.audit_chain c
+            WHERE c.purge_xid = pg_current_xact_id_if_assigned()
+              AND OLD.seq <= c.purge_upto) THEN
+        RETURN OLD;
+    END IF;
     RAISE EXCEPTION 'apikeys audit log is append-only'
         USING ERRCODE = '55000',
               DETAIL = pg_catalog.format('%s is not allowed on the audit log.', TG_OP);
@@ -411,6 +532,63 @@ LANGUAGE C STABLE;
 COMMENT ON FUNCTION apikeys_internal._audit_note() IS
     'internal: the audit note an apikeys entry point set for the change under way (action and extra changes, such as revoke_leak and its source), or null';
 REVOKE ALL ON FUNCTION apikeys_internal._audit_note() FROM PUBLIC;
+-- Every audit row joins the chain here, whoever inserts it (PL/pgSQL or C
+-- triggers, role limits, purge, a superuser): it waits for the chain head,
+-- takes the next seq and the head's hash, hashes itself and becomes the
+-- head.  The head stays locked until the transaction ends, so appends are
+-- serialised in commit order.  A row that arrives with its place already
+-- set (pg_restore, a logical replication subscriber) is accepted if its
+-- hash matches its content; the head and the anchor follow the rows
+-- loaded, and audit_verify checks that they link up.  Each new row also
+-- queues NOTIFY apikeys (sent at commit, never a secret).  ENABLE ALWAYS:
+-- inserts under session_replication_role = replica are chained too.
+CREATE FUNCTION apikeys_internal._audit_chain_append()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    head apikeys_internal.audit_chain;
+BEGIN
+    SELECT * INTO STRICT head FROM apikeys_internal.audit_chain c FOR UPDATE;
+    IF NEW.seq IS NULL THEN
+        NEW.seq := head.seq + 1;
+        NEW.prev_hash := head.hash;
+        NEW.key_role_name := CASE WHEN NEW.key_role IS NOT NULL THEN pg_get_userbyid(NEW.key_role::oid) END;
+        NEW.row_hash := apikeys_internal._audit_row_hash(NEW.prev_hash, NEW.seq, NEW.at, NEW.txid,
+            NEW.action, NEW.key_id, NEW.actor, NEW.actor_role, NEW.key_role_name, NEW.changes);
+        UPDATE apikeys_internal.audit_chain c SET seq = NEW.seq, hash = NEW.row_hash;
+        PERFORM pg_notify('apikeys', json_build_object(
+            'action', NEW.action, 'key_id', NEW.key_id, 'role', NEW.key_role_name,
+            'at', NEW.at)::text);
+        RETURN NEW;
+    END IF;
+
+    IF NEW.seq < 1 OR NEW.prev_hash IS NULL
+       OR NEW.row_hash IS DISTINCT FROM apikeys_internal._audit_row_hash(NEW.prev_hash, NEW.seq, NEW.at,
+              NEW.txid, NEW.action, NEW.key_id, NEW.actor, NEW.actor_role, NEW.key_role_name, NEW.changes) THEN
+        RAISE EXCEPTION 'audit row % does not match its hash', NEW.seq
+            USING ERRCODE = '22023',
+                  DETAIL = 'A row loaded with its place in the audit chain must carry the hash of its own content.';
+    END IF;
+    IF NEW.seq - 1 < head.anchor_seq OR (head.seq = 0 AND head.anchor_seq = 0) THEN
+        UPDATE apikeys_internal.audit_chain c SET anchor_seq = NEW.seq - 1, anchor_hash = NEW.prev_hash;
+    END IF;
+    IF NEW.seq > head.seq THEN
+        UPDATE apikeys_internal.audit_chain c SET seq = NEW.seq, hash = NEW.row_hash;
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._audit_chain_append() IS
+    'trigger: puts every new audit row in the hash chain (seq, prev_hash, row_hash) under the chain head''s lock, and queues NOTIFY apikeys; rows loaded with their place (restore) must match their hash';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_chain_append() FROM PUBLIC;
+
+CREATE TRIGGER audit_log_chain
+    BEFORE INSERT ON apikeys_internal.audit_log
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._audit_chain_append();
+ALTER TABLE apikeys_internal.audit_log ENABLE ALWAYS TRIGGER audit_log_chain;
 
 -- One audit row per changed key row; secrets and hashes are never copied.
 -- plan_cache_mode is pinned so that no plan ever holds a row value (and its
@@ -1583,6 +1761,221 @@ COMMENT ON FUNCTION @extschema@.usage_stats() IS
     'shared memory of limits and usage, for the whole server: keys and roles tracked, capacity (apikeys.max_tracked_keys), verifications not counted and limited requests refused because it was full, entries freed, flushes and failed flushes of the worker, its last flush, the database it serves and whether it runs';
 
 -------------------------------------------------------------------------------
+-- 10b. Proving the audit log (README, "Audit"): verify the chain from its
+-- anchor to its head, export the head, purge old rows behind an anchor.
+-- Admins only: they read every row (SECURITY DEFINER, as the owner).
+-------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.audit_verify_detail(known_seq pg_catalog.int8 DEFAULT NULL,
+                                                known_hash pg_catalog.text DEFAULT NULL,
+                                                OUT ok pg_catalog.bool,
+                                                OUT rows_checked pg_catalog.int8,
+                                                OUT first_bad_seq pg_catalog.int8,
+                                                OUT problem pg_catalog.text)
+RETURNS record
+LANGUAGE plpgsql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    head        apikeys_internal.audit_chain;
+    r           record;
+    expect_seq  int8;
+    expect_prev bytea;
+    known       bytea := decode(known_hash, 'hex');
+    known_found bool := false;
+BEGIN
+    ok := false;
+    rows_checked := 0;
+    SELECT * INTO STRICT head FROM apikeys_internal.audit_chain c;
+    IF known_seq IS NOT NULL AND known_seq > head.seq THEN
+        first_bad_seq := head.seq + 1;
+        problem := format('the chain ends at row %s, before the exported head %s', head.seq, known_seq);
+        RETURN;
+    END IF;
+    IF known_seq IS NOT NULL AND known_seq <= head.anchor_seq THEN
+        -- purged since: only the anchor itself can still be compared
+        known_found := known_seq < head.anchor_seq OR head.anchor_hash = known;
+        IF NOT known_found THEN
+            first_bad_seq := known_seq;
+            problem := format('the anchor (row %s) does not match the exported head', known_seq);
+            RETURN;
+        END IF;
+    END IF;
+    expect_seq := head.anchor_seq + 1;
+    expect_prev := head.anchor_hash;
+    FOR r IN SELECT a.seq, a.at, a.txid, a.action, a.key_id, a.actor, a.actor_role,
+                    a.key_role_name, a.changes, a.prev_hash, a.row_hash
+               FROM apikeys_internal.audit_log a ORDER BY a.seq NULLS FIRST LOOP
+        IF r.seq IS NULL OR r.row_hash IS NULL OR r.prev_hash IS NULL THEN
+            problem := format('a row outside the chain (%s %s at %s) was inserted behind the triggers',
+                              r.action, coalesce(r.key_id, '-'), r.at);
+            RETURN;
+        ELSIF r.seq < expect_seq THEN
+            first_bad_seq := r.seq;
+            problem := format('row %s lies before the anchor (row %s)', r.seq, head.anchor_seq);
+            RETURN;
+        ELSIF r.seq > expect_seq THEN
+            first_bad_seq := expect_seq;
+            problem := CASE WHEN r.seq = expect_seq + 1 THEN format('row %s is missing', expect_seq)
+                            ELSE format('rows %s to %s are missing', expect_seq, r.seq - 1) END;
+            RETURN;
+        ELSIF r.prev_hash IS DISTINCT FROM expect_prev THEN
+            first_bad_seq := r.seq;
+            problem := format('row %s does not link to the row before it', r.seq);
+            RETURN;
+        ELSIF r.row_hash IS DISTINCT FROM apikeys_internal._audit_row_hash(r.prev_hash, r.seq, r.at, r.txid,
+                  r.action, r.key_id, r.actor, r.actor_role, r.key_role_name, r.changes) THEN
+            first_bad_seq := r.seq;
+            problem := format('row %s was changed after it was written', r.seq);
+            RETURN;
+        END IF;
+        IF r.seq = known_seq THEN
+            IF r.row_hash IS DISTINCT FROM known THEN
+                first_bad_seq := r.seq;
+                problem := format('row %s does not match the exported head', r.seq);
+                RETURN;
+            END IF;
+            known_found := true;
+        END IF;
+        expect_prev := r.row_hash;
+        expect_seq := expect_seq + 1;
+        rows_checked := rows_checked + 1;
+    END LOOP;
+    IF expect_seq - 1 <> head.seq OR expect_prev IS DISTINCT FROM head.hash THEN
+        first_bad_seq := expect_seq;
+        problem := format('the chain ends at row %s but its head is row %s', expect_seq - 1, head.seq);
+        RETURN;
+    END IF;
+    IF known_seq IS NOT NULL AND NOT known_found THEN
+        first_bad_seq := known_seq;
+        problem := format('row %s of the exported head is missing', known_seq);
+        RETURN;
+    END IF;
+    ok := true;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.audit_verify_detail(pg_catalog.int8, pg_catalog.text) IS
+    'checks the audit chain from its anchor to its head (and, given a head exported by audit_head, that it is still there): ok, rows checked, the first broken row and what is wrong with it; admins only';
+REVOKE ALL ON FUNCTION @extschema@.audit_verify_detail(pg_catalog.int8, pg_catalog.text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.audit_verify_detail(pg_catalog.int8, pg_catalog.text) TO apikeys_admin;
+
+CREATE FUNCTION @extschema@.audit_verify(known_seq pg_catalog.int8 DEFAULT NULL,
+                                         known_hash pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.bool
+LANGUAGE sql STABLE
+AS $$
+    SELECT (@extschema@.audit_verify_detail(known_seq, known_hash)).ok
+$$;
+COMMENT ON FUNCTION @extschema@.audit_verify(pg_catalog.int8, pg_catalog.text) IS
+    'true when no audit row was changed, removed, inserted or reordered behind the triggers (and the exported head, if given, is still in the chain); admins only';
+REVOKE ALL ON FUNCTION @extschema@.audit_verify(pg_catalog.int8, pg_catalog.text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.audit_verify(pg_catalog.int8, pg_catalog.text) TO apikeys_admin;
+
+CREATE FUNCTION @extschema@.audit_head(OUT seq pg_catalog.int8, OUT hash pg_catalog.text,
+                                       OUT at pg_catalog.timestamptz)
+RETURNS record
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.seq, encode(c.hash, 'hex'), (SELECT a.at FROM apikeys_internal.audit_log a WHERE a.seq = c.seq)
+      FROM apikeys_internal.audit_chain c
+$$;
+COMMENT ON FUNCTION @extschema@.audit_head() IS
+    'the audit chain''s head (last seq, its hash in hex, when it was written): keep it outside the database, and later pass it to audit_verify to prove nothing up to it changed; admins only';
+REVOKE ALL ON FUNCTION @extschema@.audit_head() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.audit_head() TO apikeys_admin;
+
+CREATE FUNCTION apikeys_internal._audit_purge(p_caller pg_catalog.oid, p_older_than pg_catalog.interval)
+RETURNS pg_catalog.int8
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    head    apikeys_internal.audit_chain;
+    check_r record;
+    upto    int8;
+    upto_h  bytea;
+    removed int8;
+BEGIN
+    IF NOT apikeys_internal._is_admin(p_caller) THEN
+        RAISE EXCEPTION 'permission denied to purge the audit log'
+            USING ERRCODE = '42501',
+                  HINT = 'Only members of apikeys_admin and superusers purge the audit log.';
+    END IF;
+    IF p_older_than IS NULL OR p_older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be a positive interval'
+            USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO STRICT head FROM apikeys_internal.audit_chain c FOR UPDATE;
+    -- never erase the evidence of tampering
+    check_r := @extschema@.audit_verify_detail();
+    IF NOT check_r.ok THEN
+        RAISE EXCEPTION 'the audit chain is broken: %', check_r.problem
+            USING ERRCODE = '55000',
+                  HINT = 'Keep the log as evidence; apikeys.audit_verify_detail() names the first broken row.';
+    END IF;
+    -- the longest run of rows from the anchor all older than the cutoff
+    SELECT coalesce(min(a.seq) - 1, head.seq) INTO upto
+      FROM apikeys_internal.audit_log a
+     WHERE a.at >= clock_timestamp() - p_older_than;
+    IF upto <= head.anchor_seq THEN
+        RETURN 0::int8;
+    END IF;
+    SELECT a.row_hash INTO STRICT upto_h FROM apikeys_internal.audit_log a WHERE a.seq = upto;
+    UPDATE apikeys_internal.audit_chain c SET purge_xid = pg_current_xact_id(), purge_upto = upto;
+    DELETE FROM apikeys_internal.audit_log a WHERE a.seq <= upto;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    UPDATE apikeys_internal.audit_chain c
+       SET anchor_seq = upto, anchor_hash = upto_h, purge_xid = NULL, purge_upto = NULL;
+    INSERT INTO apikeys_internal.audit_log (action, key_id, actor, actor_role, key_role, changes)
+    VALUES ('purge', NULL, session_user, pg_get_userbyid(p_caller), NULL,
+            jsonb_build_object('older_than', p_older_than::text, 'removed', removed,
+                               'through_seq', upto, 'anchor_hash', encode(upto_h, 'hex')));
+    RETURN removed;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._audit_purge(pg_catalog.oid, pg_catalog.interval) IS
+    'internal half of audit_purge; the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_purge(pg_catalog.oid, pg_catalog.interval) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.audit_purge(older_than pg_catalog.interval)
+RETURNS pg_catalog.int8
+AS 'MODULE_PATHNAME', 'apikeys_lifecycle_call'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.audit_purge(pg_catalog.interval) IS
+    'removes the audit rows older than older_than (from the oldest up to the first newer row), anchors the chain on the last row removed and audits the purge; refuses a broken chain; admins only; returns the rows removed';
+
+-------------------------------------------------------------------------------
+-- 10c. Expiry and stale keys, for dashboards and clean-up jobs.
+-------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.expiring(within pg_catalog.interval DEFAULT '7 days')
+RETURNS SETOF @extschema@.keys
+LANGUAGE sql STABLE
+AS $$
+    SELECT k.* FROM @extschema@.keys k
+     WHERE k.status OPERATOR(pg_catalog.=) 'active'
+       AND k.expires_at OPERATOR(pg_catalog.<=) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) within)
+     ORDER BY k.expires_at
+$$;
+COMMENT ON FUNCTION @extschema@.expiring(pg_catalog.interval) IS
+    'active keys visible to the current role that expire within the interval (default 7 days), soonest first';
+
+CREATE FUNCTION @extschema@.stale(unused_for pg_catalog.interval)
+RETURNS SETOF @extschema@.keys
+LANGUAGE sql STABLE
+AS $$
+    SELECT k.* FROM @extschema@.keys k
+     WHERE k.status OPERATOR(pg_catalog.<>) 'revoked'
+       AND COALESCE(k.last_used_at, k.created_at)
+           OPERATOR(pg_catalog.<) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) unused_for)
+     ORDER BY COALESCE(k.last_used_at, k.created_at)
+$$;
+COMMENT ON FUNCTION @extschema@.stale(pg_catalog.interval) IS
+    'keys visible to the current role, not revoked, with no valid verification for unused_for (never used: since created), least recently used first; last use as counted by usage (apikeys.database, preloading)';
+
+-------------------------------------------------------------------------------
 -- 11. The result type.  It is a composite type, so a relation in schema
 -- apikeys: a role that could hold a lock on it for long (CREATE TABLE ... OF
 -- it, in an open transaction) while queueing CREATE RULE on it could stall
@@ -1699,10 +2092,7 @@ BEGIN
            updated_at = now()
      WHERE c.key_id = k.key_id;
     DELETE FROM apikeys_internal.revealable_secrets r WHERE r.key_id = k.key_id;
-    -- sent at commit, never before; never a secret
-    PERFORM pg_notify('apikeys', json_build_object(
-        'action', 'revoke_leak', 'key_id', k.key_id, 'role', k.role::text,
-        'reported_by', pg_get_userbyid(p_caller), 'at', now())::text);
+    -- (NOTIFY apikeys comes from the audit row's chain trigger, at commit)
     RETURN 'revoked';
 END
 $$;
@@ -2032,8 +2422,6 @@ BEGIN
                            'metadata', COALESCE(p_metadata, '{}'),
                            'allowed_ips', p_allowed_ips, 'allowed_origins', p_allowed_origins,
                            'reason', p_reason));
-    PERFORM pg_notify('apikeys', json_build_object(
-        'action', 'request', 'key_id', new_id, 'role', p_role::text, 'at', now())::text);
     RETURN new_id;
 END
 $$;
@@ -2131,8 +2519,6 @@ BEGIN
      WHERE q.key_id = r.key_id;
     PERFORM apikeys_internal._audit_append(p_caller, 'approve', r.key_id, r.role,
         changes || jsonb_strip_nulls(jsonb_build_object('claim_by', deadline, 'note', p_note)));
-    PERFORM pg_notify('apikeys', json_build_object(
-        'action', 'approve', 'key_id', r.key_id, 'role', r.role::text, 'at', now())::text);
 END
 $$;
 COMMENT ON FUNCTION apikeys_internal._apikey_approve(pg_catalog.oid, pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.interval, pg_catalog.text) IS
@@ -2167,8 +2553,6 @@ BEGIN
     PERFORM apikeys_internal._audit_append(p_caller, 'reject', r.key_id, r.role,
         jsonb_build_object('state', jsonb_build_object('old', r.state, 'new', 'rejected'))
         || jsonb_strip_nulls(jsonb_build_object('note', p_note)));
-    PERFORM pg_notify('apikeys', json_build_object(
-        'action', 'reject', 'key_id', r.key_id, 'role', r.role::text, 'at', now())::text);
 END
 $$;
 COMMENT ON FUNCTION apikeys_internal._apikey_reject(pg_catalog.oid, pg_catalog.text, pg_catalog.text) IS

@@ -10,6 +10,9 @@ SELECT p.oid::regprocedure AS func, c.lineno, c.level, c.message, c.detail
        relid => coalesce((SELECT t.tgrelid FROM pg_trigger t WHERE t.tgfoid = p.oid LIMIT 1), 0),
        extra_warnings => true, performance_warnings => true, security_warnings => true) c
  WHERE p.pronamespace IN ('apikeys'::regnamespace, 'apikeys_internal'::regnamespace)
+   -- every internal half takes the calling role first (the C entry points
+   -- pass it to all of them); one that does not need it leaves it unused
+   AND c.message IS DISTINCT FROM 'unused parameter "p_caller"'
  ORDER BY 1, 2;
 -- the check ran over every PL/pgSQL function
 SELECT count(*) > 10 AS checked

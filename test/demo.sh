@@ -77,22 +77,35 @@ SELECT (apikeys.apikey_verify(:'web_token', client_ip => '10.1.2.3', origin => '
        (apikeys.apikey_verify(:'web_token', client_ip => '10.1.2.3', origin => 'https://evil.test')).status AS other_origin;
 
 \echo
-\echo '6. rotate it: same key id, new secret; the old one stops at commit'
+\echo '6. a rate limit in shared memory: 3 requests at once, then rate_limited with retry_after'
+SELECT token AS rl_token FROM apikeys.apikey_create('limited key', role => 'demo_api', rate_limit => '3/minute') \gset
+SELECT (apikeys.apikey_verify(:'rl_token')).status AS first;
+SELECT (apikeys.apikey_verify(:'rl_token')).status AS second;
+SELECT (apikeys.apikey_verify(:'rl_token')).status AS third;
+SELECT status, retry_after FROM apikeys.apikey_verify(:'rl_token');
+\echo 'live usage per key (a background worker flushes it to apikeys.usage_hourly):'
+SELECT k.name, u.uses, u.rate_limited FROM apikeys.usage u JOIN apikeys.keys k USING (key_id) ORDER BY k.name;
+\echo 'format and checksum, offline (what a leak scanner checks):'
+SELECT apikeys.apikey_check(:'token') AS real_token, apikeys.apikey_check(:'token' || 'x') AS typo;
+
+\echo
+\echo '7. rotate it: same key id, new secret; the old one stops at commit'
 SELECT apikeys.apikey_rotate(:'key_id') AS new_token \gset
 SELECT (apikeys.apikey_verify(:'token')).status AS old_token,
        (apikeys.apikey_verify(:'new_token')).status AS new_token;
 
 \echo
-\echo '7. revoke it: permanent, effective for every session at commit'
+\echo '8. revoke it: permanent, effective for every session at commit'
 SELECT apikeys.apikey_revoke(:'key_id') \g /dev/null
 SELECT (apikeys.apikey_verify(:'new_token')).status;
 SELECT key_id, name, role, status, created_by, rotated_at IS NOT NULL AS rotated
   FROM apikeys.keys;
 
 \echo
-\echo '8. the audit log (no secret, no hash)'
-SELECT at::time(0) AS at, action, key_id, actor, actor_role, changes
-  FROM apikeys.audit_log ORDER BY at;
+\echo '9. the audit log (no secret, no hash), hash-chained: any edit behind the triggers shows'
+SELECT seq, at::time(0) AS at, action, key_id, actor, actor_role, left(changes::text, 60) AS changes
+  FROM apikeys.audit_log ORDER BY seq;
+SELECT apikeys.audit_verify() AS chain_intact;
 SQL
 
 cat <<EOF

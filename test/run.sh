@@ -76,14 +76,20 @@ if [ $rc -ne 0 ]; then
 fi
 suite_result $rc
 
+echo "== fuzz (the token parser and the apikey type, ASan, UBSan, LSan; make fuzz runs longer)"
+rc=0
+bash test/fuzz/run.sh "${FUZZ_SECONDS:-20}" 2>&1 | tee "$RESULTS/fuzz.out" || rc=$?
+grep -q '^fuzz_apikey \.\.\. ok$' "$RESULTS/fuzz.out" || rc=1
+suite_result $rc
+
 # One line for the whole run: test files passed and failed, all suites.
-files_ok=$(cat "$RESULTS/regress.out" "$RESULTS/isolation.out" "$RESULTS/tap.out" 2>/dev/null \
+files_ok=$(cat "$RESULTS/regress.out" "$RESULTS/isolation.out" "$RESULTS/tap.out" "$RESULTS/fuzz.out" 2>/dev/null \
     | grep -cE '^(test | +)?[A-Za-z0-9_/.]+ +\.\.\.* +ok( |$)|^\[[0-9:]+\] t/[^ ]+ \.+ ok' || true)
 # A test that never reported ok (a crash, a missing expected file, an
 # aborted suite) counts as failed.
 files_total=$(( $(make -s --no-print-directory print-regress | wc -w) \
               + $(make -s --no-print-directory print-isolation | wc -w) \
-              + $(ls test/t/*.pl | wc -l) ))
+              + $(ls test/t/*.pl | wc -l) + 1 ))
 files_failed=$((files_total - files_ok))
 echo "suites: $passed passed, $failed failed"
 echo "tests: $files_ok passed, $files_failed failed"

@@ -45,6 +45,13 @@ $session->quit;
 is($standby->safe_psql('postgres', $q), $primary->safe_psql('postgres', $q),
    'standby and primary agree');
 
+# the audit chain is checked on a standby too (read-only), with the same head
+is($standby->safe_psql('postgres', 'SELECT ok, problem FROM apikeys.audit_verify_detail()'), 't|',
+   'audit_verify on the standby');
+is($standby->safe_psql('postgres', 'SELECT seq, hash FROM apikeys.audit_head()'),
+   $primary->safe_psql('postgres', 'SELECT seq, hash FROM apikeys.audit_head()'),
+   'standby and primary have the same chain head');
+
 # the lifecycle functions refuse cleanly on a standby
 my ($ret, $out, $err) = $standby->psql('postgres',
     q{SELECT * FROM apikeys.apikey_create('on standby')});

@@ -109,6 +109,10 @@ for my $step (@path[1 .. $#path])
 is($node->safe_psql('upgraded', $statuses), $before, 'every key verifies as before the update');
 is($node->safe_psql('upgraded', 'SELECT count(*) FROM apikeys.audit_log'), $audit_before,
    'the audit history came along');
+is($node->safe_psql('upgraded', 'SELECT ok, problem FROM apikeys.audit_verify_detail()'), 't|',
+   'the rows of the old audit log were chained by the update');
+is($node->safe_psql('upgraded', 'SELECT count(*) FROM apikeys_internal.audit_log WHERE seq IS NULL'), '0',
+   'every old row has its place in the chain');
 is($node->safe_psql('upgraded', q{
     SELECT string_agg(name || ':' || status, ' ' ORDER BY name) FROM apikeys.keys}),
    'disabled:disabled plain:active revoked:revoked rotated:active scoped:active',
