@@ -26,49 +26,16 @@ SELECT apikey_update(:'k2', scopes => '{*}');
 SELECT status FROM apikey_verify(:'t2', 'anything');
 
 -- a wrong secret with a valid checksum is invalid and reveals nothing
-CREATE FUNCTION pg_temp.forge(tok text, secret text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    head text := left(tok, length(tok) - 38) || secret;
-BEGIN
-    -- recompute the CRC-32 checksum so only the secret is wrong
-    RETURN head || pg_temp.base62(pg_temp.crc32(head));
-END $$;
-CREATE FUNCTION pg_temp.crc32(s text) RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    crc bigint := 4294967295;
-    b int;
-BEGIN
-    FOR i IN 1..length(s) LOOP
-        b := ascii(substr(s, i, 1));
-        crc := crc # b;
-        FOR j IN 1..8 LOOP
-            IF crc & 1 = 1 THEN crc := (crc >> 1) # 3988292384;
-            ELSE crc := crc >> 1; END IF;
-        END LOOP;
-    END LOOP;
-    RETURN crc # 4294967295;
-END $$;
-CREATE FUNCTION pg_temp.base62(v bigint) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    alphabet text := '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
-    out text := '';
-BEGIN
-    FOR i IN 1..6 LOOP
-        out := substr(alphabet, (v % 62)::int + 1, 1) || out;
-        v := v / 62;
-    END LOOP;
-    RETURN out;
-END $$;
 -- (the forger is right: re-forging the real secret gives the token back)
-SELECT pg_temp.forge(:'token', substr(:'token', length(:'token') - 37, 32)) = :'token' AS forger_ok;
-SELECT pg_temp.forge(:'token', repeat('A', 32)) AS forged \gset
+SELECT regress.forge(:'token', substr(:'token', length(:'token') - 37, 32)) = :'token' AS forger_ok;
+SELECT regress.forge(:'token', repeat('A', 32)) AS forged \gset
 SELECT regress.try(format('SELECT %L::apikeys.apikey', :'forged')) AS forged_parses;
 SELECT * FROM apikey_verify(:'forged');
 -- a forged token naming an unknown key id
-SELECT pg_temp.forge(regexp_replace(:'token', '_[0-9A-Za-z]{12}_', '_000000000000_'), repeat('B', 32)) AS unknown \gset
+SELECT regress.forge(regexp_replace(:'token', '_[0-9A-Za-z]{12}_', '_000000000000_'), repeat('B', 32)) AS unknown \gset
 SELECT * FROM apikey_verify(:'unknown');
 -- a real secret under another prefix
-SELECT pg_temp.forge('zz' || substr(:'token', 3), substr(:'token', length(:'token') - 37, 32)) AS other_prefix \gset
+SELECT regress.forge('zz' || substr(:'token', 3), substr(:'token', length(:'token') - 37, 32)) AS other_prefix \gset
 SELECT status FROM apikey_verify(:'other_prefix');
 
 -- settings at their size limits are stored out of line (TOAST) and come back whole

@@ -24,40 +24,6 @@ BEGIN
         || coalesce(' remaining=' || r.remaining, '');
 END $$;
 
--- A token with the right checksum and a wrong secret (as in create_verify).
-CREATE FUNCTION pg_temp.forge(tok text, secret text) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    head text := left(tok, length(tok) - 38) || secret;
-BEGIN
-    -- recompute the CRC-32 checksum so only the secret is wrong
-    RETURN head || pg_temp.base62(pg_temp.crc32(head));
-END $$;
-CREATE FUNCTION pg_temp.crc32(s text) RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    crc bigint := 4294967295;
-    b int;
-BEGIN
-    FOR i IN 1..length(s) LOOP
-        b := ascii(substr(s, i, 1));
-        crc := crc # b;
-        FOR j IN 1..8 LOOP
-            IF crc & 1 = 1 THEN crc := (crc >> 1) # 3988292384;
-            ELSE crc := crc >> 1; END IF;
-        END LOOP;
-    END LOOP;
-    RETURN crc # 4294967295;
-END $$;
-CREATE FUNCTION pg_temp.base62(v bigint) RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    alphabet text := '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
-    out text := '';
-BEGIN
-    FOR i IN 1..6 LOOP
-        out := substr(alphabet, (v % 62)::int + 1, 1) || out;
-        v := v / 62;
-    END LOOP;
-    RETURN out;
-END $$;
 
 -- the grammar: N/second|minute|hour|day [burst B], several separated by
 -- commas (or an array's text form); stored normalized, shortest window first
@@ -101,7 +67,7 @@ SELECT regress.try(format('SELECT * FROM apikeys.apikey_verify(%L, cost => %s)',
 -- refused address, a missing scope, a disabled key spend nothing
 INSERT INTO regress.lim SELECT 'c', * FROM apikey_create('lim c', rate_limit => '1/hour',
     scopes => '{read}', allowed_ips => '{10.0.0.0/8}');
-SELECT regress.v(pg_temp.forge(token, repeat('A', 32)), 1, 'read', '10.1.1.1')
+SELECT regress.v(regress.forge(token, repeat('A', 32)), 1, 'read', '10.1.1.1')
   FROM regress.lim WHERE label = 'c';
 SELECT regress.v(token, 1, 'read', '192.168.1.1') FROM regress.lim WHERE label = 'c';
 SELECT regress.v(token, 1, 'write', '10.1.1.1') FROM regress.lim WHERE label = 'c';
@@ -197,7 +163,7 @@ SELECT k.name, u.uses, u.failures, u.rate_limited, u.quota_exceeded,
 SELECT count(*) FILTER (WHERE last_used_at IS NOT NULL) AS with_last_use FROM keys WHERE name LIKE 'lim %';
 -- a made-up key id is counted nowhere (nothing to grow shared memory with)
 SELECT tracked AS before FROM usage_stats() \gset
-SELECT regress.v(pg_temp.forge(overlay(token PLACING 'QQQQQQQQQQQQ' FROM 4 FOR 12), repeat('A', 32)))
+SELECT regress.v(regress.forge(overlay(token PLACING 'QQQQQQQQQQQQ' FROM 4 FOR 12), repeat('A', 32)))
   FROM regress.lim WHERE label = 'a';
 SELECT tracked = :before AS nothing_tracked FROM usage_stats();
 SELECT capacity, database FROM usage_stats();

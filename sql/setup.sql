@@ -21,3 +21,40 @@ EXCEPTION WHEN OTHERS THEN
                    || CASE WHEN hint <> '' THEN ' HINT: ' || hint ELSE '' END,
                    coalesce(key_id, '<none>'), '<key_id>');
 END $$;
+
+-- A token with the right checksum and a chosen secret: forge(token, secret)
+-- keeps the prefix and key id, puts in the secret and recomputes the CRC-32
+-- checksum (as six base62 digits), so only the secret is wrong.
+CREATE FUNCTION regress.forge(tok text, secret text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    head text := left(tok, length(tok) - 38) || secret;
+BEGIN
+    -- recompute the CRC-32 checksum so only the secret is wrong
+    RETURN head || regress.base62(regress.crc32(head));
+END $$;
+CREATE FUNCTION regress.crc32(s text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    crc bigint := 4294967295;
+    b int;
+BEGIN
+    FOR i IN 1..length(s) LOOP
+        b := ascii(substr(s, i, 1));
+        crc := crc # b;
+        FOR j IN 1..8 LOOP
+            IF crc & 1 = 1 THEN crc := (crc >> 1) # 3988292384;
+            ELSE crc := crc >> 1; END IF;
+        END LOOP;
+    END LOOP;
+    RETURN crc # 4294967295;
+END $$;
+CREATE FUNCTION regress.base62(v bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    alphabet text := '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
+    out text := '';
+BEGIN
+    FOR i IN 1..6 LOOP
+        out := substr(alphabet, (v % 62)::int + 1, 1) || out;
+        v := v / 62;
+    END LOOP;
+    RETURN out;
+END $$;

@@ -276,6 +276,11 @@ extern void apikey_verify_token(const char *s, size_t len,
 extern void apikey_verify_digest(const char *prefix, int prefix_len,
 								 const char *key_id, const uint8 *digest,
 								 const ApiKeyRequest *req, ApiKeyVerdict *out);
+extern void apikey_verify_text_arg(FunctionCallInfo fcinfo, ApiKeyRequest *req,
+								   ApiKeyVerdict *v);
+extern void apikey_verify_apikey_arg(FunctionCallInfo fcinfo, ApiKeyRequest *req,
+									 ApiKeyVerdict *v);
+extern Datum apikey_verdict_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v);
 extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
 							   int want_len);
 extern uint64 apikey_verify_repeats(void);

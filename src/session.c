@@ -286,115 +286,9 @@ status_sentence(ApiKeyStatus status)
 	return psprintf("The key's status is %s.", apikey_status_name(status));
 }
 
-/*
- * Build an apikeys.verification row from a verdict.  Columns are filled by
- * name, so a type that gains columns (limits add some) still works.
- */
-static Datum
-verification_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
-{
-	TupleDesc	tupdesc;
-	Datum	   *values;
-	bool	   *nulls;
-	char	   *role_name;
-
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "apikey_login must return apikeys.verification");
-	tupdesc = BlessTupleDesc(tupdesc);
-	values = palloc0(tupdesc->natts * sizeof(Datum));
-	nulls = palloc(tupdesc->natts * sizeof(bool));
-	role_name = v->status != APIKEY_INVALID ? GetUserNameFromId(v->role, true) : NULL;
-
-	for (int i = 0; i < tupdesc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(tupdesc, i);
-		const char *col = NameStr(att->attname);
-
-		nulls[i] = true;
-		if (att->attisdropped)
-			continue;
-		if (strcmp(col, "valid") == 0)
-			values[i] = BoolGetDatum(v->status == APIKEY_VALID);
-		else if (strcmp(col, "status") == 0)
-			values[i] = CStringGetTextDatum(apikey_status_name(v->status));
-		else if (v->status == APIKEY_INVALID)
-			continue;
-		else if (strcmp(col, "key_id") == 0)
-			values[i] = CStringGetTextDatum(v->key_id);
-		else if (strcmp(col, "role") == 0 && role_name != NULL)
-			values[i] = DirectFunctionCall1(namein, CStringGetDatum(role_name));
-		else if (strcmp(col, "scopes") == 0 && v->scopes != NULL)
-			values[i] = PointerGetDatum(v->scopes);
-		else if (strcmp(col, "expires_at") == 0 && v->has_expiry)
-			values[i] = TimestampTzGetDatum(v->expires_at);
-		else if (strcmp(col, "metadata") == 0 && v->metadata != NULL)
-			values[i] = JsonbPGetDatum(v->metadata);
-		else if (strcmp(col, "name") == 0 && v->name != NULL)
-			values[i] = PointerGetDatum(v->name);
-		else if (strcmp(col, "retry_after") == 0 && v->has_retry_after)
-		{
-			Interval   *iv = (Interval *) palloc0(sizeof(Interval));
-
-			iv->time = v->retry_after;
-			values[i] = IntervalPGetDatum(iv);
-		}
-		else if (strcmp(col, "remaining") == 0 && v->has_remaining)
-			values[i] = Int64GetDatum(v->remaining);
-		else
-			continue;
-		nulls[i] = false;
-	}
-	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
-}
-
-/* Verify a token given as a text argument; oversized input is invalid. */
-static void
-verify_text_datum(FunctionCallInfo fcinfo, int argno, const ApiKeyRequest *req,
-				  ApiKeyVerdict *v)
-{
-	text	   *token;
-
-	if (PG_ARGISNULL(argno) ||
-		toast_raw_datum_size(PG_GETARG_DATUM(argno)) > VARHDRSZ + APIKEY_INPUT_MAXLEN)
-	{
-		apikey_verify_token(NULL, 0, req, v);
-		return;
-	}
-	token = PG_GETARG_TEXT_PP(argno);
-	apikey_verify_token(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), req, v);
-}
-
-/* Verify a token given as an apikey argument (see apikey_value_digest). */
-static void
-verify_apikey_datum(FunctionCallInfo fcinfo, int argno, const ApiKeyRequest *req,
-					ApiKeyVerdict *v)
-{
-	ApiKeyData *key;
-	uint8		digest[APIKEY_DIGEST_LEN];
-
-	if (PG_ARGISNULL(argno) ||
-		!apikey_value_digest(key = PG_GETARG_APIKEY_P(argno), digest))
-	{
-		apikey_verify_token(NULL, 0, req, v);
-		return;
-	}
-	apikey_verify_digest(key->prefix, key->prefix_len, key->key_id, digest, req, v);
-	explicit_bzero(digest, sizeof(digest));
-}
-
 static Datum login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req,
 							ApiKeyVerdict *v);
 static int	retry_after_seconds(const ApiKeyVerdict *v);
-
-/* The request arguments of apikey_login: scope, client_ip, origin, cost. */
-static void
-login_request(FunctionCallInfo fcinfo, ApiKeyRequest *req)
-{
-	req->scope = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
-	req->client_ip = PG_ARGISNULL(2) ? NULL : PG_GETARG_INET_PP(2);
-	req->origin = PG_ARGISNULL(3) ? NULL : PG_GETARG_TEXT_PP(3);
-	req->cost = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_INT32(4) : 1;
-}
 
 /* SQL function: apikey_login(text, text, inet, text) returns apikeys.verification */
 PG_FUNCTION_INFO_V1(apikey_login);
@@ -405,8 +299,7 @@ apikey_login(PG_FUNCTION_ARGS)
 	ApiKeyVerdict v;
 
 	login_check_context("apikey_login");
-	login_request(fcinfo, &req);
-	verify_text_datum(fcinfo, 0, &req, &v);
+	apikey_verify_text_arg(fcinfo, &req, &v);
 	return login_verified(fcinfo, &req, &v);
 }
 
@@ -424,8 +317,7 @@ apikey_login_apikey(PG_FUNCTION_ARGS)
 	ApiKeyVerdict v;
 
 	login_check_context("apikey_login");
-	login_request(fcinfo, &req);
-	verify_apikey_datum(fcinfo, 0, &req, &v);
+	apikey_verify_apikey_arg(fcinfo, &req, &v);
 	return login_verified(fcinfo, &req, &v);
 }
 
@@ -496,7 +388,7 @@ login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req, ApiKeyVerdict 
 				 errmsg("apikey_login outside a transaction block lasts until the end of this statement"),
 				 errhint("Call it after BEGIN: the login lasts until the transaction ends.")));
 	login_apply(v, rolename);
-	return verification_datum(fcinfo, v);
+	return apikey_verdict_datum(fcinfo, v);
 }
 
 /* SQL function: apikey_current() returns text */

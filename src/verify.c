@@ -757,57 +757,50 @@ request_from_args(FunctionCallInfo fcinfo, ApiKeyRequest *req)
 	req->cost = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_INT32(4) : 1;
 }
 
-/* Verify argument 0, a token as text, for the request in the other arguments. */
-static void
-verify_text_arg(FunctionCallInfo fcinfo, ApiKeyVerdict *v)
+/*
+ * Verify argument 0, a token as text, for the request in the other
+ * arguments (scope, client_ip, origin, cost: apikey_verify's and
+ * apikey_login's layout), which *req receives.
+ */
+void
+apikey_verify_text_arg(FunctionCallInfo fcinfo, ApiKeyRequest *req, ApiKeyVerdict *v)
 {
-	ApiKeyRequest req;
 	Datum		raw;
 	text	   *token;
 
-	request_from_args(fcinfo, &req);
+	request_from_args(fcinfo, req);
 	if (PG_ARGISNULL(0))
 	{
-		apikey_verify_token(NULL, 0, &req, v);
+		apikey_verify_token(NULL, 0, req, v);
 		return;
 	}
 	/* Reject oversized input before detoasting it. */
 	raw = PG_GETARG_DATUM(0);
 	if (toast_raw_datum_size(raw) > VARHDRSZ + APIKEY_INPUT_MAXLEN)
 	{
-		apikey_verify_token(NULL, 0, &req, v);
+		apikey_verify_token(NULL, 0, req, v);
 		return;
 	}
 	token = DatumGetTextPP(raw);
-	apikey_verify_token(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &req, v);
+	apikey_verify_token(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), req, v);
 }
 
-/* Verify argument 0, an apikey value, for the request in the other arguments. */
-static void
-verify_apikey_arg(FunctionCallInfo fcinfo, ApiKeyVerdict *v)
+/* The same for argument 0 as an apikey value (see apikey_value_digest). */
+void
+apikey_verify_apikey_arg(FunctionCallInfo fcinfo, ApiKeyRequest *req, ApiKeyVerdict *v)
 {
-	ApiKeyRequest req;
 	ApiKeyData *key;
 	uint8		digest[APIKEY_DIGEST_LEN];
 
-	request_from_args(fcinfo, &req);
-	if (PG_ARGISNULL(0))
+	request_from_args(fcinfo, req);
+	if (PG_ARGISNULL(0) ||
+		!apikey_value_digest(key = PG_GETARG_APIKEY_P(0), digest))
 	{
-		apikey_verify_digest(NULL, 0, NULL, NULL, &req, v);
+		apikey_verify_digest(NULL, 0, NULL, NULL, req, v);
 		return;
 	}
-	key = PG_GETARG_APIKEY_P(0);
-	/* A value parsed in another transaction proves nothing. */
-	if (key->lxid != APIKEYS_CURRENT_LXID())
-	{
-		apikey_verify_digest(NULL, 0, NULL, NULL, &req, v);
-		return;
-	}
-	/* Unmask; a value parsed by another backend yields a wrong digest. */
-	memcpy(digest, key->digest, APIKEY_DIGEST_LEN);
-	apikey_session_mask(digest);
 	apikey_verify_digest(key->prefix, key->prefix_len, key->key_id,
-						 digest, &req, v);
+						 digest, req, v);
 	explicit_bzero(digest, sizeof(digest));
 }
 
@@ -841,8 +834,8 @@ verification_desc(FunctionCallInfo fcinfo)
 }
 
 /* Build the apikeys.verification row from a verdict. */
-static Datum
-verdict_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
+Datum
+apikey_verdict_datum(FunctionCallInfo fcinfo, const ApiKeyVerdict *v)
 {
 	TupleDesc	tupdesc = verification_desc(fcinfo);
 	Datum		values[Vf_natts];
@@ -909,10 +902,11 @@ PG_FUNCTION_INFO_V1(apikey_verify_text);
 Datum
 apikey_verify_text(PG_FUNCTION_ARGS)
 {
+	ApiKeyRequest req;
 	ApiKeyVerdict v;
 
-	verify_text_arg(fcinfo, &v);
-	return verdict_datum(fcinfo, &v);
+	apikey_verify_text_arg(fcinfo, &req, &v);
+	return apikey_verdict_datum(fcinfo, &v);
 }
 
 /* SQL function: apikey_verify(apikey, text, inet, text) returns apikeys.verification */
@@ -920,10 +914,11 @@ PG_FUNCTION_INFO_V1(apikey_verify_apikey);
 Datum
 apikey_verify_apikey(PG_FUNCTION_ARGS)
 {
+	ApiKeyRequest req;
 	ApiKeyVerdict v;
 
-	verify_apikey_arg(fcinfo, &v);
-	return verdict_datum(fcinfo, &v);
+	apikey_verify_apikey_arg(fcinfo, &req, &v);
+	return apikey_verdict_datum(fcinfo, &v);
 }
 
 /* SQL function: apikey_is_valid(text, text, inet, text) returns boolean */
@@ -931,9 +926,10 @@ PG_FUNCTION_INFO_V1(apikey_is_valid_text);
 Datum
 apikey_is_valid_text(PG_FUNCTION_ARGS)
 {
+	ApiKeyRequest req;
 	ApiKeyVerdict v;
 
-	verify_text_arg(fcinfo, &v);
+	apikey_verify_text_arg(fcinfo, &req, &v);
 	PG_RETURN_BOOL(v.status == APIKEY_VALID);
 }
 
@@ -942,8 +938,9 @@ PG_FUNCTION_INFO_V1(apikey_is_valid_apikey);
 Datum
 apikey_is_valid_apikey(PG_FUNCTION_ARGS)
 {
+	ApiKeyRequest req;
 	ApiKeyVerdict v;
 
-	verify_apikey_arg(fcinfo, &v);
+	apikey_verify_apikey_arg(fcinfo, &req, &v);
 	PG_RETURN_BOOL(v.status == APIKEY_VALID);
 }

@@ -123,3 +123,24 @@ stop_cluster() {
         as_root rm -rf "$PGTMP"
     fi
 }
+
+# postgresql.conf lines every run of the suites needs: the background worker
+# serves the regression database and flushes usage quickly.
+SUITE_SETTINGS=("apikeys.database = 'contrib_regression'"
+                "apikeys.usage_flush_interval = '500ms'")
+
+# Run one kind of suite (regress or isolation) against the cluster started
+# by start_cluster; results go to $RESULTS/<kind>.
+run_suite() {
+    local kind=$1 tool inputdir db
+    case $kind in
+        regress) tool=regress/pg_regress; inputdir=.; db=contrib_regression ;;
+        isolation) tool=isolation/pg_isolation_regress; inputdir=test; db=isolation_regression ;;
+        *) echo "run_suite: unknown suite $kind" >&2; return 2 ;;
+    esac
+    "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/$tool" \
+        --inputdir="$inputdir" --outputdir="$RESULTS/$kind" --bindir="$PGBIN" \
+        --host="$PGSOCK" --port="$PGPORT" --user=postgres --dbname="$db" \
+        --load-extension=pgcrypto --load-extension=apikeys \
+        $(make -s --no-print-directory "print-$kind")
+}

@@ -15,7 +15,7 @@ build_and_install
 
 # The regression database is the one the apikeys worker serves, so the
 # suites see usage counted and quotas allowed.
-start_cluster "apikeys.database = 'contrib_regression'" "apikeys.usage_flush_interval = '500ms'"
+start_cluster "${SUITE_SETTINGS[@]}"
 trap stop_cluster EXIT
 echo "== cluster: $PGDATA_DIR on port $PGPORT"
 
@@ -31,23 +31,13 @@ suite_result() {
 
 echo "== pg_regress"
 rc=0
-"$PGXS_DIR/src/test/regress/pg_regress" \
-    --inputdir=. --outputdir="$RESULTS/regress" --bindir="$PGBIN" \
-    --host="$PGSOCK" --port="$PGPORT" --user=postgres \
-    --dbname=contrib_regression \
-    --load-extension=pgcrypto --load-extension=apikeys \
-    $(make -s --no-print-directory print-regress) 2>&1 | tee "$RESULTS/regress.out" || rc=$?
+run_suite regress 2>&1 | tee "$RESULTS/regress.out" || rc=$?
 [ $rc -eq 0 ] || cat "$RESULTS/regress/regression.diffs" 2>/dev/null || true
 suite_result $rc
 
 echo "== isolation"
 rc=0
-"$PGXS_DIR/src/test/isolation/pg_isolation_regress" \
-    --inputdir=test --outputdir="$RESULTS/isolation" --bindir="$PGBIN" \
-    --host="$PGSOCK" --port="$PGPORT" --user=postgres \
-    --dbname=isolation_regression \
-    --load-extension=pgcrypto --load-extension=apikeys \
-    $(make -s --no-print-directory print-isolation) 2>&1 | tee "$RESULTS/isolation.out" || rc=$?
+run_suite isolation 2>&1 | tee "$RESULTS/isolation.out" || rc=$?
 [ $rc -eq 0 ] || cat "$RESULTS/isolation/regression.diffs" 2>/dev/null || true
 suite_result $rc
 

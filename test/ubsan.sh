@@ -37,23 +37,14 @@ exec $WORK/pg/usr/lib/postgresql/$PG_MAJOR/bin/postgres "\$@"
 WRAP
 chmod 755 "$WORK/postgres"
 export POSTGRES_WRAPPER=$WORK/postgres PG_START_TIMEOUT=120
-start_cluster
+start_cluster "${SUITE_SETTINGS[@]}"
 echo "== cluster with sanitizers: $PGDATA_DIR on port $PGPORT"
 
-PGXS_DIR=$("$PG_CONFIG" --pkglibdir)/pgxs
 RESULTS=$PGTMP/results
 mkdir -p "$RESULTS"
 rc=0
-"$PGXS_DIR/src/test/regress/pg_regress" \
-    --inputdir=. --outputdir="$RESULTS/regress" --bindir="$PGBIN" \
-    --host="$PGSOCK" --port="$PGPORT" --user=postgres --dbname=contrib_regression \
-    --load-extension=pgcrypto --load-extension=apikeys \
-    $(make -s --no-print-directory print-regress) || rc=1
-"$PGXS_DIR/src/test/isolation/pg_isolation_regress" \
-    --inputdir=test --outputdir="$RESULTS/isolation" --bindir="$PGBIN" \
-    --host="$PGSOCK" --port="$PGPORT" --user=postgres --dbname=isolation_regression \
-    --load-extension=pgcrypto --load-extension=apikeys \
-    $(make -s --no-print-directory print-isolation) || rc=1
+run_suite regress || rc=1
+run_suite isolation || rc=1
 [ $rc -eq 0 ] || cat "$RESULTS"/*/regression.diffs 2>/dev/null | head -100
 stop_cluster
 reports=$(grep -cE 'runtime error:|UndefinedBehaviorSanitizer' "$PGLOG" || true)

@@ -69,49 +69,22 @@ append_text(const char *fmt, va_list ap)
 	return 0;
 }
 
-int
-errmsg(const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	append_text(fmt, ap);
-	va_end(ap);
-	return 0;
+/* errmsg() and its kin: each appends its line to error_text. */
+#define APPENDING_ERROR_FIELD(name) \
+int \
+name(const char *fmt,...) \
+{ \
+	va_list		ap; \
+\
+	va_start(ap, fmt); \
+	append_text(fmt, ap); \
+	va_end(ap); \
+	return 0; \
 }
-
-int
-errmsg_internal(const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	append_text(fmt, ap);
-	va_end(ap);
-	return 0;
-}
-
-int
-errdetail(const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	append_text(fmt, ap);
-	va_end(ap);
-	return 0;
-}
-
-int
-errhint(const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	append_text(fmt, ap);
-	va_end(ap);
-	return 0;
-}
+APPENDING_ERROR_FIELD(errmsg)
+APPENDING_ERROR_FIELD(errmsg_internal)
+APPENDING_ERROR_FIELD(errdetail)
+APPENDING_ERROR_FIELD(errhint)
 
 void
 errfinish(const char *filename, int lineno, const char *funcname)
