@@ -5,7 +5,7 @@ EXTENSION  = apikeys
 EXTVERSION = 0.2.0
 MODULE_big = apikeys
 OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/cache.o src/create.o \
-             src/audit.o src/insert.o src/lifecycle.o src/objects.o src/session.o src/guard.o \
+             src/audit.o src/chain.o src/insert.o src/lifecycle.o src/objects.o src/session.o src/guard.o \
              src/shmem.o src/limits.o src/usage.o src/worker.o \
              src/note.o src/leak.o src/request.o src/reveal.o src/import.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql

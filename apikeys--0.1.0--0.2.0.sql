@@ -533,57 +533,35 @@ COMMENT ON FUNCTION apikeys_internal._audit_note() IS
     'internal: the audit note an apikeys entry point set for the change under way (action and extra changes, such as revoke_leak and its source), or null';
 REVOKE ALL ON FUNCTION apikeys_internal._audit_note() FROM PUBLIC;
 -- Every audit row joins the chain here, whoever inserts it (PL/pgSQL or C
--- triggers, role limits, purge, a superuser): it waits for the chain head,
--- takes the next seq and the head's hash, hashes itself and becomes the
--- head.  The head stays locked until the transaction ends, so appends are
--- serialised in commit order.  A row that arrives with its place already
--- set (pg_restore, a logical replication subscriber) is accepted if its
--- hash matches its content; the head and the anchor follow the rows
--- loaded, and audit_verify checks that they link up.  Each new row also
--- queues NOTIFY apikeys (sent at commit, never a secret).  ENABLE ALWAYS:
--- inserts under session_replication_role = replica are chained too.
+-- triggers, role limits, purge, a superuser; src/insert.c does the same
+-- for the rows it inserts directly): the first append of a transaction
+-- takes the chain head's lock (SHARE ROW EXCLUSIVE on audit_chain, held
+-- until the transaction ends, so appends are serialised in commit order)
+-- and reads the head; each row takes the next seq and the head's hash,
+-- hashes itself and becomes the head, kept in backend memory and written to
+-- audit_chain once, before commit (src/chain.c).  A row that arrives with
+-- its place already set (pg_restore, a logical replication subscriber) is
+-- accepted if its hash matches its content; the head and the anchor follow
+-- the rows loaded, and audit_verify checks that they link up.  Each new row
+-- also queues NOTIFY apikeys (sent at commit, never a secret).  ENABLE
+-- ALWAYS: inserts under session_replication_role = replica are chained too.
 CREATE FUNCTION apikeys_internal._audit_chain_append()
 RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    head apikeys_internal.audit_chain;
-BEGIN
-    SELECT * INTO STRICT head FROM apikeys_internal.audit_chain c FOR UPDATE;
-    IF NEW.seq IS NULL THEN
-        NEW.seq := head.seq + 1;
-        NEW.prev_hash := head.hash;
-        NEW.key_role_name := CASE WHEN NEW.key_role IS NOT NULL THEN pg_get_userbyid(NEW.key_role::oid) END;
-        NEW.row_hash := apikeys_internal._audit_row_hash(NEW.prev_hash, NEW.seq, NEW.at, NEW.txid,
-            NEW.action, NEW.key_id, NEW.actor, NEW.actor_role, NEW.key_role_name, NEW.changes);
-        UPDATE apikeys_internal.audit_chain c SET seq = NEW.seq, hash = NEW.row_hash;
-        PERFORM pg_notify('apikeys', json_build_object(
-            'action', NEW.action, 'key_id', NEW.key_id, 'role', NEW.key_role_name,
-            'at', NEW.at)::text);
-        RETURN NEW;
-    END IF;
-
-    IF NEW.seq < 1 OR NEW.prev_hash IS NULL
-       OR NEW.row_hash IS DISTINCT FROM apikeys_internal._audit_row_hash(NEW.prev_hash, NEW.seq, NEW.at,
-              NEW.txid, NEW.action, NEW.key_id, NEW.actor, NEW.actor_role, NEW.key_role_name, NEW.changes) THEN
-        RAISE EXCEPTION 'audit row % does not match its hash', NEW.seq
-            USING ERRCODE = '22023',
-                  DETAIL = 'A row loaded with its place in the audit chain must carry the hash of its own content.';
-    END IF;
-    IF NEW.seq - 1 < head.anchor_seq OR (head.seq = 0 AND head.anchor_seq = 0) THEN
-        UPDATE apikeys_internal.audit_chain c SET anchor_seq = NEW.seq - 1, anchor_hash = NEW.prev_hash;
-    END IF;
-    IF NEW.seq > head.seq THEN
-        UPDATE apikeys_internal.audit_chain c SET seq = NEW.seq, hash = NEW.row_hash;
-    END IF;
-    RETURN NEW;
-END
-$$;
+AS 'MODULE_PATHNAME', 'apikeys_audit_chain_append'
+LANGUAGE C;
 COMMENT ON FUNCTION apikeys_internal._audit_chain_append() IS
     'trigger: puts every new audit row in the hash chain (seq, prev_hash, row_hash) under the chain head''s lock, and queues NOTIFY apikeys; rows loaded with their place (restore) must match their hash';
 REVOKE ALL ON FUNCTION apikeys_internal._audit_chain_append() FROM PUBLIC;
+
+-- The transaction that appended keeps the head in memory until commit:
+-- whatever reads audit_chain in that transaction writes it first.
+CREATE FUNCTION apikeys_internal._audit_chain_flush()
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_audit_chain_flush'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._audit_chain_flush() IS
+    'internal: writes the audit chain head this transaction keeps in memory to apikeys_internal.audit_chain (before reading it in the same transaction)';
+REVOKE ALL ON FUNCTION apikeys_internal._audit_chain_flush() FROM PUBLIC;
 
 CREATE TRIGGER audit_log_chain
     BEFORE INSERT ON apikeys_internal.audit_log
@@ -1772,7 +1750,7 @@ CREATE FUNCTION @extschema@.audit_verify_detail(known_seq pg_catalog.int8 DEFAUL
                                                 OUT first_bad_seq pg_catalog.int8,
                                                 OUT problem pg_catalog.text)
 RETURNS record
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1786,6 +1764,7 @@ DECLARE
 BEGIN
     ok := false;
     rows_checked := 0;
+    PERFORM apikeys_internal._audit_chain_flush();
     SELECT * INTO STRICT head FROM apikeys_internal.audit_chain c;
     IF known_seq IS NOT NULL AND known_seq > head.seq THEN
         first_bad_seq := head.seq + 1;
@@ -1862,7 +1841,7 @@ GRANT EXECUTE ON FUNCTION @extschema@.audit_verify_detail(pg_catalog.int8, pg_ca
 CREATE FUNCTION @extschema@.audit_verify(known_seq pg_catalog.int8 DEFAULT NULL,
                                          known_hash pg_catalog.text DEFAULT NULL)
 RETURNS pg_catalog.bool
-LANGUAGE sql STABLE
+LANGUAGE sql VOLATILE
 AS $$
     SELECT (@extschema@.audit_verify_detail(known_seq, known_hash)).ok
 $$;
@@ -1874,12 +1853,16 @@ GRANT EXECUTE ON FUNCTION @extschema@.audit_verify(pg_catalog.int8, pg_catalog.t
 CREATE FUNCTION @extschema@.audit_head(OUT seq pg_catalog.int8, OUT hash pg_catalog.text,
                                        OUT at pg_catalog.timestamptz)
 RETURNS record
-LANGUAGE sql STABLE
+LANGUAGE plpgsql VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
+    PERFORM apikeys_internal._audit_chain_flush();
     SELECT c.seq, encode(c.hash, 'hex'), (SELECT a.at FROM apikeys_internal.audit_log a WHERE a.seq = c.seq)
-      FROM apikeys_internal.audit_chain c
+      INTO seq, hash, at
+      FROM apikeys_internal.audit_chain c;
+END
 $$;
 COMMENT ON FUNCTION @extschema@.audit_head() IS
     'the audit chain''s head (last seq, its hash in hex, when it was written): keep it outside the database, and later pass it to audit_verify to prove nothing up to it changed; admins only';
@@ -1908,7 +1891,10 @@ BEGIN
         RAISE EXCEPTION 'older_than must be a positive interval'
             USING ERRCODE = '22023';
     END IF;
-    SELECT * INTO STRICT head FROM apikeys_internal.audit_chain c FOR UPDATE;
+    -- the lock every append takes (src/chain.c), then the head as it is
+    LOCK TABLE apikeys_internal.audit_chain IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM apikeys_internal._audit_chain_flush();
+    SELECT * INTO STRICT head FROM apikeys_internal.audit_chain c;
     -- never erase the evidence of tampering
     check_r := @extschema@.audit_verify_detail();
     IF NOT check_r.ok THEN

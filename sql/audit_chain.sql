@@ -168,6 +168,51 @@ SELECT ok, problem FROM audit_verify_detail();
 SELECT audit_verify(:s0, :'h0') AS old_head_ok;
 SELECT ok, regexp_replace(problem, '\d+', 'N', 'g') FROM audit_verify_detail(:s0 + 100000, :'h0');
 
+-- One transaction appends many rows: the head is kept in memory and
+-- written once before commit.  Rows of a rolled-back savepoint (and of an
+-- exception block) leave no gap; the head, read inside the transaction, is
+-- the last row.
+BEGIN;
+SELECT count(*) AS created FROM generate_series(1, 50) g,
+       LATERAL apikey_create('chain bulk ' || g, role => 'regress_ch') k;
+SAVEPOINT a;
+SELECT count(*) AS created FROM generate_series(1, 5) g,
+       LATERAL apikey_create('chain gone ' || g, role => 'regress_ch') k;
+ROLLBACK TO a;
+DO $$
+BEGIN
+    PERFORM apikeys.apikey_create('chain gone too', role => 'regress_ch');
+    RAISE EXCEPTION 'undo';
+EXCEPTION WHEN raise_exception THEN NULL;
+END $$;
+SAVEPOINT b;
+SELECT apikey_disable(key_id) FROM keys WHERE name = 'chain bulk 1';
+RELEASE b;
+SELECT h.seq = (SELECT max(seq) FROM apikeys_internal.audit_log) AS head_is_last_inside
+  FROM audit_head() h;
+SELECT ok, problem FROM audit_verify_detail();
+SELECT key_id AS k5 FROM apikey_create('chain bulk last', role => 'regress_ch') \gset
+COMMIT;
+SELECT count(*) FILTER (WHERE key_id IN (SELECT key_id FROM keys WHERE name LIKE 'chain gone%')) AS rolled_back_rows,
+       count(*) = max(seq) - min(seq) + 1 AS no_gap
+  FROM apikeys_internal.audit_log;
+SELECT c.seq = (SELECT max(seq) FROM apikeys_internal.audit_log) AS head_written,
+       c.seq = (SELECT seq FROM apikeys_internal.audit_log WHERE key_id = :'k5') AS last_create_is_head
+  FROM apikeys_internal.audit_chain c;
+SELECT ok, problem FROM audit_verify_detail();
+-- a savepoint that took the head's lock and rolled back leaves it free
+BEGIN;
+SAVEPOINT c;
+SELECT count(*) AS created FROM apikey_create('chain gone 3', role => 'regress_ch');
+ROLLBACK TO c;
+SELECT count(*) AS locks_held FROM pg_locks
+ WHERE relation = 'apikeys_internal.audit_chain'::regclass AND pid = pg_backend_pid()
+   AND mode = 'ShareRowExclusiveLock';
+SELECT count(*) AS created FROM apikey_create('chain bulk after', role => 'regress_ch');
+COMMIT;
+SELECT ok, problem FROM audit_verify_detail();
+SELECT count(*) AS deleted FROM (SELECT apikey_delete(key_id) FROM keys WHERE name LIKE 'chain bulk%') d;
+
 -- Expiry: expires_soon in the listing, expiring(within), stale(unused_for).
 SELECT name, expires_soon FROM keys WHERE name LIKE 'chain%' ORDER BY name;
 SELECT name FROM expiring() WHERE name LIKE 'chain%';

@@ -138,6 +138,7 @@ typedef struct DirectInsert
 } DirectInsert;
 extern bool apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 								 const char *nulls);
+extern uint64 apikey_relcache_generation(void);
 
 /* A relation of the extension, looked up once and again after invalidation. */
 typedef struct CachedRelation
@@ -148,6 +149,12 @@ typedef struct CachedRelation
 	bool		registered;
 } CachedRelation;
 extern Oid	apikey_cached_relation_oid(CachedRelation *c);
+
+/* chain.c: put one audit row, all its columns, in the audit hash chain */
+struct RelationData;
+extern void apikeys_audit_chain_row(struct RelationData *rel, Datum *values,
+									bool *isnull);
+extern bool apikeys_is_chain_trigger(Oid funcid);
 
 /* lifecycle.c, create.c, audit.c */
 extern Oid	apikeys_current_actor(void);

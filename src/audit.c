@@ -108,10 +108,43 @@ is_hidden(const char *name)
 	return false;
 }
 
+/*
+ * Which columns of the catalog are hidden, by attribute number: worked out
+ * again when the relation's definition may have changed.
+ */
+static bool *
+hidden_attributes(Relation rel)
+{
+	static Oid	relid = InvalidOid;
+	static int	natts = 0;
+	static uint64 generation = 0;
+	static bool *hidden = NULL;
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	if (hidden != NULL && relid == RelationGetRelid(rel) && natts == desc->natts &&
+		generation == apikey_relcache_generation())
+		return hidden;
+	if (hidden != NULL)
+		pfree(hidden);
+	hidden = MemoryContextAllocZero(TopMemoryContext, Max(desc->natts, 1) * sizeof(bool));
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		hidden[i] = att->attisdropped || is_hidden(NameStr(att->attname));
+	}
+	relid = RelationGetRelid(rel);
+	natts = desc->natts;
+	generation = apikey_relcache_generation();
+	return hidden;
+}
+
 /* to_jsonb(NEW) less the hidden columns, built column by column. */
 static Jsonb *
-row_changes(HeapTuple tup, TupleDesc desc)
+row_changes(HeapTuple tup, Relation rel)
 {
+	TupleDesc	desc = RelationGetDescr(rel);
+	bool	   *hidden = hidden_attributes(rel);
 	JsonbParseState *state = NULL;
 	JsonbValue *res;
 
@@ -125,7 +158,7 @@ row_changes(HeapTuple tup, TupleDesc desc)
 		bool		isnull;
 		Datum		d;
 
-		if (att->attisdropped || is_hidden(name))
+		if (hidden[i])
 			continue;
 		k.type = jbvString;
 		k.val.string.val = (char *) name;
@@ -219,7 +252,7 @@ apikeys_audit_key_create(PG_FUNCTION_ARGS)
 	values[4] = attno > 0 ? heap_getattr(tup, attno, desc, &isnull) : (Datum) 0;
 	if (attno <= 0 || isnull)
 		elog(ERROR, "apikeys catalog row without a role");
-	values[5] = JsonbPGetDatum(row_changes(tup, desc));
+	values[5] = JsonbPGetDatum(row_changes(tup, trigdata->tg_relation));
 
 	/* directly when the audit log allows it (insert.c), else by the plan */
 	relid = apikey_cached_relation_oid(&audit_rel);

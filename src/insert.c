@@ -15,7 +15,9 @@
  * the end of an INSERT statement.  A relation with anything this does not
  * do (BEFORE or statement triggers, transition tables, rules, row-level
  * security for the current user, generated or identity columns) is
- * refused, and the caller runs its saved INSERT instead.
+ * refused, and the caller runs its saved INSERT instead; the one BEFORE
+ * trigger taken is the audit log's hash chain, whose work (chain.c) is done
+ * here as the trigger would.
  */
 #include "postgres.h"
 
@@ -23,6 +25,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_trigger.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -50,8 +53,35 @@ struct DirectInsertPrepared
 	ExprState **checks;
 	char	  **adbin;			/* per column, the default they were built from */
 	ExprState **defaults;		/* per column the caller does not set, or NULL */
+	uint64		checked_at;		/* relcache invalidations when last compared */
 	MemoryContext cxt;
 };
+
+/*
+ * Relcache invalidations seen by this backend: a relation's constraints
+ * and defaults change only with one, so the prepared expressions are
+ * compared with the relation's again only after one.
+ */
+static uint64 relcache_invals = 1;
+static bool inval_registered = false;
+
+static void
+count_relcache_inval(Datum arg, Oid relid)
+{
+	relcache_invals++;
+}
+
+/* A number that changes whenever a relation's definition may have changed. */
+uint64
+apikey_relcache_generation(void)
+{
+	if (!inval_registered)
+	{
+		CacheRegisterRelcacheCallback(count_relcache_inval, (Datum) 0);
+		inval_registered = true;
+	}
+	return relcache_invals;
+}
 
 /* The stored default expression of column attnum, or NULL. */
 static const char *
@@ -73,6 +103,9 @@ prepared_is_current(DirectInsert *di, Relation rel)
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			ncheck = desc->constr ? desc->constr->num_check : 0;
 
+	if (prepared != NULL && prepared->relid == RelationGetRelid(rel) &&
+		prepared->checked_at == apikey_relcache_generation())
+		return true;
 	if (prepared == NULL || prepared->relid != RelationGetRelid(rel) ||
 		prepared->natts != desc->natts || prepared->ncheck != ncheck)
 		return false;
@@ -94,6 +127,7 @@ prepared_is_current(DirectInsert *di, Relation rel)
 			(bin != NULL && strcmp(bin, prepared->adbin[i]) != 0))
 			return false;
 	}
+	prepared->checked_at = relcache_invals;
 	return true;
 }
 
@@ -159,8 +193,37 @@ prepare(DirectInsert *di, Relation rel)
 			pc->defaults[i] = ExecInitExpr(expression_planner((Expr *) def), NULL);
 	}
 	MemoryContextSwitchTo(old);
+	pc->checked_at = relcache_invals;
 	di->prepared = pc;
 	return true;
+}
+
+/*
+ * Are the relation's BEFORE INSERT row triggers only the audit chain's
+ * (chain.c), enabled always, with nothing else to evaluate?  Then the
+ * direct insert does its work itself, and *chained says so.
+ */
+static bool
+chain_trigger_only(TriggerDesc *td, bool *chained)
+{
+	int			n = 0;
+
+	for (int i = 0; i < td->numtriggers; i++)
+	{
+		Trigger    *t = &td->triggers[i];
+
+		if (!TRIGGER_TYPE_MATCHES(t->tgtype, TRIGGER_TYPE_ROW,
+								  TRIGGER_TYPE_BEFORE, TRIGGER_TYPE_INSERT))
+			continue;
+		if (t->tgenabled == TRIGGER_DISABLED)
+			continue;
+		if (t->tgenabled != TRIGGER_FIRES_ALWAYS || t->tgqual != NULL ||
+			t->tgnargs != 0 || !apikeys_is_chain_trigger(t->tgfoid))
+			return false;
+		n++;
+	}
+	*chained = n == 1;
+	return n <= 1;
 }
 
 /*
@@ -169,20 +232,23 @@ prepare(DirectInsert *di, Relation rel)
  * else goes through the executor, which checks and reports.)
  */
 static bool
-direct_insert_possible(Relation rel)
+direct_insert_possible(Relation rel, bool *chained)
 {
 	TriggerDesc *td = rel->trigdesc;
 	TupleDesc	desc = RelationGetDescr(rel);
 
+	*chained = false;
 	if (pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_INSERT) != ACLCHECK_OK)
 		return false;
 
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rules != NULL)
 		return false;
 	if (td != NULL &&
-		(td->trig_insert_before_row || td->trig_insert_instead_row ||
+		(td->trig_insert_instead_row ||
 		 td->trig_insert_before_statement || td->trig_insert_after_statement ||
 		 td->trig_insert_new_table))
+		return false;
+	if (td != NULL && td->trig_insert_before_row && !chain_trigger_only(td, chained))
 		return false;
 	if (desc->constr != NULL && desc->constr->has_generated_stored)
 		return false;
@@ -211,6 +277,7 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 	TupleDesc	desc;
 	List	   *recheck;
 	MemoryContext old;
+	bool		chained;
 
 	/* what the executor checks first: a read-only transaction, a standby */
 	PreventCommandIfReadOnly("INSERT");
@@ -218,7 +285,7 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 
 	LockRelationOid(relid, RowExclusiveLock);
 	rel = table_open(relid, NoLock);
-	if (!direct_insert_possible(rel) ||
+	if (!direct_insert_possible(rel, &chained) ||
 		(!prepared_is_current(di, rel) && !prepare(di, rel)))
 	{
 		table_close(rel, NoLock);
@@ -261,6 +328,9 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 		slot->tts_values[prepared->attnums[i] - 1] = values[i];
 		slot->tts_isnull[prepared->attnums[i] - 1] = nulls[i] == 'n';
 	}
+	/* what the audit log's BEFORE trigger does (chain.c) */
+	if (chained)
+		apikeys_audit_chain_row(rel, slot->tts_values, slot->tts_isnull);
 	ExecStoreVirtualTuple(slot);
 	MemoryContextSwitchTo(old);
 

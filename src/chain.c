@@ -1,0 +1,679 @@
+/*
+ * chain.c
+ *		The audit log's hash chain, appended to in C with its head kept in
+ *		backend memory for the rest of the transaction.
+ *
+ * Every audit row carries its place (seq), the previous row's hash and a
+ * hash over both and its own canonical content (the SQL function
+ * apikeys_internal._audit_row_hash, which audit_verify recomputes: the two
+ * encodings must stay identical).  The head of the chain, one row of
+ * apikeys_internal.audit_chain, serialises appends: the first append of a
+ * transaction takes a SHARE ROW EXCLUSIVE lock on that table (which no
+ * other appender and no other writer of the head can share; readers are
+ * not blocked) and reads the head; later appends of the same transaction
+ * link to the head kept here, and the head row is written once, before
+ * commit (or PREPARE).  Updating the row for every append left one row
+ * version per append that the next read had to step over, so n appends in
+ * one transaction cost O(n^2).
+ *
+ * A subtransaction that rolls back takes its rows with it: the head it
+ * started from is restored (and forgotten, with the lock, if the lock was
+ * taken inside it).  apikeys_internal._audit_chain_flush() writes the head
+ * now, for the functions that read the head row in the transaction that
+ * appended (audit_verify, audit_head, audit_purge).
+ *
+ * A row that arrives with its place already set (pg_restore, a logical
+ * replication subscriber) is accepted if its hash matches its content; the
+ * head and the anchor follow the rows loaded.  Each new row queues NOTIFY
+ * apikeys with a JSON payload (never a secret).
+ *
+ * The trigger function needs no SECURITY DEFINER: the head is read and
+ * written below the executor, and only roles allowed to insert into the
+ * audit log (the extension's own functions, its owner) can fire it.
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_type_d.h"
+#include "commands/async.h"
+#include "commands/trigger.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/xid8.h"
+
+#include "apikeys.h"
+#include "compat.h"
+
+#define HASH_LEN	32
+
+/* The head of the chain as this transaction sees it. */
+typedef struct ChainHead
+{
+	bool		loaded;			/* read from the table (under the lock) */
+	bool		dirty;			/* changed since, not yet written */
+	int64		seq;
+	uint8		hash[HASH_LEN];
+	int64		anchor_seq;
+	uint8		anchor_hash[HASH_LEN];
+} ChainHead;
+
+/* The head a subtransaction started from, restored if it rolls back. */
+typedef struct SavedHead
+{
+	SubTransactionId subid;
+	ChainHead	head;
+} SavedHead;
+
+static ChainHead head;
+static bool locked = false;		/* this transaction holds the head's lock */
+static SubTransactionId locked_subid = InvalidSubTransactionId;
+static SavedHead *saved = NULL;
+static int	nsaved = 0;
+static int	saved_cap = 0;
+static bool callbacks_registered = false;
+
+static CachedRelation chain_rel = {"audit_chain", InvalidOid, false, false};
+static CachedRelation log_rel = {"audit_log", InvalidOid, false, false};
+
+/* The audit log's columns the chain reads or fills, by attribute number. */
+typedef struct LogColumns
+{
+	Oid			relid;
+	int			natts;
+	AttrNumber	seq,
+				at,
+				txid,
+				action,
+				key_id,
+				actor,
+				actor_role,
+				key_role,
+				key_role_name,
+				changes,
+				prev_hash,
+				row_hash;
+} LogColumns;
+
+static LogColumns cols;
+
+/* The head row's columns. */
+#define Anum_chain_seq			2
+#define Anum_chain_hash			3
+#define Anum_chain_anchor_seq	4
+#define Anum_chain_anchor_hash	5
+
+static AttrNumber
+column(TupleDesc desc, const char *name)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att->attnum;
+	}
+	elog(ERROR, "apikeys audit log has no column \"%s\"", name);
+	return InvalidAttrNumber;	/* keep the compiler quiet */
+}
+
+static void
+find_columns(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	if (cols.relid == RelationGetRelid(rel) && cols.natts == desc->natts)
+		return;
+	cols.relid = InvalidOid;
+	cols.seq = column(desc, "seq");
+	cols.at = column(desc, "at");
+	cols.txid = column(desc, "txid");
+	cols.action = column(desc, "action");
+	cols.key_id = column(desc, "key_id");
+	cols.actor = column(desc, "actor");
+	cols.actor_role = column(desc, "actor_role");
+	cols.key_role = column(desc, "key_role");
+	cols.key_role_name = column(desc, "key_role_name");
+	cols.changes = column(desc, "changes");
+	cols.prev_hash = column(desc, "prev_hash");
+	cols.row_hash = column(desc, "row_hash");
+	cols.natts = desc->natts;
+	cols.relid = RelationGetRelid(rel);
+}
+
+/* One field of the canonical encoding: byte length, colon, text; or '-'. */
+static void
+put_field(StringInfo buf, const char *s, int len)
+{
+	appendStringInfoChar(buf, ',');
+	if (s == NULL)
+	{
+		appendStringInfoChar(buf, '-');
+		return;
+	}
+	appendStringInfo(buf, "%d:", len);
+	appendBinaryStringInfo(buf, s, len);
+}
+
+static void
+put_cstring(StringInfo buf, const char *s)
+{
+	put_field(buf, s, s ? (int) strlen(s) : 0);
+}
+
+/* to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') */
+static char *
+utc_text(TimestampTz at)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	Datum		ts;
+
+	if (!TIMESTAMP_NOT_FINITE(at) &&
+		timestamp2tm(at, NULL, &tm, &fsec, NULL, NULL) == 0 &&
+		tm.tm_year >= 1 && tm.tm_year <= 9999)
+		return psprintf("%04d-%02d-%02d %02d:%02d:%02d.%06d",
+						tm.tm_year, tm.tm_mon, tm.tm_mday,
+						tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+	/* anything unusual: exactly what the SQL function does */
+	ts = DirectFunctionCall2(timestamptz_zone, CStringGetTextDatum("UTC"),
+							 TimestampTzGetDatum(at));
+	return TextDatumGetCString(DirectFunctionCall2(timestamp_to_char, ts,
+												   CStringGetTextDatum("YYYY-MM-DD HH24:MI:SS.US")));
+}
+
+static const char *
+datum_text(Datum *values, bool *isnull, AttrNumber att, int *len)
+{
+	text	   *t;
+
+	if (isnull[att - 1])
+		return NULL;
+	t = DatumGetTextPP(values[att - 1]);
+	*len = VARSIZE_ANY_EXHDR(t);
+	return VARDATA_ANY(t);
+}
+
+/*
+ * The row hash of a row given as a full set of column values: SHA-256 of
+ * prev and the canonical encoding apikeys-audit-v1 in UTF-8, as
+ * apikeys_internal._audit_row_hash computes it.
+ */
+static void
+row_hash(const uint8 *prev, int prev_len, Datum *values, bool *isnull, uint8 *out)
+{
+	StringInfoData buf;
+	const char *s;
+	int			len = 0;
+	char	   *utf8;
+	char	   *all;
+	int			utf8_len;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "apikeys-audit-v1");
+	put_cstring(&buf, isnull[cols.seq - 1] ? NULL :
+				psprintf(INT64_FORMAT, DatumGetInt64(values[cols.seq - 1])));
+	put_cstring(&buf, isnull[cols.at - 1] ? NULL :
+				utc_text(DatumGetTimestampTz(values[cols.at - 1])));
+	put_cstring(&buf, isnull[cols.txid - 1] ? NULL :
+				psprintf(UINT64_FORMAT, U64FromFullTransactionId(DatumGetFullTransactionId(values[cols.txid - 1]))));
+	s = datum_text(values, isnull, cols.action, &len);
+	put_field(&buf, s, len);
+	s = datum_text(values, isnull, cols.key_id, &len);
+	put_field(&buf, s, len);
+	put_cstring(&buf, isnull[cols.actor - 1] ? NULL :
+				NameStr(*DatumGetName(values[cols.actor - 1])));
+	put_cstring(&buf, isnull[cols.actor_role - 1] ? NULL :
+				NameStr(*DatumGetName(values[cols.actor_role - 1])));
+	put_cstring(&buf, isnull[cols.key_role_name - 1] ? NULL :
+				NameStr(*DatumGetName(values[cols.key_role_name - 1])));
+	if (isnull[cols.changes - 1])
+		put_cstring(&buf, NULL);
+	else
+	{
+		Jsonb	   *jb = DatumGetJsonbP(values[cols.changes - 1]);
+
+		put_cstring(&buf, JsonbToCString(NULL, &jb->root, VARSIZE(jb)));
+	}
+
+	utf8 = pg_server_to_any(buf.data, buf.len, PG_UTF8);
+	utf8_len = utf8 == buf.data ? buf.len : (int) strlen(utf8);
+	all = palloc(prev_len + utf8_len);
+	memcpy(all, prev, prev_len);
+	memcpy(all + prev_len, utf8, utf8_len);
+	apikey_digest(all, prev_len + utf8_len, out);
+	pfree(all);
+	if (utf8 != buf.data)
+		pfree(utf8);
+	pfree(buf.data);
+}
+
+static bytea *
+make_bytea(const uint8 *b, int len)
+{
+	bytea	   *v = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(v, VARHDRSZ + len);
+	memcpy(VARDATA(v), b, len);
+	return v;
+}
+
+/* A bytea column of exactly HASH_LEN bytes into out; false otherwise. */
+static bool
+hash_of(Datum d, bool isnull, uint8 *out)
+{
+	bytea	   *b;
+
+	if (isnull)
+		return false;
+	b = DatumGetByteaPP(d);
+	if (VARSIZE_ANY_EXHDR(b) != HASH_LEN)
+		return false;
+	memcpy(out, VARDATA_ANY(b), HASH_LEN);
+	return true;
+}
+
+/* The one row of the head table, as this transaction sees it, or error. */
+static HeapTuple
+read_head_row(Relation rel)
+{
+	TableScanDesc scan;
+	HeapTuple	tup;
+	HeapTuple	copy;
+
+	/* SnapshotSelf: the latest committed row, or this transaction's own */
+	scan = table_beginscan(rel, SnapshotSelf, 0, NULL);
+	tup = heap_getnext(scan, ForwardScanDirection);
+	if (tup == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the apikeys audit chain has no head row")));
+	copy = heap_copytuple(tup);
+	if (heap_getnext(scan, ForwardScanDirection) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the apikeys audit chain has more than one head row")));
+	table_endscan(scan);
+	return copy;
+}
+
+static Oid
+chain_relid(void)
+{
+	Oid			relid = apikey_cached_relation_oid(&chain_rel);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("apikeys_internal.audit_chain is missing"),
+				 errhint("Update the extension: ALTER EXTENSION apikeys UPDATE.")));
+	return relid;
+}
+
+static void chain_xact_callback(XactEvent event, void *arg);
+static void chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								   SubTransactionId parentSubid, void *arg);
+
+/* Take the head's lock for the transaction, and read the head. */
+static void
+load_head(void)
+{
+	Relation	rel;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Oid			relid = chain_relid();
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(chain_xact_callback, NULL);
+		RegisterSubXactCallback(chain_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+	if (head.loaded)
+		return;
+	if (!locked)
+	{
+		LockRelationOid(relid, ShareRowExclusiveLock);
+		locked = true;
+		locked_subid = GetCurrentSubTransactionId();
+	}
+	rel = table_open(relid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	tup = read_head_row(rel);
+	head.seq = DatumGetInt64(heap_getattr(tup, Anum_chain_seq, desc, &isnull));
+	if (isnull || !hash_of(heap_getattr(tup, Anum_chain_hash, desc, &isnull), isnull, head.hash))
+		elog(ERROR, "apikeys audit chain head is malformed");
+	head.anchor_seq = DatumGetInt64(heap_getattr(tup, Anum_chain_anchor_seq, desc, &isnull));
+	if (isnull || !hash_of(heap_getattr(tup, Anum_chain_anchor_hash, desc, &isnull), isnull,
+						   head.anchor_hash))
+		elog(ERROR, "apikeys audit chain anchor is malformed");
+	table_close(rel, AccessShareLock);
+	head.loaded = true;
+	head.dirty = false;
+}
+
+/* Write the head kept here into the head row (under the lock). */
+static void
+write_head(void)
+{
+	Relation	rel;
+	HeapTuple	oldtup;
+	HeapTuple	newtup;
+	Datum		values[Anum_chain_anchor_hash];
+	bool		nulls[Anum_chain_anchor_hash] = {0};
+	bool		replace[Anum_chain_anchor_hash] = {0};
+
+	rel = table_open(chain_relid(), RowExclusiveLock);
+	oldtup = read_head_row(rel);
+	values[Anum_chain_seq - 1] = Int64GetDatum(head.seq);
+	values[Anum_chain_hash - 1] = PointerGetDatum(make_bytea(head.hash, HASH_LEN));
+	values[Anum_chain_anchor_seq - 1] = Int64GetDatum(head.anchor_seq);
+	values[Anum_chain_anchor_hash - 1] = PointerGetDatum(make_bytea(head.anchor_hash, HASH_LEN));
+	for (int i = Anum_chain_seq - 1; i < Anum_chain_anchor_hash; i++)
+		replace[i] = true;
+	newtup = heap_modify_tuple(oldtup, RelationGetDescr(rel), values, nulls, replace);
+	CatalogTupleUpdate(rel, &oldtup->t_self, newtup);
+	table_close(rel, RowExclusiveLock);
+	head.dirty = false;
+}
+
+/* Before a change of the head: keep the head this subtransaction began with. */
+static void
+save_for_subxact(void)
+{
+	SubTransactionId cur = GetCurrentSubTransactionId();
+
+	if (cur == TopSubTransactionId ||
+		(nsaved > 0 && saved[nsaved - 1].subid == cur))
+		return;
+	if (nsaved == saved_cap)
+	{
+		saved_cap = saved_cap == 0 ? 8 : saved_cap * 2;
+		saved = saved == NULL ?
+			MemoryContextAlloc(TopMemoryContext, saved_cap * sizeof(SavedHead)) :
+			repalloc(saved, saved_cap * sizeof(SavedHead));
+	}
+	saved[nsaved].subid = cur;
+	saved[nsaved].head = head;
+	nsaved++;
+}
+
+static void
+forget_all(void)
+{
+	memset(&head, 0, sizeof(head));
+	locked = false;
+	locked_subid = InvalidSubTransactionId;
+	nsaved = 0;
+}
+
+static void
+chain_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (head.loaded && head.dirty)
+				write_head();
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			forget_all();
+			break;
+	}
+}
+
+static void
+chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	switch (event)
+	{
+		case SUBXACT_EVENT_ABORT_SUB:
+			/* its rows are gone: back to the head it began with */
+			while (nsaved > 0 && saved[nsaved - 1].subid >= mySubid)
+				head = saved[--nsaved].head;
+			if (locked && locked_subid >= mySubid)
+			{
+				/* and the lock went with it */
+				locked = false;
+				locked_subid = InvalidSubTransactionId;
+				memset(&head, 0, sizeof(head));
+			}
+			break;
+		case SUBXACT_EVENT_COMMIT_SUB:
+			/* the parent inherits what it began with, unless it kept its own */
+			if (nsaved > 0 && saved[nsaved - 1].subid == mySubid)
+			{
+				if (parentSubid == TopSubTransactionId ||
+					(nsaved > 1 && saved[nsaved - 2].subid == parentSubid))
+					nsaved--;
+				else
+					saved[nsaved - 1].subid = parentSubid;
+			}
+			if (locked && locked_subid == mySubid)
+				locked_subid = parentSubid;
+			break;
+		default:
+			break;
+	}
+}
+
+/* NOTIFY apikeys, '{"action" : ..., "key_id" : ..., "role" : ..., "at" : ...}' */
+static void
+notify_row(Datum *values, bool *isnull)
+{
+	StringInfoData buf;
+	char		ts[MAXDATELEN + 1];
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"action\" : ");
+	if (isnull[cols.action - 1])
+		appendStringInfoString(&buf, "null");
+	else
+		escape_json(&buf, TextDatumGetCString(values[cols.action - 1]));
+	appendStringInfoString(&buf, ", \"key_id\" : ");
+	if (isnull[cols.key_id - 1])
+		appendStringInfoString(&buf, "null");
+	else
+		escape_json(&buf, TextDatumGetCString(values[cols.key_id - 1]));
+	appendStringInfoString(&buf, ", \"role\" : ");
+	if (isnull[cols.key_role_name - 1])
+		appendStringInfoString(&buf, "null");
+	else
+		escape_json(&buf, NameStr(*DatumGetName(values[cols.key_role_name - 1])));
+	appendStringInfoString(&buf, ", \"at\" : ");
+	if (isnull[cols.at - 1])
+		appendStringInfoString(&buf, "null");
+	else
+	{
+		JsonEncodeDateTime(ts, values[cols.at - 1], TIMESTAMPTZOID, NULL);
+		appendStringInfo(&buf, "\"%s\"", ts);
+	}
+	appendStringInfoChar(&buf, '}');
+	Async_Notify("apikeys", buf.data);
+	pfree(buf.data);
+}
+
+/*
+ * Put one audit row (all its columns, in the current memory context) in
+ * the chain: a new row gets its place, the head's hash, its role's name
+ * and its own hash, and becomes the head; a row that comes with its place
+ * is checked against its hash and moves the head and the anchor.
+ */
+void
+apikeys_audit_chain_row(Relation rel, Datum *values, bool *isnull)
+{
+	uint8		h[HASH_LEN];
+
+	find_columns(rel);
+	load_head();
+
+	if (isnull[cols.seq - 1])
+	{
+		save_for_subxact();
+		values[cols.seq - 1] = Int64GetDatum(head.seq + 1);
+		isnull[cols.seq - 1] = false;
+		values[cols.prev_hash - 1] = PointerGetDatum(make_bytea(head.hash, HASH_LEN));
+		isnull[cols.prev_hash - 1] = false;
+		if (isnull[cols.key_role - 1])
+			isnull[cols.key_role_name - 1] = true;
+		else
+		{
+			values[cols.key_role_name - 1] =
+				DirectFunctionCall1(pg_get_userbyid, values[cols.key_role - 1]);
+			isnull[cols.key_role_name - 1] = false;
+		}
+		row_hash(head.hash, HASH_LEN, values, isnull, h);
+		values[cols.row_hash - 1] = PointerGetDatum(make_bytea(h, HASH_LEN));
+		isnull[cols.row_hash - 1] = false;
+		head.seq++;
+		memcpy(head.hash, h, HASH_LEN);
+		head.dirty = true;
+		notify_row(values, isnull);
+		return;
+	}
+
+	/* a row loaded with its place: it must carry the hash of its content */
+	{
+		int64		seq = DatumGetInt64(values[cols.seq - 1]);
+		bytea	   *prev;
+		uint8		given[HASH_LEN];
+
+		if (seq < 1 || isnull[cols.prev_hash - 1] ||
+			!hash_of(values[cols.row_hash - 1], isnull[cols.row_hash - 1], given))
+			goto mismatch;
+		prev = DatumGetByteaPP(values[cols.prev_hash - 1]);
+		row_hash((const uint8 *) VARDATA_ANY(prev), VARSIZE_ANY_EXHDR(prev),
+				 values, isnull, h);
+		if (memcmp(h, given, HASH_LEN) != 0)
+			goto mismatch;
+		save_for_subxact();
+		if (seq - 1 < head.anchor_seq || (head.seq == 0 && head.anchor_seq == 0))
+		{
+			if (VARSIZE_ANY_EXHDR(prev) != HASH_LEN)
+				goto mismatch;
+			head.anchor_seq = seq - 1;
+			memcpy(head.anchor_hash, VARDATA_ANY(prev), HASH_LEN);
+			head.dirty = true;
+		}
+		if (seq > head.seq)
+		{
+			head.seq = seq;
+			memcpy(head.hash, given, HASH_LEN);
+			head.dirty = true;
+		}
+		return;
+mismatch:
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("audit row " INT64_FORMAT " does not match its hash", seq),
+				 errdetail("A row loaded with its place in the audit chain must carry the hash of its own content.")));
+	}
+}
+
+/*
+ * SQL trigger: apikeys_internal._audit_chain_append(), BEFORE INSERT FOR
+ * EACH ROW on the audit log (ENABLE ALWAYS).
+ */
+PG_FUNCTION_INFO_V1(apikeys_audit_chain_append);
+Datum
+apikeys_audit_chain_append(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	TupleDesc	desc;
+	Datum	   *values;
+	bool	   *isnull;
+	HeapTuple	newtup;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		elog(ERROR, "apikeys_internal._audit_chain_append must fire BEFORE INSERT FOR EACH ROW");
+	rel = trigdata->tg_relation;
+	if (RelationGetRelid(rel) != apikey_cached_relation_oid(&log_rel))
+		elog(ERROR, "apikeys_internal._audit_chain_append fires only on apikeys_internal.audit_log");
+
+	desc = RelationGetDescr(rel);
+	values = palloc(desc->natts * sizeof(Datum));
+	isnull = palloc(desc->natts * sizeof(bool));
+	heap_deform_tuple(trigdata->tg_trigtuple, desc, values, isnull);
+	apikeys_audit_chain_row(rel, values, isnull);
+	newtup = heap_form_tuple(desc, values, isnull);
+	return PointerGetDatum(newtup);
+}
+
+/*
+ * SQL function: apikeys_internal._audit_chain_flush(), for readers of the
+ * head row in the transaction that appended: writes the head kept here and
+ * reads it again at the next append (the lock stays).
+ */
+PG_FUNCTION_INFO_V1(apikeys_audit_chain_flush);
+Datum
+apikeys_audit_chain_flush(PG_FUNCTION_ARGS)
+{
+	if (!head.loaded)
+		PG_RETURN_VOID();
+	/* (a rollback of this subtransaction undoes the write: keep it dirty) */
+	save_for_subxact();
+	if (head.dirty)
+	{
+		write_head();
+		CommandCounterIncrement();
+	}
+	head.loaded = false;
+	PG_RETURN_VOID();
+}
+
+/* The OID of apikeys_internal._audit_chain_append(), until pg_proc changes. */
+static Oid	chain_fn = InvalidOid;
+static bool chain_fn_valid = false;
+
+static void
+chain_fn_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	chain_fn_valid = false;
+}
+
+/* Is funcid the audit chain's trigger function (for insert.c)? */
+bool
+apikeys_is_chain_trigger(Oid funcid)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, chain_fn_callback, (Datum) 0);
+		registered = true;
+	}
+	if (!chain_fn_valid)
+	{
+		chain_fn = apikeys_function_oid("_audit_chain_append", 0, NULL);
+		chain_fn_valid = true;
+	}
+	return OidIsValid(funcid) && funcid == chain_fn;
+}
