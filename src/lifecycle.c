@@ -23,6 +23,7 @@
 #include "nodes/value.h"
 #include "catalog/namespace.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
@@ -141,6 +142,46 @@ apikeys_lifecycle_call(PG_FUNCTION_ARGS)
 }
 
 /* SQL function: apikey_create(text, regrole, text[], timestamptz, text, jsonb) returns table(key_id text, token text) */
+/*
+ * InitMaterializedSRF(fcinfo, 0) for a function called once per key: the
+ * result row type is worked out once per backend and function, not from
+ * pg_proc on every call; the executor frees the copy it is given.
+ */
+static void
+materialize_result(FunctionCallInfo fcinfo)
+{
+	static Oid	desc_fn = InvalidOid;
+	static TupleDesc desc = NULL;
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext old;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("materialize mode required, but it is not allowed in this context")));
+	if (desc == NULL || desc_fn != fcinfo->flinfo->fn_oid)
+	{
+		TupleDesc	d;
+
+		if (get_call_result_type(fcinfo, NULL, &d) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		if (desc != NULL)
+			FreeTupleDesc(desc);
+		desc = NULL;
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		desc = CreateTupleDescCopy(d);
+		MemoryContextSwitchTo(old);
+		desc_fn = fcinfo->flinfo->fn_oid;
+	}
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setDesc = CreateTupleDescCopy(desc);
+	rsinfo->setResult = tuplestore_begin_heap((rsinfo->allowedModes & SFRM_Materialize_Random) != 0,
+											  false, work_mem);
+	MemoryContextSwitchTo(old);
+}
+
 PG_FUNCTION_INFO_V1(apikeys_create);
 Datum
 apikeys_create(PG_FUNCTION_ARGS)
@@ -154,7 +195,7 @@ apikeys_create(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		nulls[2];
 
-	InitMaterializedSRF(fcinfo, 0);
+	materialize_result(fcinfo);
 
 	/* the common call, decided and written in C (create.c) */
 	{
