@@ -534,17 +534,17 @@ COMMENT ON FUNCTION apikeys_internal._audit_note() IS
 REVOKE ALL ON FUNCTION apikeys_internal._audit_note() FROM PUBLIC;
 -- Every audit row joins the chain here, whoever inserts it (PL/pgSQL or C
 -- triggers, role limits, purge, a superuser; src/insert.c does the same
--- for the rows it inserts directly): the first append of a transaction
--- takes the chain head's lock (SHARE ROW EXCLUSIVE on audit_chain, held
--- until the transaction ends, so appends are serialised in commit order)
--- and reads the head; each row takes the next seq and the head's hash,
--- hashes itself and becomes the head, kept in backend memory and written to
--- audit_chain once, before commit (src/chain.c).  A row that arrives with
--- its place already set (pg_restore, a logical replication subscriber) is
--- accepted if its hash matches its content; the head and the anchor follow
--- the rows loaded, and audit_verify checks that they link up.  Each new row
--- also queues NOTIFY apikeys (sent at commit, never a secret).  ENABLE
--- ALWAYS: inserts under session_replication_role = replica are chained too.
+-- for the rows it inserts directly).  A new row waits in the memory of its
+-- transaction and is chained and written just before commit (src/chain.c):
+-- the transaction then takes the chain head's lock (SHARE ROW EXCLUSIVE on
+-- audit_chain, so appends are serialised in commit order), links each row
+-- to the head, hashes it, and writes the rows and the new head once.  A row
+-- that arrives with its place already set (pg_restore, a logical
+-- replication subscriber) is accepted if its hash matches its content; the
+-- head and the anchor follow the rows loaded, and audit_verify checks that
+-- they link up.  Each new row also queues NOTIFY apikeys (sent at commit,
+-- never a secret).  ENABLE ALWAYS: inserts under session_replication_role =
+-- replica are chained too.
 CREATE FUNCTION apikeys_internal._audit_chain_append()
 RETURNS trigger
 AS 'MODULE_PATHNAME', 'apikeys_audit_chain_append'
@@ -553,14 +553,15 @@ COMMENT ON FUNCTION apikeys_internal._audit_chain_append() IS
     'trigger: puts every new audit row in the hash chain (seq, prev_hash, row_hash) under the chain head''s lock, and queues NOTIFY apikeys; rows loaded with their place (restore) must match their hash';
 REVOKE ALL ON FUNCTION apikeys_internal._audit_chain_append() FROM PUBLIC;
 
--- The transaction that appended keeps the head in memory until commit:
--- whatever reads audit_chain in that transaction writes it first.
+-- The transaction that appended keeps its rows and the head in memory
+-- until commit: whatever reads the chain in that transaction writes them
+-- first.
 CREATE FUNCTION apikeys_internal._audit_chain_flush()
 RETURNS void
 AS 'MODULE_PATHNAME', 'apikeys_audit_chain_flush'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION apikeys_internal._audit_chain_flush() IS
-    'internal: writes the audit chain head this transaction keeps in memory to apikeys_internal.audit_chain (before reading it in the same transaction)';
+    'internal: writes the audit rows and the chain head this transaction keeps in memory (before reading the chain in the same transaction; 40001 under REPEATABLE READ or SERIALIZABLE if another transaction appended since the snapshot)';
 REVOKE ALL ON FUNCTION apikeys_internal._audit_chain_flush() FROM PUBLIC;
 
 CREATE TRIGGER audit_log_chain

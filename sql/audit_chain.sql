@@ -188,8 +188,9 @@ END $$;
 SAVEPOINT b;
 SELECT apikey_disable(key_id) FROM keys WHERE name = 'chain bulk 1';
 RELEASE b;
-SELECT h.seq = (SELECT max(seq) FROM apikeys_internal.audit_log) AS head_is_last_inside
-  FROM audit_head() h;
+-- (audit_head writes the transaction's rows first: they are there after it)
+SELECT seq AS inside_head FROM audit_head() \gset
+SELECT :inside_head = (SELECT max(seq) FROM apikeys_internal.audit_log) AS head_is_last_inside;
 SELECT ok, problem FROM audit_verify_detail();
 SELECT key_id AS k5 FROM apikey_create('chain bulk last', role => 'regress_ch') \gset
 COMMIT;

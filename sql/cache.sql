@@ -87,7 +87,24 @@ SELECT v.status, v.remaining FROM apikey_verify(:'tq') v;
 SELECT key_id AS kr, token AS tr FROM apikey_create('one an hour', rate_limit => '1/hour') \gset
 SELECT (apikey_verify(:'tr')).status, (apikey_verify(:'tr')).valid, apikey_is_valid(:'tr');
 SELECT (apikey_verify(:'tr')).status;
-SELECT apikey_delete(:'kq'), apikey_delete(:'kr');
+-- a statement that runs another portal in between (a loop's cursor in a
+-- function it calls) keeps its memo: two an hour, charged once here, so
+-- the next statement still gets the second
+SELECT key_id AS kp, token AS tp FROM apikey_create('two an hour', rate_limit => '2/hour') \gset
+CREATE FUNCTION pg_temp.inner_loop(tok text) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    n int := 0;
+BEGIN
+    FOR r IN SELECT apikeys.apikey_is_valid(tok) AS v LOOP
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+SELECT (apikey_verify(:'tp')).status, pg_temp.inner_loop(:'t'), (apikey_verify(:'tp')).valid;
+SELECT (apikey_verify(:'tp')).status AS second_request;
+SELECT (apikey_verify(:'tp')).status AS third_request;
+SELECT apikey_delete(:'kq'), apikey_delete(:'kr'), apikey_delete(:'kp');
 SELECT * FROM pg_temp.delta() \gset d_
 -- and a new statement is a new verification
 SELECT apikey_is_valid(:'t');

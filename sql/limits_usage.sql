@@ -62,6 +62,11 @@ SELECT regress.v(token, c) FROM regress.lim, unnest(ARRAY[2, 2, 2, 1, 0, 6]) WIT
  WHERE label = 'b' ORDER BY n;
 SELECT regress.try(format('SELECT * FROM apikeys.apikey_verify(%L, cost => %s)', token, c))
   FROM regress.lim, unnest(ARRAY[-1, 1000001]) c WHERE label = 'b';
+-- the same for a key without limits, a token that is no key, and no token
+SELECT regress.try(format('SELECT apikeys.apikey_is_valid(%L, cost => %s)', t, c))
+  FROM unnest(ARRAY[-5, 2000000]) c,
+       unnest(ARRAY[(SELECT token FROM apikey_create('lim none')), 'not a token', NULL]) t;
+SELECT apikey_delete(key_id) FROM keys WHERE name = 'lim none';
 
 -- only a request that passes every other check spends: a wrong secret, a
 -- refused address, a missing scope, a disabled key spend nothing

@@ -139,6 +139,10 @@ typedef struct DirectInsert
 extern bool apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 								 const char *nulls);
 extern uint64 apikey_relcache_generation(void);
+typedef struct RowInserter RowInserter;
+extern RowInserter *apikey_row_inserter_begin(Oid relid);
+extern void apikey_row_inserter_put(RowInserter *ins, Datum *values, bool *isnull);
+extern void apikey_row_inserter_end(RowInserter *ins);
 
 /* A relation of the extension, looked up once and again after invalidation. */
 typedef struct CachedRelation
@@ -147,12 +151,13 @@ typedef struct CachedRelation
 	Oid			relid;
 	bool		valid;
 	bool		registered;
+	struct CachedRelation *next;	/* all of them, for one relcache callback */
 } CachedRelation;
 extern Oid	apikey_cached_relation_oid(CachedRelation *c);
 
 /* chain.c: put one audit row, all its columns, in the audit hash chain */
 struct RelationData;
-extern void apikeys_audit_chain_row(struct RelationData *rel, Datum *values,
+extern bool apikeys_audit_chain_row(struct RelationData *rel, Datum *values,
 									bool *isnull);
 extern bool apikeys_is_chain_trigger(Oid funcid);
 

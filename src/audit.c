@@ -55,7 +55,7 @@ static const char *const audit_columns[AUDIT_NARGS] = {
 	"action", "key_id", "actor", "actor_role", "key_role", "changes"
 };
 static DirectInsert audit_insert = {AUDIT_NARGS, audit_columns, NULL};
-static CachedRelation audit_rel = {"audit_log", InvalidOid, false, false};
+static CachedRelation audit_rel = {"audit_log", InvalidOid, false, false, NULL};
 
 /*
  * to_jsonb(), set up once per backend and column type: it reads its

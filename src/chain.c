@@ -7,20 +7,24 @@
  * hash over both and its own canonical content (the SQL function
  * apikeys_internal._audit_row_hash, which audit_verify recomputes: the two
  * encodings must stay identical).  The head of the chain, one row of
- * apikeys_internal.audit_chain, serialises appends: the first append of a
- * transaction takes a SHARE ROW EXCLUSIVE lock on that table (which no
- * other appender and no other writer of the head can share; readers are
- * not blocked) and reads the head; later appends of the same transaction
- * link to the head kept here, and the head row is written once, before
- * commit (or PREPARE).  Updating the row for every append left one row
- * version per append that the next read had to step over, so n appends in
- * one transaction cost O(n^2).
+ * apikeys_internal.audit_chain, serialises appends.
  *
- * A subtransaction that rolls back takes its rows with it: the head it
- * started from is restored (and forgotten, with the lock, if the lock was
- * taken inside it).  apikeys_internal._audit_chain_flush() writes the head
- * now, for the functions that read the head row in the transaction that
- * appended (audit_verify, audit_head, audit_purge).
+ * A new row is not inserted when its INSERT runs: it waits in the memory
+ * of its transaction (the trigger returns NULL; insert.c's direct insert
+ * skips it) and is chained and written in the pre-commit callback, which
+ * takes a SHARE ROW EXCLUSIVE lock on audit_chain (no other appender and
+ * no other writer of the head can share it; readers are not blocked),
+ * reads the head, links and inserts the rows, and writes the head once.
+ * So the lock is held for the commit only: an open transaction that
+ * changed a key holds back no other, and n rows cost O(n) (updating the
+ * head row per append left a row version per append for the next read to
+ * step over).  Rows queued by a subtransaction that rolls back are dropped.
+ * Past QUEUE_MAX waiting rows, or when something reads the chain in the
+ * same transaction (apikeys_internal._audit_chain_flush(), called by
+ * audit_verify, audit_head and audit_purge), the rows are written at once
+ * and the lock is held from then on; rows written inside a subtransaction
+ * that then rolls back wait again, and the head it began with is restored
+ * (and forgotten, with the lock, if the lock was taken inside it).
  *
  * A row that arrives with its place already set (pg_restore, a logical
  * replication subscriber) is accepted if its hash matches its content; the
@@ -53,6 +57,7 @@
 #include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -81,16 +86,34 @@ typedef struct SavedHead
 	ChainHead	head;
 } SavedHead;
 
+/* A new audit row waiting for the commit of its transaction. */
+typedef struct QueuedRow
+{
+	HeapTuple	tup;			/* all its columns, in TopTransactionContext */
+	SubTransactionId subid;		/* subtransaction that queued it */
+	SubTransactionId drained_at;	/* written in (a subtransaction since
+									 * committed into) it; Invalid: waiting */
+} QueuedRow;
+
+/* past this many waiting rows, a transaction writes them at once */
+#define QUEUE_MAX	10000
+
 static ChainHead head;
 static bool locked = false;		/* this transaction holds the head's lock */
+static Oid	locked_relid = InvalidOid;	/* on this audit_chain */
 static SubTransactionId locked_subid = InvalidSubTransactionId;
+static QueuedRow *queue = NULL;
+static int	nqueued = 0;		/* entries, written ones included */
+static int	npending = 0;		/* entries waiting */
+static int	queue_cap = 0;
+static Oid	queue_relid = InvalidOid;	/* the audit log they go into */
 static SavedHead *saved = NULL;
 static int	nsaved = 0;
 static int	saved_cap = 0;
 static bool callbacks_registered = false;
 
-static CachedRelation chain_rel = {"audit_chain", InvalidOid, false, false};
-static CachedRelation log_rel = {"audit_log", InvalidOid, false, false};
+static CachedRelation chain_rel = {"audit_chain", InvalidOid, false, false, NULL};
+static CachedRelation log_rel = {"audit_log", InvalidOid, false, false, NULL};
 
 /* The audit log's columns the chain reads or fills, by attribute number. */
 typedef struct LogColumns
@@ -229,7 +252,9 @@ row_hash(const uint8 *prev, int prev_len, Datum *values, bool *isnull, uint8 *ou
 	appendStringInfoString(&buf, "apikeys-audit-v1");
 	put_cstring(&buf, isnull[cols.seq - 1] ? NULL :
 				psprintf(INT64_FORMAT, DatumGetInt64(values[cols.seq - 1])));
-	put_cstring(&buf, isnull[cols.at - 1] ? NULL :
+	/* to_char gives null for infinity */
+	put_cstring(&buf, isnull[cols.at - 1] ||
+				TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(values[cols.at - 1])) ? NULL :
 				utc_text(DatumGetTimestampTz(values[cols.at - 1])));
 	put_cstring(&buf, isnull[cols.txid - 1] ? NULL :
 				psprintf(UINT64_FORMAT, U64FromFullTransactionId(DatumGetFullTransactionId(values[cols.txid - 1]))));
@@ -291,14 +316,14 @@ hash_of(Datum d, bool isnull, uint8 *out)
 
 /* The one row of the head table, as this transaction sees it, or error. */
 static HeapTuple
-read_head_row(Relation rel)
+read_head_row(Relation rel, Snapshot snapshot)
 {
 	TableScanDesc scan;
 	HeapTuple	tup;
 	HeapTuple	copy;
 
-	/* SnapshotSelf: the latest committed row, or this transaction's own */
-	scan = table_beginscan(rel, SnapshotSelf, 0, NULL);
+	/* by default SnapshotSelf: the latest committed row, or this transaction's own */
+	scan = table_beginscan(rel, snapshot ? snapshot : SnapshotSelf, 0, NULL);
 	tup = heap_getnext(scan, ForwardScanDirection);
 	if (tup == NULL)
 		ereport(ERROR,
@@ -313,9 +338,35 @@ read_head_row(Relation rel)
 	return copy;
 }
 
-static Oid
-chain_relid(void)
+static void notify_row(Datum *values, bool *isnull);
+static void chain_xact_callback(XactEvent event, void *arg);
+static void chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								   SubTransactionId parentSubid, void *arg);
+
+static void
+register_callbacks(void)
 {
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(chain_xact_callback, NULL);
+		RegisterSubXactCallback(chain_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
+}
+
+/*
+ * Take the head's lock for the transaction, and read the head.  With
+ * check_snapshot, a transaction-snapshot transaction (REPEATABLE READ,
+ * SERIALIZABLE) that is about to read the chain must see the head as it
+ * is: if another transaction appended since its snapshot, 40001.
+ */
+static void
+load_head(bool check_snapshot)
+{
+	Relation	rel;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
 	Oid			relid = apikey_cached_relation_oid(&chain_rel);
 
 	if (!OidIsValid(relid))
@@ -323,50 +374,49 @@ chain_relid(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("apikeys_internal.audit_chain is missing"),
 				 errhint("Update the extension: ALTER EXTENSION apikeys UPDATE.")));
-	return relid;
-}
-
-static void chain_xact_callback(XactEvent event, void *arg);
-static void chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-								   SubTransactionId parentSubid, void *arg);
-
-/* Take the head's lock for the transaction, and read the head. */
-static void
-load_head(void)
-{
-	Relation	rel;
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	Oid			relid = chain_relid();
-
-	if (!callbacks_registered)
+	register_callbacks();
+	/* the extension was dropped and created again in this transaction */
+	if (locked && locked_relid != relid)
 	{
-		RegisterXactCallback(chain_xact_callback, NULL);
-		RegisterSubXactCallback(chain_subxact_callback, NULL);
-		callbacks_registered = true;
+		locked = false;
+		memset(&head, 0, sizeof(head));
 	}
-	if (head.loaded)
-		return;
 	if (!locked)
 	{
 		LockRelationOid(relid, ShareRowExclusiveLock);
 		locked = true;
+		locked_relid = relid;
 		locked_subid = GetCurrentSubTransactionId();
 	}
+	if (head.loaded && !check_snapshot)
+		return;
 	rel = table_open(relid, AccessShareLock);
 	desc = RelationGetDescr(rel);
-	tup = read_head_row(rel);
-	head.seq = DatumGetInt64(heap_getattr(tup, Anum_chain_seq, desc, &isnull));
-	if (isnull || !hash_of(heap_getattr(tup, Anum_chain_hash, desc, &isnull), isnull, head.hash))
-		elog(ERROR, "apikeys audit chain head is malformed");
-	head.anchor_seq = DatumGetInt64(heap_getattr(tup, Anum_chain_anchor_seq, desc, &isnull));
-	if (isnull || !hash_of(heap_getattr(tup, Anum_chain_anchor_hash, desc, &isnull), isnull,
-						   head.anchor_hash))
-		elog(ERROR, "apikeys audit chain anchor is malformed");
+	tup = read_head_row(rel, NULL);
+	if (check_snapshot && IsolationUsesXactSnapshot())
+	{
+		HeapTuple	mine = read_head_row(rel, GetTransactionSnapshot());
+
+		if (!ItemPointerEquals(&mine->t_self, &tup->t_self))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update"),
+					 errdetail("Another transaction added to the apikeys audit chain after this transaction's snapshot was taken."),
+					 errhint("Retry the transaction.")));
+	}
+	if (!head.loaded)
+	{
+		head.seq = DatumGetInt64(heap_getattr(tup, Anum_chain_seq, desc, &isnull));
+		if (isnull || !hash_of(heap_getattr(tup, Anum_chain_hash, desc, &isnull), isnull, head.hash))
+			elog(ERROR, "apikeys audit chain head is malformed");
+		head.anchor_seq = DatumGetInt64(heap_getattr(tup, Anum_chain_anchor_seq, desc, &isnull));
+		if (isnull || !hash_of(heap_getattr(tup, Anum_chain_anchor_hash, desc, &isnull), isnull,
+							   head.anchor_hash))
+			elog(ERROR, "apikeys audit chain anchor is malformed");
+		head.loaded = true;
+		head.dirty = false;
+	}
 	table_close(rel, AccessShareLock);
-	head.loaded = true;
-	head.dirty = false;
 }
 
 /* Write the head kept here into the head row (under the lock). */
@@ -380,8 +430,8 @@ write_head(void)
 	bool		nulls[Anum_chain_anchor_hash] = {0};
 	bool		replace[Anum_chain_anchor_hash] = {0};
 
-	rel = table_open(chain_relid(), RowExclusiveLock);
-	oldtup = read_head_row(rel);
+	rel = table_open(locked_relid, RowExclusiveLock);
+	oldtup = read_head_row(rel, NULL);
 	values[Anum_chain_seq - 1] = Int64GetDatum(head.seq);
 	values[Anum_chain_hash - 1] = PointerGetDatum(make_bytea(head.hash, HASH_LEN));
 	values[Anum_chain_anchor_seq - 1] = Int64GetDatum(head.anchor_seq);
@@ -415,13 +465,120 @@ save_for_subxact(void)
 	nsaved++;
 }
 
+/* Give a new row its place, link and hash, make it the head, queue NOTIFY. */
+static void
+chain_new_row(Datum *values, bool *isnull)
+{
+	uint8		h[HASH_LEN];
+
+	save_for_subxact();
+	values[cols.seq - 1] = Int64GetDatum(head.seq + 1);
+	isnull[cols.seq - 1] = false;
+	values[cols.prev_hash - 1] = PointerGetDatum(make_bytea(head.hash, HASH_LEN));
+	isnull[cols.prev_hash - 1] = false;
+	if (isnull[cols.key_role - 1])
+		isnull[cols.key_role_name - 1] = true;
+	else
+	{
+		values[cols.key_role_name - 1] =
+			DirectFunctionCall1(pg_get_userbyid, values[cols.key_role - 1]);
+		isnull[cols.key_role_name - 1] = false;
+	}
+	row_hash(head.hash, HASH_LEN, values, isnull, h);
+	values[cols.row_hash - 1] = PointerGetDatum(make_bytea(h, HASH_LEN));
+	isnull[cols.row_hash - 1] = false;
+	head.seq++;
+	memcpy(head.hash, h, HASH_LEN);
+	head.dirty = true;
+	notify_row(values, isnull);
+}
+
+/*
+ * Chain and insert the queued rows not yet written, in the order they were
+ * queued, under the head's lock.  Rows written inside a subtransaction are
+ * kept (marked with it) until it commits into the top transaction: if it
+ * rolls back, so do they, and they are queued again.
+ */
+static void
+drain_queue(void)
+{
+	SubTransactionId cur = GetCurrentSubTransactionId();
+	Oid			relid;
+	RowInserter *ins;
+	Relation	rel;
+	TupleDesc	desc;
+	Datum	   *values;
+	bool	   *isnull;
+	MemoryContext tmp;
+	MemoryContext old;
+	bool		pushed = false;
+	int			kept = 0;
+
+	if (npending == 0)
+		return;
+	relid = apikey_cached_relation_oid(&log_rel);
+	if (!OidIsValid(relid) || relid != queue_relid)
+	{
+		/* the audit log they were meant for is gone (DROP EXTENSION) */
+		nqueued = npending = 0;
+		return;
+	}
+	load_head(false);
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed = true;
+	}
+	ins = apikey_row_inserter_begin(relid);
+	rel = table_open(relid, NoLock);
+	find_columns(rel);
+	desc = RelationGetDescr(rel);
+	values = palloc(desc->natts * sizeof(Datum));
+	isnull = palloc(desc->natts * sizeof(bool));
+	tmp = AllocSetContextCreate(CurrentMemoryContext, "apikeys audit rows",
+								ALLOCSET_DEFAULT_SIZES);
+	for (int i = 0; i < nqueued; i++)
+	{
+		if (queue[i].drained_at != InvalidSubTransactionId)
+			continue;
+		old = MemoryContextSwitchTo(tmp);
+		heap_deform_tuple(queue[i].tup, desc, values, isnull);
+		chain_new_row(values, isnull);
+		apikey_row_inserter_put(ins, values, isnull);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(tmp);
+		queue[i].drained_at = cur;
+	}
+	MemoryContextDelete(tmp);
+	table_close(rel, NoLock);
+	apikey_row_inserter_end(ins);
+	if (pushed)
+		PopActiveSnapshot();
+	npending = 0;
+	/* written by the top transaction itself: nothing to take back */
+	if (cur == TopSubTransactionId)
+	{
+		for (int i = 0; i < nqueued; i++)
+			if (queue[i].drained_at != TopSubTransactionId)
+				queue[kept++] = queue[i];
+			else
+				heap_freetuple(queue[i].tup);
+		nqueued = kept;
+	}
+}
+
 static void
 forget_all(void)
 {
 	memset(&head, 0, sizeof(head));
 	locked = false;
+	locked_relid = InvalidOid;
 	locked_subid = InvalidSubTransactionId;
 	nsaved = 0;
+	/* the rows themselves are in TopTransactionContext, gone with it */
+	queue = NULL;
+	nqueued = npending = queue_cap = 0;
+	queue_relid = InvalidOid;
 }
 
 static void
@@ -432,7 +589,9 @@ chain_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PARALLEL_PRE_COMMIT:
 		case XACT_EVENT_PRE_PREPARE:
-			if (head.loaded && head.dirty)
+			drain_queue();
+			if (head.loaded && head.dirty &&
+				apikey_cached_relation_oid(&chain_rel) == locked_relid)
 				write_head();
 			break;
 		case XACT_EVENT_COMMIT:
@@ -449,6 +608,8 @@ static void
 chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					   SubTransactionId parentSubid, void *arg)
 {
+	int			n;
+
 	switch (event)
 	{
 		case SUBXACT_EVENT_ABORT_SUB:
@@ -459,9 +620,25 @@ chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			{
 				/* and the lock went with it */
 				locked = false;
+				locked_relid = InvalidOid;
 				locked_subid = InvalidSubTransactionId;
 				memset(&head, 0, sizeof(head));
 			}
+			/* rows it queued are dropped; rows of outer levels it wrote, queued again */
+			n = 0;
+			for (int i = 0; i < nqueued; i++)
+			{
+				if (queue[i].subid >= mySubid)
+					continue;
+				if (queue[i].drained_at >= mySubid)
+					queue[i].drained_at = InvalidSubTransactionId;
+				queue[n++] = queue[i];
+			}
+			nqueued = n;
+			npending = 0;
+			for (int i = 0; i < nqueued; i++)
+				if (queue[i].drained_at == InvalidSubTransactionId)
+					npending++;
 			break;
 		case SUBXACT_EVENT_COMMIT_SUB:
 			/* the parent inherits what it began with, unless it kept its own */
@@ -475,6 +652,9 @@ chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			}
 			if (locked && locked_subid == mySubid)
 				locked_subid = parentSubid;
+			for (int i = 0; i < nqueued; i++)
+				if (queue[i].drained_at == mySubid)
+					queue[i].drained_at = parentSubid;
 			break;
 		default:
 			break;
@@ -517,43 +697,65 @@ notify_row(Datum *values, bool *isnull)
 	pfree(buf.data);
 }
 
+/* Queue a new row (all its columns) until commit. */
+static void
+queue_row(Relation rel, Datum *values, bool *isnull)
+{
+	MemoryContext old;
+
+	register_callbacks();
+	if (nqueued > 0 && queue_relid != RelationGetRelid(rel))
+		nqueued = npending = 0; /* for an audit log dropped since */
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	if (nqueued == queue_cap)
+	{
+		queue_cap = queue_cap == 0 ? 64 : queue_cap * 2;
+		queue = queue == NULL ? palloc(queue_cap * sizeof(QueuedRow)) :
+			repalloc(queue, queue_cap * sizeof(QueuedRow));
+	}
+	queue[nqueued].tup = heap_form_tuple(RelationGetDescr(rel), values, isnull);
+	queue[nqueued].subid = GetCurrentSubTransactionId();
+	queue[nqueued].drained_at = InvalidSubTransactionId;
+	nqueued++;
+	npending++;
+	queue_relid = RelationGetRelid(rel);
+	MemoryContextSwitchTo(old);
+}
+
 /*
- * Put one audit row (all its columns, in the current memory context) in
- * the chain: a new row gets its place, the head's hash, its role's name
- * and its own hash, and becomes the head; a row that comes with its place
- * is checked against its hash and moves the head and the anchor.
+ * An audit row (all its columns, in the current memory context) on its way
+ * into the log.  A new row is queued until the transaction commits (true:
+ * the caller must not insert it), and then chained and written under the
+ * head's lock: the lock is held for the commit only, and no open
+ * transaction holds back other audited changes.  Past QUEUE_MAX queued
+ * rows they are written at once, and the lock is held from then on.  A new
+ * row the current role may insert only under row-level security is
+ * chained now (false: values are filled in, the caller inserts them), as
+ * is a row that comes with its place (a restore), which is checked against
+ * its hash and moves the head and the anchor.
  */
-void
+bool
 apikeys_audit_chain_row(Relation rel, Datum *values, bool *isnull)
 {
 	uint8		h[HASH_LEN];
 
 	find_columns(rel);
-	load_head();
+	if (isnull[cols.seq - 1] &&
+		check_enable_rls(RelationGetRelid(rel), InvalidOid, true) != RLS_ENABLED)
+	{
+		queue_row(rel, values, isnull);
+		if (npending >= QUEUE_MAX)
+			drain_queue();
+		return true;
+	}
 
+	/* the rows queued before it go first */
+	drain_queue();
+	load_head(false);
 	if (isnull[cols.seq - 1])
 	{
-		save_for_subxact();
-		values[cols.seq - 1] = Int64GetDatum(head.seq + 1);
-		isnull[cols.seq - 1] = false;
-		values[cols.prev_hash - 1] = PointerGetDatum(make_bytea(head.hash, HASH_LEN));
-		isnull[cols.prev_hash - 1] = false;
-		if (isnull[cols.key_role - 1])
-			isnull[cols.key_role_name - 1] = true;
-		else
-		{
-			values[cols.key_role_name - 1] =
-				DirectFunctionCall1(pg_get_userbyid, values[cols.key_role - 1]);
-			isnull[cols.key_role_name - 1] = false;
-		}
-		row_hash(head.hash, HASH_LEN, values, isnull, h);
-		values[cols.row_hash - 1] = PointerGetDatum(make_bytea(h, HASH_LEN));
-		isnull[cols.row_hash - 1] = false;
-		head.seq++;
-		memcpy(head.hash, h, HASH_LEN);
-		head.dirty = true;
-		notify_row(values, isnull);
-		return;
+		chain_new_row(values, isnull);
+		return false;
 	}
 
 	/* a row loaded with its place: it must carry the hash of its content */
@@ -585,7 +787,7 @@ apikeys_audit_chain_row(Relation rel, Datum *values, bool *isnull)
 			memcpy(head.hash, given, HASH_LEN);
 			head.dirty = true;
 		}
-		return;
+		return false;
 mismatch:
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -596,7 +798,8 @@ mismatch:
 
 /*
  * SQL trigger: apikeys_internal._audit_chain_append(), BEFORE INSERT FOR
- * EACH ROW on the audit log (ENABLE ALWAYS).
+ * EACH ROW on the audit log (ENABLE ALWAYS).  A queued row is not inserted
+ * now (the INSERT reports it as skipped); it is at commit.
  */
 PG_FUNCTION_INFO_V1(apikeys_audit_chain_append);
 Datum
@@ -607,7 +810,6 @@ apikeys_audit_chain_append(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	Datum	   *values;
 	bool	   *isnull;
-	HeapTuple	newtup;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
@@ -622,22 +824,26 @@ apikeys_audit_chain_append(PG_FUNCTION_ARGS)
 	values = palloc(desc->natts * sizeof(Datum));
 	isnull = palloc(desc->natts * sizeof(bool));
 	heap_deform_tuple(trigdata->tg_trigtuple, desc, values, isnull);
-	apikeys_audit_chain_row(rel, values, isnull);
-	newtup = heap_form_tuple(desc, values, isnull);
-	return PointerGetDatum(newtup);
+	if (apikeys_audit_chain_row(rel, values, isnull))
+		return PointerGetDatum(NULL);
+	return PointerGetDatum(heap_form_tuple(desc, values, isnull));
 }
 
 /*
  * SQL function: apikeys_internal._audit_chain_flush(), for readers of the
- * head row in the transaction that appended: writes the head kept here and
- * reads it again at the next append (the lock stays).
+ * chain in a transaction that may have appended: writes the rows queued
+ * and the head kept here (the lock stays), so that the log and
+ * apikeys_internal.audit_chain show them.  Under REPEATABLE READ or
+ * SERIALIZABLE, 40001 if another transaction appended since the snapshot.
  */
 PG_FUNCTION_INFO_V1(apikeys_audit_chain_flush);
 Datum
 apikeys_audit_chain_flush(PG_FUNCTION_ARGS)
 {
-	if (!head.loaded)
+	if (npending == 0 && !head.loaded)
 		PG_RETURN_VOID();
+	drain_queue();
+	load_head(true);
 	/* (a rollback of this subtransaction undoes the write: keep it dirty) */
 	save_for_subxact();
 	if (head.dirty)

@@ -92,7 +92,7 @@ static const char *const insert_columns[INSERT_NARGS] = {
 	"hash_version", "hash", "created_by"
 };
 static DirectInsert catalog_insert = {INSERT_NARGS, insert_columns, NULL};
-static CachedRelation catalog_rel = {APIKEYS_CATALOG, InvalidOid, false, false};
+static CachedRelation catalog_rel = {APIKEYS_CATALOG, InvalidOid, false, false, NULL};
 
 /* Is the name plainly valid: printable ASCII, not blank, within its limit? */
 static bool

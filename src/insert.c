@@ -64,11 +64,20 @@ struct DirectInsertPrepared
  */
 static uint64 relcache_invals = 1;
 static bool inval_registered = false;
+static CachedRelation *cached_relations = NULL;
 
+/*
+ * The one relcache callback of the direct insert and every CachedRelation
+ * (PostgreSQL has a handful of slots for all extensions): count the
+ * invalidation, and forget a cached relation OID that may be stale.
+ */
 static void
 count_relcache_inval(Datum arg, Oid relid)
 {
 	relcache_invals++;
+	for (CachedRelation *c = cached_relations; c != NULL; c = c->next)
+		if (!OidIsValid(relid) || relid == c->relid)
+			c->valid = false;
 }
 
 /* A number that changes whenever a relation's definition may have changed. */
@@ -328,9 +337,20 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 		slot->tts_values[prepared->attnums[i] - 1] = values[i];
 		slot->tts_isnull[prepared->attnums[i] - 1] = nulls[i] == 'n';
 	}
-	/* what the audit log's BEFORE trigger does (chain.c) */
-	if (chained)
-		apikeys_audit_chain_row(rel, slot->tts_values, slot->tts_isnull);
+	/*
+	 * What the audit log's BEFORE trigger does (chain.c): a new row waits
+	 * for the commit of the transaction, and is not inserted now.
+	 */
+	if (chained && apikeys_audit_chain_row(rel, slot->tts_values, slot->tts_isnull))
+	{
+		MemoryContextSwitchTo(old);
+		ExecResetTupleTable(estate->es_tupleTable, false);
+		ExecCloseResultRelations(estate);
+		ExecCloseRangeTableRelations(estate);
+		FreeExecutorState(estate);
+		table_close(rel, NoLock);
+		return true;
+	}
 	ExecStoreVirtualTuple(slot);
 	MemoryContextSwitchTo(old);
 
@@ -354,16 +374,6 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 }
 
 
-/* Relcache callback: forget a cached relation OID that may be stale. */
-static void
-cached_relation_callback(Datum arg, Oid relid)
-{
-	CachedRelation *c = (CachedRelation *) DatumGetPointer(arg);
-
-	if (!OidIsValid(relid) || relid == c->relid)
-		c->valid = false;
-}
-
 /*
  * The OID of the extension's relation c->relname (objects.c's lookup, which
  * reads pg_depend), cached until a relcache invalidation names it.
@@ -374,7 +384,9 @@ apikey_cached_relation_oid(CachedRelation *c)
 {
 	if (!c->registered)
 	{
-		CacheRegisterRelcacheCallback(cached_relation_callback, PointerGetDatum(c));
+		(void) apikey_relcache_generation();	/* registers the callback */
+		c->next = cached_relations;
+		cached_relations = c;
 		c->registered = true;
 	}
 	if (!c->valid)
@@ -383,4 +395,81 @@ apikey_cached_relation_oid(CachedRelation *c)
 		c->valid = OidIsValid(c->relid);
 	}
 	return c->relid;
+}
+
+/*
+ * Whole rows into one of the extension's tables, below the executor, for
+ * rows whose BEFORE trigger's work the caller has done (chain.c's audit
+ * rows, written before commit): CHECK and NOT NULL constraints checked,
+ * every index maintained, AFTER row triggers fired.  No permission or
+ * row-level security check: the caller inserts on the extension's behalf
+ * rows an earlier, checked INSERT handed over.
+ */
+struct RowInserter
+{
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *slot;
+};
+
+RowInserter *
+apikey_row_inserter_begin(Oid relid)
+{
+	RowInserter *ins = palloc0(sizeof(RowInserter));
+	RangeTblEntry *rte;
+	MemoryContext old;
+
+	PreventCommandIfReadOnly("INSERT");
+	PreventCommandIfParallelMode("INSERT");
+	LockRelationOid(relid, RowExclusiveLock);
+	ins->rel = table_open(relid, NoLock);
+	ins->estate = CreateExecutorState();
+	old = MemoryContextSwitchTo(ins->estate->es_query_cxt);
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = RELKIND_RELATION;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(ins->estate, list_make1(rte));
+	ins->rri = makeNode(ResultRelInfo);
+	ExecInitResultRelation(ins->estate, ins->rri, 1);
+	CheckValidResultRel(ins->rri, CMD_INSERT);
+	ExecOpenIndices(ins->rri, false);
+	ins->slot = ExecInitExtraTupleSlot(ins->estate, RelationGetDescr(ins->rel),
+									  table_slot_callbacks(ins->rel));
+	MemoryContextSwitchTo(old);
+	AfterTriggerBeginQuery();
+	return ins;
+}
+
+void
+apikey_row_inserter_put(RowInserter *ins, Datum *values, bool *isnull)
+{
+	TupleDesc	desc = RelationGetDescr(ins->rel);
+	List	   *recheck;
+
+	ExecClearTuple(ins->slot);
+	memcpy(ins->slot->tts_values, values, desc->natts * sizeof(Datum));
+	memcpy(ins->slot->tts_isnull, isnull, desc->natts * sizeof(bool));
+	ExecStoreVirtualTuple(ins->slot);
+	if (desc->constr != NULL)
+		ExecConstraints(ins->rri, ins->slot, ins->estate);
+	table_tuple_insert(ins->rel, ins->slot, GetCurrentCommandId(true), 0, NULL);
+	recheck = ExecInsertIndexTuples(ins->rri, ins->slot, ins->estate, false, false, NULL, NIL);
+	ExecARInsertTriggers(ins->estate, ins->rri, ins->slot, recheck, NULL);
+	ResetPerTupleExprContext(ins->estate);
+}
+
+void
+apikey_row_inserter_end(RowInserter *ins)
+{
+	AfterTriggerEndQuery(ins->estate);
+	ExecResetTupleTable(ins->estate->es_tupleTable, false);
+	ExecCloseResultRelations(ins->estate);
+	ExecCloseRangeTableRelations(ins->estate);
+	FreeExecutorState(ins->estate);
+	table_close(ins->rel, NoLock);
+	pfree(ins);
+	CommandCounterIncrement();
 }

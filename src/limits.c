@@ -977,10 +977,8 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 		apikeys_usage_count(key_id, v->status, now);
 		return;
 	}
-	if (cost < 0 || cost > APIKEY_MAX_COST)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("request cost must be between 0 and %d", APIKEY_MAX_COST)));
+	/* (cost is within 0 .. APIKEY_MAX_COST: verify.c checks every request's) */
+	Assert(cost >= 0 && cost <= APIKEY_MAX_COST);
 	if (role_limit_for(v->role, &role_limit))
 		rl = &role_limit;
 	if (lim->nwindows == 0 && !lim->has_quota && rl == NULL)

@@ -293,6 +293,7 @@ typedef struct MemoEntry
 
 typedef struct StatementMemo
 {
+	struct StatementMemo *next; /* the memo of another live portal */
 	Portal		portal;
 	LocalTransactionId lxid;
 	MemoryContext cxt;
@@ -304,15 +305,24 @@ typedef struct StatementMemo
 	int32	   *buckets;		/* NULL until count passes MEMO_LINEAR */
 } StatementMemo;
 
-static StatementMemo *memo = NULL;
+/*
+ * The memos of the portals that verified, newest first: a statement may
+ * run another portal while it runs (a PL/pgSQL FOR loop's cursor; an
+ * extended-protocol client interleaving two), and each keeps its own.
+ */
+static StatementMemo *memos = NULL;
 static uint64 memo_repeats = 0;
 
 /* Memory context callback: the statement's portal is gone. */
 static void
 memo_reset_callback(void *arg)
 {
-	if (memo == (StatementMemo *) arg)
-		memo = NULL;
+	StatementMemo **p = &memos;
+
+	while (*p != NULL && *p != (StatementMemo *) arg)
+		p = &(*p)->next;
+	if (*p != NULL)
+		*p = (*p)->next;
 }
 
 /* The memo of the running statement, created on first use; NULL if none. */
@@ -322,13 +332,17 @@ statement_memo(void)
 	Portal		portal = ActivePortal;
 	LocalTransactionId lxid = APIKEYS_CURRENT_LXID();
 	MemoryContext cxt;
+	StatementMemo *memo;
 
 	if (portal == NULL || portal->portalContext == NULL)
 		return NULL;
-	if (memo != NULL && memo->portal == portal && memo->lxid == lxid)
+	for (memo = memos; memo != NULL; memo = memo->next)
+		if (memo->portal == portal)
+			break;
+	if (memo != NULL && memo->lxid == lxid)
 		return memo;
 	if (memo != NULL)
-		MemoryContextDelete(memo->cxt); /* another statement's: let it go */
+		MemoryContextDelete(memo->cxt); /* a held cursor's, from another transaction */
 
 	cxt = AllocSetContextCreate(portal->portalContext, "apikeys statement memo",
 								ALLOCSET_SMALL_SIZES);
@@ -341,6 +355,8 @@ statement_memo(void)
 	memo->on_reset.func = memo_reset_callback;
 	memo->on_reset.arg = memo;
 	MemoryContextRegisterResetCallback(cxt, &memo->on_reset);
+	memo->next = memos;
+	memos = memo;
 	return memo;
 }
 
@@ -755,6 +771,11 @@ request_from_args(FunctionCallInfo fcinfo, ApiKeyRequest *req)
 	req->client_ip = PG_NARGS() > 2 && !PG_ARGISNULL(2) ? PG_GETARG_INET_PP(2) : NULL;
 	req->origin = PG_NARGS() > 3 && !PG_ARGISNULL(3) ? PG_GETARG_TEXT_PP(3) : NULL;
 	req->cost = PG_NARGS() > 4 && !PG_ARGISNULL(4) ? PG_GETARG_INT32(4) : 1;
+	/* whether or not the key turns out to have limits */
+	if (req->cost < 0 || req->cost > APIKEY_MAX_COST)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("request cost must be between 0 and %d", APIKEY_MAX_COST)));
 }
 
 /*
