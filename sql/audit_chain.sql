@@ -212,6 +212,16 @@ SELECT count(*) AS locks_held FROM pg_locks
 SELECT count(*) AS created FROM apikey_create('chain bulk after', role => 'regress_ch');
 COMMIT;
 SELECT ok, problem FROM audit_verify_detail();
+-- rows written early inside a savepoint (audit_head reads the chain) and
+-- rolled back with it are written again at commit
+BEGIN;
+SELECT key_id AS k6 FROM apikey_create('chain bulk early', role => 'regress_ch') \gset
+SAVEPOINT d;
+SELECT seq > 0 AS read_inside FROM audit_head();
+ROLLBACK TO d;
+COMMIT;
+SELECT count(*) AS audit_rows_of_k6 FROM apikeys_internal.audit_log WHERE key_id = :'k6';
+SELECT ok, problem FROM audit_verify_detail();
 SELECT count(*) AS deleted FROM (SELECT apikey_delete(key_id) FROM keys WHERE name LIKE 'chain bulk%') d;
 
 -- Expiry: expires_soon in the listing, expiring(within), stale(unused_for).
