@@ -96,6 +96,11 @@ SELECT t.label, c.hash_version, c.pepper_id = :'id1' AS pepper_is_p1,
        k.hash_scheme = 'hmac-sha256:' || :'id1' AS listed_p1, k.hash_scheme
   FROM pp_tokens t JOIN apikeys_internal.key_catalog c USING (key_id) JOIN keys k USING (key_id)
  ORDER BY t.label;
+-- the key's users see the scheme too (not the hash)
+SET ROLE regress_pp_user;
+SELECT name, hash_scheme = 'hmac-sha256:' || :'id1' AS listed_p1 FROM keys WHERE name IN ('plain', 'fast') ORDER BY name;
+SELECT regress.try('SELECT hash FROM apikeys_internal.key_catalog');
+RESET ROLE;
 -- old and new keys verify side by side; a wrong secret does not
 SELECT label, (apikey_verify(token, client_ip => '10.1.2.3')).status,
        (apikey_verify(token::apikey, client_ip => '10.1.2.3')).status AS as_apikey,
