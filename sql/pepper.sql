@@ -21,6 +21,18 @@ CREATE FUNCTION regress.secret(token text) RETURNS text LANGUAGE sql
 CREATE FUNCTION regress.peppered(token text, pepper text) RETURNS bytea LANGUAGE sql
     AS $$ SELECT hmac(sha256(convert_to(regress.secret(token), 'UTF8')), decode(pepper, 'hex'), 'sha256') $$;
 
+-- pepper_status() counts every key of the database, other suites' SHA-256
+-- keys too: pepper_usage shows the peppers by name (P1, P2), and the SHA-256
+-- keys (pepper none) less those there were at the start (their grace
+-- periods, which could end during the test, are left out).
+SELECT coalesce(sum(keys), 0) AS others FROM pepper_status() \gset
+CREATE FUNCTION regress.pepper_usage(others int8, id1 text, id2 text)
+RETURNS TABLE (pepper text, state text, keys int8, grace_keys int8) LANGUAGE sql AS $$
+    SELECT CASE s.pepper_id WHEN id1 THEN 'P1' WHEN id2 THEN 'P2' ELSE s.pepper_id END, s.state,
+           CASE WHEN s.pepper_id IS NULL THEN s.keys - others ELSE s.keys END,
+           CASE WHEN s.pepper_id IS NOT NULL THEN s.grace_keys END
+      FROM apikeys.pepper_status() s $$;
+
 CREATE ROLE regress_pp_svc NOLOGIN;
 CREATE ROLE regress_pp_user NOLOGIN IN ROLE regress_pp_svc;
 CREATE TABLE pp_tokens (label text PRIMARY KEY, key_id text, token text);
@@ -38,8 +50,8 @@ RESET ROLE;
 SELECT regress.try($$SET apikeys.pepper = 'x'$$);
 INSERT INTO pp_tokens SELECT 'plain', * FROM apikey_create('plain', role => 'regress_pp_svc');
 INSERT INTO pp_tokens SELECT 'plain2', * FROM apikey_create('plain2', role => 'regress_pp_svc');
-SELECT name, hash_scheme FROM keys ORDER BY name;
-SELECT * FROM pepper_status();
+SELECT name, hash_scheme FROM keys WHERE role = 'regress_pp_svc'::regrole ORDER BY name;
+SELECT * FROM regress.pepper_usage(:others, :'id1', :'id2');
 
 -- The pepper files, written by the server into its data directory with
 -- mode 0600: P1; P2 then P1 (a rotation, with a comment); P2 alone; one
@@ -68,7 +80,7 @@ SELECT count(*) AS settings_with_pepper FROM pg_settings
  WHERE concat(setting, reset_val, boot_val) ILIKE '%' || :'p1' || '%';
 SELECT count(*) AS file_settings_with_pepper FROM pg_file_settings
  WHERE setting ILIKE '%' || :'p1' || '%';
-SELECT pepper_id = :'id1' AS is_p1, state, keys, grace_keys FROM pepper_status();
+SELECT * FROM regress.pepper_usage(:others, :'id1', :'id2');
 
 -- Every path that stores the hash of a native secret peppers it: the fast
 -- create, the full one (restrictions), rotation, a claimed request, a
@@ -134,8 +146,7 @@ SELECT t.label, c.hash_version, c.pepper_id = :'id2' AS pepper_is_p2, c.hash = r
        c.prev_hash_version, c.prev_pepper_id = :'id1' AS prev_pepper_is_p1
   FROM pp_tokens t JOIN apikeys_internal.key_catalog c USING (key_id) WHERE t.label IN ('p2', 'fast_new') ORDER BY t.label;
 SELECT label, (apikey_verify(token, client_ip => '10.1.2.3')).status FROM pp_tokens ORDER BY label;
-SELECT CASE pepper_id WHEN :'id1' THEN 'P1' WHEN :'id2' THEN 'P2' END AS pepper, state, keys, grace_keys
-  FROM pepper_status();
+SELECT * FROM regress.pepper_usage(:others, :'id1', :'id2');
 -- a leak report checks the secret under the key's pepper too
 SELECT apikey_report_leak(token, 'regress') FROM pp_tokens WHERE label = 'claimed';
 
@@ -161,8 +172,7 @@ SELECT key_id AS plain_id, token AS plain_new_token FROM pp_tokens WHERE label =
 SELECT regress.try(format('SELECT apikeys.apikey_verify(%L)', :'plain_new_token'), :'plain_id');
 SELECT label, (apikey_verify(token)).status FROM pp_tokens
  WHERE label IN ('plain', 'p2', 'fast_new', 'claimed') ORDER BY label;
-SELECT CASE pepper_id WHEN :'id1' THEN 'P1' WHEN :'id2' THEN 'P2' END AS pepper, state, keys, grace_keys
-  FROM pepper_status();
+SELECT * FROM regress.pepper_usage(:others, :'id1', :'id2');
 -- a leak report of such a key cannot tell either, and says so
 SELECT regress.try(format('SELECT apikeys.apikey_report_leak(%L)', :'full_token'), :'full_id');
 -- rotating the key moves it to the current pepper
@@ -229,5 +239,5 @@ SHOW apikeys.pepper_file;
 SELECT count(apikey_delete(key_id)) FROM (SELECT DISTINCT key_id FROM pp_tokens) t;
 DROP TABLE pp_tokens;
 COPY (SELECT) TO PROGRAM 'cat > /dev/null && rm -f regress_pepper_a regress_pepper_b regress_pepper_c regress_pepper_bad regress_pepper_open';
-DROP FUNCTION regress.peppered(text, text), regress.secret(text);
+DROP FUNCTION regress.peppered(text, text), regress.secret(text), regress.pepper_usage(int8, text, text);
 DROP ROLE regress_pp_user, regress_pp_svc;
