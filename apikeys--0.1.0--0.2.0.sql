@@ -2832,11 +2832,13 @@ COMMENT ON FUNCTION @extschema@.apikey_reveal(pg_catalog.text) IS
 
 -------------------------------------------------------------------------------
 -- 15. Import and custom keys (src/import.c).  apikey_import hashes the
--- token in C and passes only its digest here: a token in apikeys' format
--- keeps its key id and prefix (a custom key); any other token, or a bare
--- SHA-256 of one, gets a fresh key id and is verified by its digest.  The
--- key keeps its status (active, disabled, revoked, or expired by a past
--- expiry); apikey_rotate gives it a native token.
+-- token in C and passes only the hash to store, with its scheme, here: a
+-- token in apikeys' format keeps its key id and prefix (a custom key; its
+-- secret's hash peppered as a created key's); any other token, or a bare
+-- SHA-256 of one, gets a fresh key id and is verified by its digest (plain
+-- SHA-256: it is also the lookup key).  The key keeps its status (active,
+-- disabled, revoked, or expired by a past expiry); apikey_rotate gives it a
+-- native token.
 -------------------------------------------------------------------------------
 CREATE FUNCTION apikeys_internal._apikey_import(p_caller pg_catalog.oid,
                                                 p_name pg_catalog.text,
@@ -2930,7 +2932,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text, pg_catalog.int2, pg_catalog.text) IS
-    'internal half of apikey_import (which hashes the token in C); the first argument is the calling role';
+    'internal half of apikey_import (which hashes the token in C and passes the hash to store with its scheme: peppered for a token in apikeys'' format when apikeys.pepper_file is set, the SHA-256 the lookup needs for any other); the first argument is the calling role';
 REVOKE ALL ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text, pg_catalog.int2, pg_catalog.text) FROM PUBLIC;
 
 CREATE FUNCTION @extschema@.apikey_import(name pg_catalog.text,
