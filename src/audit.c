@@ -9,8 +9,9 @@
  * did not come through an apikeys function), the key id, the session user,
  * the acting role, the key's role, and as changes the new row as
  * to_jsonb() renders it, less the columns that are never shown (hashes and
- * their schemes, ids, timestamps: the same list as _audit_key_change's, plus state,
- * prev_valid_until and quota_set_at: keep the two lists in step).  Columns added to the catalog later appear in it
+ * their schemes and pepper ids, ids, timestamps: the same list as
+ * _audit_key_change's, plus state, prev_valid_until and quota_set_at: keep
+ * the two lists in step).  Columns added to the catalog later appear in it
  * unless listed here.
  *
  * Building the object column by column skips the hashes (which to_jsonb of
