@@ -76,7 +76,8 @@ DROP FUNCTION @extschema@._is_admin(pg_catalog.oid);
 -- C functions whose bodies do not change move as they are.
 ALTER FUNCTION @extschema@._current_role() SET SCHEMA apikeys_internal;
 ALTER FUNCTION @extschema@._actor() SET SCHEMA apikeys_internal;
-ALTER FUNCTION @extschema@._mint(pg_catalog.text, pg_catalog.text) SET SCHEMA apikeys_internal;
+-- (_mint gains a column, the pepper id: re-created in section 2)
+DROP FUNCTION @extschema@._mint(pg_catalog.text, pg_catalog.text);
 
 ALTER TABLE @extschema@.key_catalog SET SCHEMA apikeys_internal;
 ALTER TABLE @extschema@.audit_log SET SCHEMA apikeys_internal;
@@ -111,6 +112,35 @@ COMMENT ON COLUMN apikeys_internal.key_catalog.quota_refill IS
 COMMENT ON COLUMN apikeys_internal.key_catalog.quota_set_at IS
     'when quota was last set: the version shared memory re-bases on, exactly once';
 GRANT SELECT (rate_limit, quota, quota_refill, quota_set_at) ON apikeys_internal.key_catalog TO PUBLIC;
+
+-- The pepper (src/pepper.c, README "Pepper"): with apikeys.pepper_file set,
+-- new hashes are HMAC-SHA256(pepper, SHA-256(secret)), hash_version 2, and
+-- record the id of the pepper that made them (a digest of it, not the
+-- pepper: public, like the scheme, so the listing can show it).
+ALTER TABLE apikeys_internal.key_catalog
+    ADD COLUMN pepper_id pg_catalog.text COLLATE "C",
+    ADD COLUMN prev_pepper_id pg_catalog.text COLLATE "C";
+COMMENT ON COLUMN apikeys_internal.key_catalog.hash_version IS
+    'scheme of hash: 1 = SHA-256 of the secret; 2 = HMAC-SHA256, under the pepper named by pepper_id, of the secret''s SHA-256';
+COMMENT ON COLUMN apikeys_internal.key_catalog.prev_hash_version IS
+    'scheme of prev_hash, as hash_version (a rotation keeps the old secret''s scheme for the grace period)';
+COMMENT ON COLUMN apikeys_internal.key_catalog.pepper_id IS
+    'id of the pepper of hash when hash_version is 2 (16 hex digits of HMAC-SHA256(pepper, ''apikeys pepper id''); not the pepper), else null';
+COMMENT ON COLUMN apikeys_internal.key_catalog.prev_pepper_id IS
+    'id of the pepper of prev_hash when prev_hash_version is 2, else null';
+GRANT SELECT (hash_version, pepper_id) ON apikeys_internal.key_catalog TO PUBLIC;
+
+CREATE FUNCTION apikeys_internal._mint(p_prefix pg_catalog.text, p_key_id pg_catalog.text,
+                                       OUT key_id pg_catalog.text,
+                                       OUT token pg_catalog.text,
+                                       OUT hash pg_catalog.bytea,
+                                       OUT hash_version pg_catalog.int2,
+                                       OUT pepper_id pg_catalog.text)
+AS 'MODULE_PATHNAME', 'apikeys_mint'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._mint(pg_catalog.text, pg_catalog.text) IS
+    'internal: a new token and the hash to store for it (peppered when apikeys.pepper_file is set), for a prefix and key id (a random key id when null)';
+REVOKE ALL ON FUNCTION apikeys_internal._mint(pg_catalog.text, pg_catalog.text) FROM PUBLIC;
 
 -- Role-limit changes are audited with no key id.
 ALTER TABLE apikeys_internal.audit_log ALTER COLUMN key_id DROP NOT NULL;
@@ -452,7 +482,12 @@ SELECT k.key_id,
        (k.state OPERATOR(pg_catalog.=) 'active'
         AND k.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
         AND k.expires_at OPERATOR(pg_catalog.<=) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) '7 days'::pg_catalog.interval))
-           IS TRUE AS expires_soon
+           IS TRUE AS expires_soon,
+       CASE
+           WHEN k.hash_version OPERATOR(pg_catalog.=) 1 THEN 'sha256'
+           WHEN k.hash_version OPERATOR(pg_catalog.=) 2
+               THEN 'hmac-sha256:' OPERATOR(pg_catalog.||) k.pepper_id
+       END AS hash_scheme
   FROM apikeys_internal.key_catalog k;
 
 COMMENT ON VIEW @extschema@.keys IS
@@ -479,6 +514,8 @@ COMMENT ON COLUMN @extschema@.keys.revealable IS
     'was the key created revealable (its token sealed for apikey_reveal)? false once revoked';
 COMMENT ON COLUMN @extschema@.keys.expires_soon IS
     'the key is active and expires within 7 days (apikeys.expiring takes another window)';
+COMMENT ON COLUMN @extschema@.keys.hash_scheme IS
+    'how the current secret is stored: sha256, or hmac-sha256:<pepper id> (apikeys.pepper_file); rotate a key to move it to the current pepper';
 GRANT SELECT ON @extschema@.keys TO PUBLIC;
 
 CREATE VIEW @extschema@.audit_log WITH (security_invoker = true) AS
@@ -581,6 +618,7 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     hidden   text[] := ARRAY['hash', 'hash_version', 'prev_hash', 'prev_hash_version',
+                             'pepper_id', 'prev_pepper_id',
                              'key_id', 'updated_at', 'created_at', 'created_by',
                              'rotated_at', 'revoked_at'];
     actor    oid := apikeys_internal._actor();
@@ -1025,13 +1063,13 @@ BEGIN
         BEGIN
             INSERT INTO apikeys_internal.key_catalog
                 (key_id, name, prefix, role, scopes, expires_at, metadata,
-                 hash_version, hash, created_by, allowed_ips, allowed_origins,
+                 hash_version, hash, pepper_id, created_by, allowed_ips, allowed_origins,
                  rate_limit, quota, quota_refill, quota_set_at)
             VALUES (m.key_id, p_name, COALESCE(p_prefix, 'ak'), p_role,
                     COALESCE(p_scopes, '{}'),
                     NULLIF(p_expires_at, 'infinity'),
                     COALESCE(p_metadata, '{}'),
-                    m.hash_version, m.hash, p_caller::regrole,
+                    m.hash_version, m.hash, m.pepper_id, p_caller::regrole,
                     p_allowed_ips, p_allowed_origins,
                     lim.rate_limit, lim.quota, lim.refill,
                     CASE WHEN lim.quota IS NOT NULL THEN clock_timestamp() END);
@@ -1088,14 +1126,17 @@ BEGIN
     SELECT * INTO m FROM apikeys_internal._mint(k.prefix, k.key_id);
     IF p_grace IS NULL OR p_grace = '0'::interval THEN
         UPDATE apikeys_internal.key_catalog c
-           SET hash_version = m.hash_version, hash = m.hash,
-               prev_hash_version = NULL, prev_hash = NULL, prev_valid_until = NULL,
+           SET hash_version = m.hash_version, hash = m.hash, pepper_id = m.pepper_id,
+               prev_hash_version = NULL, prev_hash = NULL, prev_pepper_id = NULL,
+               prev_valid_until = NULL,
                rotated_at = now(), updated_at = now()
          WHERE c.key_id = k.key_id;
     ELSE
+        -- the old secret keeps its scheme (and pepper) for the grace period
         UPDATE apikeys_internal.key_catalog c
-           SET hash_version = m.hash_version, hash = m.hash,
+           SET hash_version = m.hash_version, hash = m.hash, pepper_id = m.pepper_id,
                prev_hash_version = c.hash_version, prev_hash = c.hash,
+               prev_pepper_id = c.pepper_id,
                prev_valid_until = now() + p_grace,
                rotated_at = now(), updated_at = now()
          WHERE c.key_id = k.key_id;
@@ -1146,6 +1187,7 @@ BEGIN
            -- a revoked key keeps no secret that could verify
            prev_hash_version = CASE WHEN p_state = 'revoked' THEN NULL ELSE c.prev_hash_version END,
            prev_hash = CASE WHEN p_state = 'revoked' THEN NULL ELSE c.prev_hash END,
+           prev_pepper_id = CASE WHEN p_state = 'revoked' THEN NULL ELSE c.prev_pepper_id END,
            prev_valid_until = CASE WHEN p_state = 'revoked' THEN NULL ELSE c.prev_valid_until END,
            updated_at = now()
      WHERE c.key_id = k.key_id;
@@ -2064,10 +2106,12 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 'invalid';
     END IF;
-    -- (IS NOT TRUE: a key without a previous secret compares null there)
-    IF ((k.hash_version = 1 AND k.hash = p_digest)
-        OR (k.prev_hash_version = 1 AND k.prev_hash = p_digest
-            AND k.prev_valid_until > clock_timestamp())) IS NOT TRUE THEN
+    -- (under each hash's scheme, src/pepper.c; IS NOT TRUE: a key without
+    -- a previous secret compares null there)
+    IF (apikeys_internal._hash_matches(k.key_id, p_digest, k.hash_version, k.pepper_id, k.hash)
+        OR (k.prev_valid_until > clock_timestamp()
+            AND apikeys_internal._hash_matches(k.key_id, p_digest, k.prev_hash_version,
+                                               k.prev_pepper_id, k.prev_hash))) IS NOT TRUE THEN
         RETURN 'invalid';
     END IF;
     IF k.state = 'revoked' THEN
@@ -2075,7 +2119,8 @@ BEGIN
     END IF;
     UPDATE apikeys_internal.key_catalog c
        SET state = 'revoked', revoked_at = now(),
-           prev_hash_version = NULL, prev_hash = NULL, prev_valid_until = NULL,
+           prev_hash_version = NULL, prev_hash = NULL, prev_pepper_id = NULL,
+           prev_valid_until = NULL,
            updated_at = now()
      WHERE c.key_id = k.key_id;
     DELETE FROM apikeys_internal.revealable_secrets r WHERE r.key_id = k.key_id;
@@ -2619,9 +2664,9 @@ BEGIN
     SELECT * INTO m FROM apikeys_internal._mint(r.prefix, r.key_id);
     INSERT INTO apikeys_internal.key_catalog
         (key_id, name, prefix, role, scopes, expires_at, metadata,
-         hash_version, hash, created_by, allowed_ips, allowed_origins)
+         hash_version, hash, pepper_id, created_by, allowed_ips, allowed_origins)
     VALUES (r.key_id, r.name, r.prefix, r.role, r.approved_scopes, r.approved_expires_at,
-            r.metadata, m.hash_version, m.hash, r.requested_by,
+            r.metadata, m.hash_version, m.hash, m.pepper_id, r.requested_by,
             r.allowed_ips, r.allowed_origins);
     UPDATE apikeys_internal.key_requests q
        SET state = 'claimed', claimed_at = now()
@@ -2700,13 +2745,14 @@ COMMENT ON FUNCTION apikeys_internal._seal(pg_catalog.text) IS
 REVOKE ALL ON FUNCTION apikeys_internal._seal(pg_catalog.text) FROM PUBLIC;
 
 CREATE FUNCTION apikeys_internal._unseal(key_id pg_catalog.text, kek_id pg_catalog.text,
-                                         sealed pg_catalog.bytea, hash pg_catalog.bytea)
+                                         sealed pg_catalog.bytea, hash pg_catalog.bytea,
+                                         hash_version pg_catalog.int2, pepper_id pg_catalog.text)
 RETURNS pg_catalog.text
 AS 'MODULE_PATHNAME', 'apikeys_unseal'
-LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION apikeys_internal._unseal(pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.bytea) IS
-    'internal: decrypts a sealed token and checks that it is the key''s current one (key id, checksum, hash)';
-REVOKE ALL ON FUNCTION apikeys_internal._unseal(pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.bytea) FROM PUBLIC;
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._unseal(pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.bytea, pg_catalog.int2, pg_catalog.text) IS
+    'internal: decrypts a sealed token and checks that it is the key''s current one (key id, checksum, hash under its scheme and pepper; pepper_id is null unless hash_version is 2)';
+REVOKE ALL ON FUNCTION apikeys_internal._unseal(pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.bytea, pg_catalog.int2, pg_catalog.text) FROM PUBLIC;
 
 CREATE FUNCTION apikeys_internal._kek_id()
 RETURNS pg_catalog.text
@@ -2750,7 +2796,7 @@ BEGIN
                   DETAIL = 'Its token was shown once, at creation, and is not stored.',
                   HINT = 'Create keys with revealable => true to reveal them later; rotate this one for a new token.';
     END IF;
-    token := apikeys_internal._unseal(k.key_id, r.kek_id, r.sealed, k.hash);
+    token := apikeys_internal._unseal(k.key_id, r.kek_id, r.sealed, k.hash, k.hash_version, k.pepper_id);
     -- numbered outside the transaction, logged before the token leaves
     n := nextval('apikeys_internal.reveal_seq');
     RAISE LOG 'apikeys: api key "%" revealed to role % (session user %), reveal number %',
@@ -2773,11 +2819,13 @@ COMMENT ON FUNCTION @extschema@.apikey_reveal(pg_catalog.text) IS
 
 -------------------------------------------------------------------------------
 -- 15. Import and custom keys (src/import.c).  apikey_import hashes the
--- token in C and passes only its digest here: a token in apikeys' format
--- keeps its key id and prefix (a custom key); any other token, or a bare
--- SHA-256 of one, gets a fresh key id and is verified by its digest.  The
--- key keeps its status (active, disabled, revoked, or expired by a past
--- expiry); apikey_rotate gives it a native token.
+-- token in C and passes only the hash to store, with its scheme, here: a
+-- token in apikeys' format keeps its key id and prefix (a custom key; its
+-- secret's hash peppered as a created key's); any other token, or a bare
+-- SHA-256 of one, gets a fresh key id and is verified by its digest (plain
+-- SHA-256: it is also the lookup key).  The key keeps its status (active,
+-- disabled, revoked, or expired by a past expiry); apikey_rotate gives it a
+-- native token.
 -------------------------------------------------------------------------------
 CREATE FUNCTION apikeys_internal._apikey_import(p_caller pg_catalog.oid,
                                                 p_name pg_catalog.text,
@@ -2791,7 +2839,9 @@ CREATE FUNCTION apikeys_internal._apikey_import(p_caller pg_catalog.oid,
                                                 p_status pg_catalog.text,
                                                 p_key_id pg_catalog.text,
                                                 p_digest pg_catalog.bytea,
-                                                p_format pg_catalog.text)
+                                                p_format pg_catalog.text,
+                                                p_hash_version pg_catalog.int2,
+                                                p_pepper_id pg_catalog.text)
 RETURNS pg_catalog.text
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -2848,10 +2898,10 @@ BEGIN
     BEGIN
         INSERT INTO apikeys_internal.key_catalog
             (key_id, name, prefix, role, scopes, expires_at, metadata, state,
-             hash_version, hash, created_by, revoked_at, allowed_ips, allowed_origins)
+             hash_version, hash, pepper_id, created_by, revoked_at, allowed_ips, allowed_origins)
         VALUES (new_id, p_name, p_prefix, p_role, COALESCE(p_scopes, '{}'),
                 NULLIF(p_expires_at, 'infinity'), COALESCE(p_metadata, '{}'), state,
-                1, p_digest, p_caller::regrole,
+                p_hash_version, p_digest, p_pepper_id, p_caller::regrole,
                 CASE WHEN state = 'revoked' THEN now() END,
                 p_allowed_ips, p_allowed_origins);
         INSERT INTO apikeys_internal.imported_keys (key_id, digest, prefix, format)
@@ -2868,9 +2918,9 @@ BEGIN
     RETURN new_id;
 END
 $$;
-COMMENT ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text) IS
-    'internal half of apikey_import (which hashes the token in C); the first argument is the calling role';
-REVOKE ALL ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text, pg_catalog.int2, pg_catalog.text) IS
+    'internal half of apikey_import (which hashes the token in C and passes the hash to store with its scheme: peppered for a token in apikeys'' format when apikeys.pepper_file is set, the SHA-256 the lookup needs for any other); the first argument is the calling role';
+REVOKE ALL ON FUNCTION apikeys_internal._apikey_import(pg_catalog.oid, pg_catalog.text, pg_catalog.regrole, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.text, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[], pg_catalog.text, pg_catalog.text, pg_catalog.bytea, pg_catalog.text, pg_catalog.int2, pg_catalog.text) FROM PUBLIC;
 
 CREATE FUNCTION @extschema@.apikey_import(name pg_catalog.text,
                                           role pg_catalog.regrole DEFAULT NULL,
@@ -2985,3 +3035,71 @@ ALTER TABLE apikeys_internal.key_catalog
     ADD CONSTRAINT key_catalog_row_check
         CHECK (apikeys_internal._key_row_ok(key_id, prefix, name, state,
                                             prev_hash IS NULL, prev_valid_until IS NULL));
+
+-------------------------------------------------------------------------------
+-- 18. The pepper (src/pepper.c, README "Pepper").  The peppers are in the
+-- file apikeys.pepper_file names, read by the server: never in a table, a
+-- setting's value, a statement or a dump.  Verify applies them in C; these
+-- are for the leak report's re-check under the row lock, and for admins
+-- who want to know which peppers keys still need.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._hash_matches(key_id pg_catalog.text, digest pg_catalog.bytea,
+                                               hash_version pg_catalog.int2,
+                                               pepper_id pg_catalog.text, hash pg_catalog.bytea)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikeys_hash_matches'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._hash_matches(pg_catalog.text, pg_catalog.bytea, pg_catalog.int2, pg_catalog.text, pg_catalog.bytea) IS
+    'internal: does a secret''s SHA-256 (digest) match a stored hash of the given scheme and pepper? false for a null hash; 55000 naming the pepper when the server does not have it';
+REVOKE ALL ON FUNCTION apikeys_internal._hash_matches(pg_catalog.text, pg_catalog.bytea, pg_catalog.int2, pg_catalog.text, pg_catalog.bytea) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._pepper_ids(OUT file_position pg_catalog.int4,
+                                             OUT pepper_id pg_catalog.text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'apikeys_pepper_ids'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._pepper_ids() IS
+    'internal: ids of the peppers apikeys.pepper_file holds, in file order (1: the current one); none when it is not set; 55000 when it cannot be used';
+REVOKE ALL ON FUNCTION apikeys_internal._pepper_ids() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION apikeys_internal._pepper_ids() TO apikeys_admin;
+
+-- Which peppers do keys need?  An old pepper may leave the file once no key
+-- needs it: every key hashed under it rotated, and no grace period left.
+-- Revoked keys need none (without their pepper they verify as invalid).
+CREATE FUNCTION @extschema@.pepper_status(OUT pepper_id pg_catalog.text,
+                                          OUT state pg_catalog.text,
+                                          OUT keys pg_catalog.int8,
+                                          OUT grace_keys pg_catalog.int8)
+RETURNS SETOF record
+LANGUAGE sql VOLATILE
+AS $$
+    WITH file AS (
+        SELECT p.file_position, p.pepper_id FROM apikeys_internal._pepper_ids() p
+    ), used AS (
+        SELECT CASE WHEN c.hash_version OPERATOR(pg_catalog.=) 2 THEN c.pepper_id END AS pepper_id,
+               1 AS cur, 0 AS grace
+          FROM apikeys_internal.key_catalog c
+         WHERE c.state OPERATOR(pg_catalog.<>) 'revoked'
+        UNION ALL
+        SELECT CASE WHEN c.prev_hash_version OPERATOR(pg_catalog.=) 2 THEN c.prev_pepper_id END, 0, 1
+          FROM apikeys_internal.key_catalog c
+         WHERE c.state OPERATOR(pg_catalog.<>) 'revoked'
+           AND c.prev_valid_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+    ), counted AS (
+        SELECT u.pepper_id, pg_catalog.sum(u.cur)::pg_catalog.int8 AS keys,
+               pg_catalog.sum(u.grace)::pg_catalog.int8 AS grace_keys
+          FROM used u GROUP BY u.pepper_id
+    )
+    SELECT COALESCE(f.pepper_id, n.pepper_id),
+           CASE WHEN f.file_position OPERATOR(pg_catalog.=) 1 THEN 'current'
+                WHEN f.file_position IS NOT NULL THEN 'old'
+                WHEN n.pepper_id IS NULL THEN 'none'
+                ELSE 'missing' END,
+           COALESCE(n.keys, 0), COALESCE(n.grace_keys, 0)
+      FROM file f FULL JOIN counted n ON n.pepper_id OPERATOR(pg_catalog.=) f.pepper_id
+     ORDER BY f.file_position NULLS LAST, n.pepper_id NULLS LAST
+$$;
+COMMENT ON FUNCTION @extschema@.pepper_status() IS
+    'peppers of stored hashes: each pepper of apikeys.pepper_file (state current or old) and each one keys need that the file lacks (missing), with the keys whose current secret (keys) or whose previous secret still in its grace period (grace_keys) is hashed under it; a row with a null pepper_id (state none) counts plain SHA-256 hashes; revoked keys are not counted (they need no pepper); admins only';
+REVOKE ALL ON FUNCTION @extschema@.pepper_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.pepper_status() TO apikeys_admin;

@@ -23,7 +23,7 @@ SELECT regress.try(format('SELECT apikeys.apikey_reveal(%L)', 'AAAAAAAAAAAA'));
 -- the sealing functions are not the users' to call
 SELECT regress.try($$SELECT apikeys_internal._seal('x')$$);
 RESET ROLE;
-SELECT has_function_privilege('regress_rv_user', 'apikeys_internal._unseal(text, text, bytea, bytea)', 'EXECUTE') AS may_unseal,
+SELECT has_function_privilege('regress_rv_user', 'apikeys_internal._unseal(text, text, bytea, bytea, int2, text)', 'EXECUTE') AS may_unseal,
        has_function_privilege('regress_rv_user', 'apikeys_internal._seal(text)', 'EXECUTE') AS may_seal,
        has_column_privilege('regress_rv_user', 'apikeys_internal.revealable_secrets', 'sealed', 'SELECT') AS may_read_sealed,
        has_column_privilege('regress_rv_user', 'apikeys_internal.revealable_secrets', 'key_id', 'SELECT') AS may_read_key_id;

@@ -8,8 +8,8 @@
  * create.c, the audit row of a new key in audit.c, direct row insertion in
  * insert.c), logins, the key context and the PostgREST hook in session.c,
  * the lock guard for CREATE RULE in guard.c, the lookup of the extension's
- * own objects in objects.c, and rate limits, quotas and usage in shmem.c,
- * limits.c, usage.c and worker.c.
+ * own objects in objects.c, the pepper of stored hashes in pepper.c, and
+ * rate limits, quotas and usage in shmem.c, limits.c, usage.c and worker.c.
  */
 #include "postgres.h"
 
@@ -38,6 +38,7 @@ _PG_init(void)
 	apikeys_shmem_init();
 	apikeys_request_init();		/* apikeys.approver_role */
 	apikeys_reveal_init();		/* apikeys.kek_file */
+	apikeys_pepper_init();		/* apikeys.pepper_file */
 
 	/* Define every apikeys.* setting above this line. */
 	MarkGUCPrefixReserved("apikeys");

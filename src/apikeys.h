@@ -48,6 +48,9 @@
 /* Stored hash schemes; the catalog records one per key. */
 #define APIKEY_DIGEST_LEN		32
 #define APIKEY_HASH_SHA256		1	/* SHA-256(secret) */
+#define APIKEY_HASH_HMAC_SHA256	2	/* HMAC-SHA256(pepper, SHA-256(secret)),
+									 * the pepper named by its id (pepper.c) */
+#define APIKEY_PEPPER_ID_LEN	16	/* hex digits of a pepper's public id */
 
 /* A token split in place: pointers into the caller's buffer, no copies. */
 typedef struct ApiKeyToken
@@ -110,6 +113,8 @@ enum
 	Anum_key_quota,
 	Anum_key_quota_refill,
 	Anum_key_quota_set_at,
+	Anum_key_pepper_id,			/* added in 0.2.0: the pepper of hash */
+	Anum_key_prev_pepper_id,	/* ... and of prev_hash */
 	Natts_key
 };
 #define Natts_key_catalog		(Natts_key - 1)
@@ -202,6 +207,8 @@ typedef struct ApiKeyEntry
 	bool		referenced;		/* cache.c's CLOCK bit */
 	int16		hash_version;	/* 0 when the stored hash is unusable */
 	int16		prev_hash_version;
+	char		pepper_id[APIKEY_PEPPER_ID_LEN];	/* of a peppered hash */
+	char		prev_pepper_id[APIKEY_PEPPER_ID_LEN];
 	Oid			role;
 	TimestampTz expires_at;
 	TimestampTz prev_valid_until;
@@ -316,6 +323,20 @@ extern void apikeys_request_init(void);
 
 /* reveal.c: the key-encryption key's setting */
 extern void apikeys_reveal_init(void);
+
+/* pepper.c: the pepper of stored hashes, and its setting */
+extern void apikeys_pepper_init(void);
+extern int16 apikey_stored_hash(const uint8 digest[APIKEY_DIGEST_LEN],
+								uint8 stored[APIKEY_DIGEST_LEN],
+								char pepper_id[APIKEY_PEPPER_ID_LEN]);
+extern bool apikey_peppered_match(const char *pepper_id, const uint8 *stored,
+								  const uint8 *digest, bool *missing);
+extern bool apikey_hash_matches(const char *key_id, int16 version,
+								const char *pepper_id, const uint8 *stored,
+								const uint8 *digest);
+extern void apikey_pepper_missing_error(const char *key_id,
+										const char *pepper_id) pg_attribute_noreturn();
+extern const char *apikey_pepper_id_of(text *t);
 
 /* session.c: apikey_login, the key context, pre_request, their settings */
 extern void apikeys_session_init(void);

@@ -8,9 +8,10 @@
  * wrote for an insert: action 'create' (or 'direct_insert' when the insert
  * did not come through an apikeys function), the key id, the session user,
  * the acting role, the key's role, and as changes the new row as
- * to_jsonb() renders it, less the columns that are never shown (hashes,
- * ids, timestamps: the same list as _audit_key_change's, plus state,
- * prev_valid_until and quota_set_at: keep the two lists in step).  Columns added to the catalog later appear in it
+ * to_jsonb() renders it, less the columns that are never shown (hashes and
+ * their schemes and pepper ids, ids, timestamps: the same list as
+ * _audit_key_change's, plus state, prev_valid_until and quota_set_at: keep
+ * the two lists in step).  Columns added to the catalog later appear in it
  * unless listed here.
  *
  * Building the object column by column skips the hashes (which to_jsonb of
@@ -38,9 +39,9 @@
 
 /* Columns an insert's audit row leaves out. */
 static const char *const hidden_columns[] = {
-	"hash", "hash_version", "prev_hash", "prev_hash_version", "key_id",
-	"updated_at", "created_at", "created_by", "rotated_at", "revoked_at",
-	"state", "prev_valid_until", "quota_set_at"
+	"hash", "hash_version", "prev_hash", "prev_hash_version", "pepper_id",
+	"prev_pepper_id", "key_id", "updated_at", "created_at", "created_by",
+	"rotated_at", "revoked_at", "state", "prev_valid_until", "quota_set_at"
 };
 
 #define AUDIT_NARGS	6

@@ -25,8 +25,8 @@
  *
  * Size: at most apikeys.cache_size entries, evicted by CLOCK (a reference
  * bit per entry, a hand sweeping the hash table).  Each entry is a single
- * allocation: a fixed part (~150 bytes: ids, prefix, state, role, both
- * digests, times) followed by copies of the key's name, scopes, metadata
+ * allocation: a fixed part (~180 bytes: ids, prefix, state, role, both
+ * digests and their pepper ids, times) followed by copies of the key's name, scopes, metadata
  * and restrictions, and its rate limits and quota if it has any.
  */
 #include "postgres.h"
@@ -257,20 +257,32 @@ column_copy(ApiKeyEntry *e, Size *used, Datum d, bool isnull)
 	return off;
 }
 
-/* A stored (version, hash) pair as the entry keeps it. */
+/*
+ * A stored (version, hash, pepper id) as the entry keeps it: a peppered
+ * hash without a well-formed pepper id is unusable (version 0).
+ */
 static void
 hash_copy(Datum version, bool version_null, Datum hash, bool hash_null,
-		  int16 *v, uint8 *dst)
+		  Datum pepper, bool pepper_null, int16 *v, uint8 *dst, char *pepper_id)
 {
 	bytea	   *h;
+	const char *id;
 
 	*v = 0;						/* matches nothing */
 	memset(dst, 0, APIKEY_DIGEST_LEN);
+	memset(pepper_id, 0, APIKEY_PEPPER_ID_LEN);
 	if (version_null || hash_null)
 		return;
 	h = DatumGetByteaPP(hash);
 	if (VARSIZE_ANY_EXHDR(h) != APIKEY_DIGEST_LEN)
 		return;
+	if (DatumGetInt16(version) == APIKEY_HASH_HMAC_SHA256)
+	{
+		id = pepper_null ? NULL : apikey_pepper_id_of(DatumGetTextPP(pepper));
+		if (id == NULL)
+			return;
+		memcpy(pepper_id, id, APIKEY_PEPPER_ID_LEN);
+	}
 	memcpy(dst, VARDATA_ANY(h), APIKEY_DIGEST_LEN);
 	*v = DatumGetInt16(version);
 }
@@ -331,9 +343,11 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 	if (e->has_expiry)
 		e->expires_at = DatumGetTimestampTz(values[COL(Anum_key_expires_at)]);
 
+	/* (a catalog before 0.2.0 has no pepper ids: they read as null) */
 	hash_copy(values[COL(Anum_key_hash_version)], nulls[COL(Anum_key_hash_version)],
 			  values[COL(Anum_key_hash)], nulls[COL(Anum_key_hash)],
-			  &e->hash_version, e->hash);
+			  values[COL(Anum_key_pepper_id)], nulls[COL(Anum_key_pepper_id)],
+			  &e->hash_version, e->hash, e->pepper_id);
 	/* The previous secret of a rotation with grace, if any. */
 	e->has_prev = !nulls[COL(Anum_key_prev_valid_until)];
 	if (e->has_prev)
@@ -341,7 +355,8 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 		e->prev_valid_until = DatumGetTimestampTz(values[COL(Anum_key_prev_valid_until)]);
 		hash_copy(values[COL(Anum_key_prev_hash_version)], nulls[COL(Anum_key_prev_hash_version)],
 				  values[COL(Anum_key_prev_hash)], nulls[COL(Anum_key_prev_hash)],
-				  &e->prev_hash_version, e->prev_hash);
+				  values[COL(Anum_key_prev_pepper_id)], nulls[COL(Anum_key_prev_pepper_id)],
+				  &e->prev_hash_version, e->prev_hash, e->prev_pepper_id);
 	}
 
 	e->name_off = column_copy(e, &used, detoasted[COL(Anum_key_name)],

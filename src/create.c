@@ -78,18 +78,18 @@ enum
 	Arg_count
 };
 
-#define INSERT_NARGS	10
+#define INSERT_NARGS	11
 static const char insert_sql[] =
 "INSERT INTO apikeys_internal.key_catalog"
 " (key_id, name, prefix, role, scopes, expires_at, metadata,"
-"  hash_version, hash, created_by)"
-" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+"  hash_version, hash, created_by, pepper_id)"
+" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 static SPIPlanPtr insert_plan = NULL;
 
 static const char *const insert_columns[INSERT_NARGS] = {
 	"key_id", "name", "prefix", "role", "scopes", "expires_at", "metadata",
-	"hash_version", "hash", "created_by"
+	"hash_version", "hash", "created_by", "pepper_id"
 };
 static DirectInsert catalog_insert = {INSERT_NARGS, insert_columns, NULL};
 static CachedRelation catalog_rel = {APIKEYS_CATALOG, InvalidOid, false, false, NULL};
@@ -215,7 +215,7 @@ get_insert_plan(void)
 {
 	static const Oid types[INSERT_NARGS] = {
 		TEXTOID, TEXTOID, TEXTOID, REGROLEOID, TEXTARRAYOID, TIMESTAMPTZOID,
-		JSONBOID, INT2OID, BYTEAOID, REGROLEOID
+		JSONBOID, INT2OID, BYTEAOID, REGROLEOID, TEXTOID
 	};
 	SPIPlanPtr	plan;
 
@@ -289,6 +289,9 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 	char		tok[APIKEY_TOKEN_MAXLEN];
 	int			tok_len;
 	uint8		digest[APIKEY_DIGEST_LEN];
+	uint8		stored[APIKEY_DIGEST_LEN];
+	char		pepper_id[APIKEY_PEPPER_ID_LEN];
+	int16		version;
 	bytea	   *hash;
 	Datum		values[INSERT_NARGS];
 	char		nulls[INSERT_NARGS];
@@ -347,12 +350,14 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 	if (!OidIsValid(owner))
 		return false;			/* not an up-to-date installation */
 
-	/* Decided: mint the token and write the row. */
+	/* Decided: mint the token and write the row (its hash peppered if set). */
 	apikey_mint_token(prefix, prefix_len, NULL, id, tok, &tok_len, digest);
+	version = apikey_stored_hash(digest, stored, pepper_id);
 	hash = (bytea *) palloc(VARHDRSZ + APIKEY_DIGEST_LEN);
 	SET_VARSIZE(hash, VARHDRSZ + APIKEY_DIGEST_LEN);
-	memcpy(VARDATA(hash), digest, APIKEY_DIGEST_LEN);
+	memcpy(VARDATA(hash), stored, APIKEY_DIGEST_LEN);
 	explicit_bzero(digest, sizeof(digest));
+	explicit_bzero(stored, sizeof(stored));
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = PointerGetDatum(cstring_to_text_with_len(id, APIKEY_KEY_ID_LEN));
@@ -369,9 +374,16 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 		DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")) :
 		PG_GETARG_DATUM(Arg_metadata);
 	values[6] = metadata;
-	values[7] = Int16GetDatum(APIKEY_HASH_SHA256);
+	values[7] = Int16GetDatum(version);
 	values[8] = PointerGetDatum(hash);
 	values[9] = ObjectIdGetDatum(caller);
+	if (version == APIKEY_HASH_HMAC_SHA256)
+		values[10] = PointerGetDatum(cstring_to_text_with_len(pepper_id, APIKEY_PEPPER_ID_LEN));
+	else
+	{
+		values[10] = (Datum) 0;
+		nulls[10] = 'n';
+	}
 
 	insert_as_owner(relid, owner, values, nulls);
 	MemoryContextSwitchTo(outer);

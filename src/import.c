@@ -285,11 +285,15 @@ apikey_import(PG_FUNCTION_ARGS)
 		A_nargs
 	};
 	/* _apikey_import(caller, name, role, scopes, expires_at, prefix, metadata,
-	 * allowed_ips, allowed_origins, status, key_id, digest, format) */
-	Oid			argtypes[12] = {TEXTOID, REGROLEOID, TEXTARRAYOID, TIMESTAMPTZOID,
-		TEXTOID, JSONBOID, CIDRARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID, BYTEAOID, TEXTOID};
-	NullableDatum args[12];
+	 * allowed_ips, allowed_origins, status, key_id, digest, format,
+	 * hash_version, pepper_id) */
+	Oid			argtypes[14] = {TEXTOID, REGROLEOID, TEXTARRAYOID, TIMESTAMPTZOID,
+		TEXTOID, JSONBOID, CIDRARRAYOID, TEXTARRAYOID, TEXTOID, TEXTOID, BYTEAOID, TEXTOID,
+	INT2OID, TEXTOID};
+	NullableDatum args[14];
 	uint8		digest[APIKEY_DIGEST_LEN];
+	int16		version = APIKEY_HASH_SHA256;
+	char		pepper_id[APIKEY_PEPPER_ID_LEN];
 	bytea	   *digest_b;
 	const char *format;
 	text	   *key_id = NULL;
@@ -313,6 +317,7 @@ apikey_import(PG_FUNCTION_ARGS)
 		const char *s;
 		int			len;
 		ApiKeyToken tok;
+		uint8		secret_digest[APIKEY_DIGEST_LEN];
 
 		if (toast_raw_datum_size(raw) > VARHDRSZ + APIKEY_INPUT_MAXLEN)
 			ereport(ERROR,
@@ -338,7 +343,14 @@ apikey_import(PG_FUNCTION_ARGS)
 							 errdetail("The token is in apikeys' format, and its prefix is part of it."),
 							 errhint("Leave prefix out when importing a token in apikeys' format.")));
 			}
-			apikey_digest(tok.secret, APIKEY_SECRET_LEN, digest);
+			/*
+			 * its secret hashed as a created key's is: peppered if set (a
+			 * legacy token keeps plain SHA-256, which imported_keys needs
+			 * for the lookup anyway)
+			 */
+			apikey_digest(tok.secret, APIKEY_SECRET_LEN, secret_digest);
+			version = apikey_stored_hash(secret_digest, digest, pepper_id);
+			explicit_bzero(secret_digest, sizeof(secret_digest));
 			key_id = cstring_to_text_with_len(tok.key_id, APIKEY_KEY_ID_LEN);
 			prefix = cstring_to_text_with_len(tok.prefix, tok.prefix_len);
 			format = "native";
@@ -403,8 +415,13 @@ apikey_import(PG_FUNCTION_ARGS)
 	args[10].isnull = false;
 	args[11].value = CStringGetTextDatum(format);
 	args[11].isnull = false;
+	args[12].value = Int16GetDatum(version);
+	args[12].isnull = false;
+	args[13].value = version == APIKEY_HASH_HMAC_SHA256 ?
+		PointerGetDatum(cstring_to_text_with_len(pepper_id, APIKEY_PEPPER_ID_LEN)) : (Datum) 0;
+	args[13].isnull = version != APIKEY_HASH_HMAC_SHA256;
 
-	result = apikeys_call_internal("_apikey_import", 12, argtypes, args, &isnull);
+	result = apikeys_call_internal("_apikey_import", 14, argtypes, args, &isnull);
 	explicit_bzero(VARDATA(digest_b), APIKEY_DIGEST_LEN);
 	if (isnull)
 		elog(ERROR, "apikeys_internal._apikey_import returned null");

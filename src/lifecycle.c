@@ -259,7 +259,14 @@ apikeys_actor(PG_FUNCTION_ARGS)
 	PG_RETURN_OID(current_actor);
 }
 
-/* SQL function: apikeys_internal._mint(text, text) returns record(key_id text, token text, hash bytea, hash_version int2) */
+/*
+ * SQL function: apikeys_internal._mint(text, text) returns record(key_id
+ * text, token text, hash bytea, hash_version int2, pepper_id text)
+ *
+ * The hash is the one to store: peppered when apikeys.pepper_file is set
+ * (pepper.c).  A 0.1.0 database declares the first four columns only, and
+ * has no place for a pepper id: it gets SHA-256.
+ */
 PG_FUNCTION_INFO_V1(apikeys_mint);
 Datum
 apikeys_mint(PG_FUNCTION_ARGS)
@@ -271,10 +278,13 @@ apikeys_mint(PG_FUNCTION_ARGS)
 	char		token[APIKEY_TOKEN_MAXLEN];
 	int			len;
 	uint8		digest[APIKEY_DIGEST_LEN];
+	uint8		stored[APIKEY_DIGEST_LEN];
+	char		pepper_id[APIKEY_PEPPER_ID_LEN];
+	int16		version = APIKEY_HASH_SHA256;
 	bytea	   *hash;
 	TupleDesc	tupdesc;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, true};
 	Datum		result;
 
 	if (PG_ARGISNULL(0))
@@ -303,21 +313,33 @@ apikeys_mint(PG_FUNCTION_ARGS)
 						  &len, digest);
 	}
 
-	hash = (bytea *) palloc(VARHDRSZ + APIKEY_DIGEST_LEN);
-	SET_VARSIZE(hash, VARHDRSZ + APIKEY_DIGEST_LEN);
-	memcpy(VARDATA(hash), digest, APIKEY_DIGEST_LEN);
-
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "apikeys_internal._mint must return a composite type");
+	if (tupdesc->natts != 4 && tupdesc->natts != 5)
+		elog(ERROR, "apikeys_internal._mint returns %d columns, expected 5", tupdesc->natts);
+	if (tupdesc->natts == 5)
+		version = apikey_stored_hash(digest, stored, pepper_id);
+	else
+		memcpy(stored, digest, APIKEY_DIGEST_LEN);
+	hash = (bytea *) palloc(VARHDRSZ + APIKEY_DIGEST_LEN);
+	SET_VARSIZE(hash, VARHDRSZ + APIKEY_DIGEST_LEN);
+	memcpy(VARDATA(hash), stored, APIKEY_DIGEST_LEN);
+
 	tupdesc = BlessTupleDesc(tupdesc);
 	values[0] = PointerGetDatum(cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN));
 	values[1] = PointerGetDatum(cstring_to_text_with_len(token, len));
 	values[2] = PointerGetDatum(hash);
-	values[3] = Int16GetDatum(APIKEY_HASH_SHA256);
+	values[3] = Int16GetDatum(version);
+	if (version == APIKEY_HASH_HMAC_SHA256)
+	{
+		values[4] = PointerGetDatum(cstring_to_text_with_len(pepper_id, APIKEY_PEPPER_ID_LEN));
+		nulls[4] = false;
+	}
 	result = HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 
 	explicit_bzero(token, sizeof(token));
 	explicit_bzero(digest, sizeof(digest));
+	explicit_bzero(stored, sizeof(stored));
 	PG_RETURN_DATUM(result);
 }
 

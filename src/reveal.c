@@ -273,15 +273,24 @@ apikeys_seal(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 
-/* SQL function: apikeys_internal._unseal(text, text, bytea, bytea) returns text */
+/*
+ * SQL function: apikeys_internal._unseal(text, text, bytea, bytea, int2,
+ * text) returns text
+ *
+ * Arguments: key id, the KEK id it was sealed under, the sealed token, and
+ * the key's stored hash with its version and pepper id (null unless
+ * peppered).
+ */
 PG_FUNCTION_INFO_V1(apikeys_unseal);
 Datum
 apikeys_unseal(PG_FUNCTION_ARGS)
 {
-	text	   *key_id = PG_GETARG_TEXT_PP(0);
-	text	   *sealed_kek_id = PG_GETARG_TEXT_PP(1);
-	bytea	   *sealed = PG_GETARG_BYTEA_PP(2);
-	bytea	   *hash = PG_GETARG_BYTEA_PP(3);
+	text	   *key_id;
+	text	   *sealed_kek_id;
+	bytea	   *sealed;
+	bytea	   *hash;
+	int16		hash_version;
+	const char *volatile pepper_id = NULL;
 	uint8		kek[KEK_LEN];
 	char		kek_id[KEK_ID_LEN + 1];
 	Oid			argtypes[2] = {BYTEAOID, TEXTOID};
@@ -290,8 +299,19 @@ apikeys_unseal(PG_FUNCTION_ARGS)
 	bytea	   *plain;
 	ApiKeyToken tok;
 	uint8		digest[APIKEY_DIGEST_LEN];
-	bool		ok;
+	volatile bool ok;
 	text	   *result;
+
+	for (int i = 0; i < 5; i++)
+		if (PG_ARGISNULL(i))
+			elog(ERROR, "apikeys_internal._unseal was given a null argument");
+	key_id = PG_GETARG_TEXT_PP(0);
+	sealed_kek_id = PG_GETARG_TEXT_PP(1);
+	sealed = PG_GETARG_BYTEA_PP(2);
+	hash = PG_GETARG_BYTEA_PP(3);
+	hash_version = PG_GETARG_INT16(4);
+	if (!PG_ARGISNULL(5))
+		pepper_id = apikey_pepper_id_of(PG_GETARG_TEXT_PP(5));
 
 	decrypt = pgcrypto_function("pgp_sym_decrypt_bytea", 2, argtypes);
 	load_kek(kek, kek_id);
@@ -319,9 +339,21 @@ apikeys_unseal(PG_FUNCTION_ARGS)
 		memcmp(tok.key_id, VARDATA_ANY(key_id), APIKEY_KEY_ID_LEN) == 0;
 	if (ok)
 	{
+		/* (under the key's pepper, if it has one: pepper.c) */
 		apikey_digest(tok.secret, APIKEY_SECRET_LEN, digest);
-		ok = VARSIZE_ANY_EXHDR(hash) == APIKEY_DIGEST_LEN &&
-			apikey_digest_equal(digest, (const uint8 *) VARDATA_ANY(hash), APIKEY_DIGEST_LEN);
+		PG_TRY();
+		{
+			ok = VARSIZE_ANY_EXHDR(hash) == APIKEY_DIGEST_LEN &&
+				apikey_hash_matches(tok.key_id, hash_version, pepper_id,
+									(const uint8 *) VARDATA_ANY(hash), digest);
+		}
+		PG_CATCH();
+		{
+			explicit_bzero(digest, sizeof(digest));
+			explicit_bzero(VARDATA_ANY(plain), VARSIZE_ANY_EXHDR(plain));
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
 		explicit_bzero(digest, sizeof(digest));
 	}
 	if (!ok)

@@ -5,9 +5,11 @@
  * C end to end: the token is parsed and checksummed in place, the key is
  * found in the backend-local key cache (cache.c; on a miss, a direct index
  * scan of the catalog: no SPI, no SQL, no SECURITY DEFINER), the secret's
- * SHA-256 is compared in constant time, and status, expiry, role,
- * restrictions and scope are checked.  Bad client input of any kind yields
- * status 'invalid'; this file raises only for can't-happen states.
+ * SHA-256 (or its HMAC under the key's pepper, pepper.c) is compared in
+ * constant time, and status, expiry, role, restrictions and scope are
+ * checked.  Bad client input of any kind yields status 'invalid'; this
+ * file raises only for can't-happen states and for a key whose pepper the
+ * server lacks (a configuration error, named as such).
  *
  * The cache is coherent with commits (cache.c reads the invalidation queue
  * before every lookup, and loads with the latest snapshot), so a revoke is
@@ -562,6 +564,28 @@ apikey_verify_repeats(void)
 }
 
 /*
+ * Does the presented secret (its SHA-256, digest) match a stored hash?
+ * SHA-256 keys compare here; peppered ones through pepper.c.  *missing
+ * receives the pepper id of a peppered hash this server cannot check.
+ */
+static inline bool
+secret_matches(int16 version, const char *pepper_id, const uint8 *stored,
+			   const uint8 *digest, const char **missing)
+{
+	bool		lacks = false;
+	bool		ok;
+
+	if (likely(version == APIKEY_HASH_SHA256))
+		return apikey_digest_equal(stored, digest, APIKEY_DIGEST_LEN);
+	if (version != APIKEY_HASH_HMAC_SHA256)
+		return false;
+	ok = apikey_peppered_match(pepper_id, stored, digest, &lacks);
+	if (lacks && *missing == NULL)
+		*missing = pepper_id;
+	return ok;
+}
+
+/*
  * Judge a key entry against a presented secret and a request, everything
  * but limits.  role_name receives the key's role name (empty if the role is
  * gone).  *counted is set when the result is a failure that counts against
@@ -574,6 +598,7 @@ evaluate(const ApiKeyEntry *e, const char *prefix, int prefix_len,
 		 char *role_name, bool *counted)
 {
 	bool		secret_ok;
+	const char *missing = NULL;
 	HeapTuple	roletup;
 	ArrayType  *arr;
 
@@ -584,14 +609,24 @@ evaluate(const ApiKeyEntry *e, const char *prefix, int prefix_len,
 		return APIKEY_INVALID;
 	*counted = true;
 
-	secret_ok = e->hash_version == APIKEY_HASH_SHA256 &&
-		apikey_digest_equal(e->hash, digest, APIKEY_DIGEST_LEN);
+	secret_ok = secret_matches(e->hash_version, e->pepper_id, e->hash, digest,
+							   &missing);
 	/* The previous secret of a rotation with grace. */
 	if (!secret_ok && e->has_prev && e->prev_valid_until > now)
-		secret_ok = e->prev_hash_version == APIKEY_HASH_SHA256 &&
-			apikey_digest_equal(e->prev_hash, digest, APIKEY_DIGEST_LEN);
+		secret_ok = secret_matches(e->prev_hash_version, e->prev_pepper_id,
+								   e->prev_hash, digest, &missing);
 	if (!secret_ok)
+	{
+		/*
+		 * A hash made under a pepper this server lacks cannot say: that is
+		 * an error naming the pepper, not 'invalid' (pepper.c).  A revoked
+		 * key authenticates nothing whatever its secret, so it needs no
+		 * pepper: without it, it is merely invalid.
+		 */
+		if (missing != NULL && e->state != 'r')
+			apikey_pepper_missing_error(e->key_id, missing);
 		return APIKEY_INVALID;
+	}
 
 	/* A key whose role was dropped is orphaned: it authenticates nobody. */
 	roletup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(e->role));
