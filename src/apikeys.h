@@ -171,6 +171,9 @@ extern Oid	apikeys_current_actor(void);
 extern bool apikey_create_fast(FunctionCallInfo fcinfo, Oid caller,
 							   Datum *key_id, Datum *token);
 
+/* reveal.c */
+extern bool apikey_decode_hex(const char *src, int n, uint8 *dst);
+
 /* type.c */
 extern bool apikey_value_digest(const ApiKeyData *key,
 								uint8 digest[APIKEY_DIGEST_LEN]);

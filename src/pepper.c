@@ -207,27 +207,7 @@ pepper_setup(Pepper *p, const uint8 key[PEPPER_LEN])
 static bool
 decode_pepper(const char *src, int len, uint8 dst[PEPPER_LEN])
 {
-	if (len != PEPPER_HEX_LEN)
-		return false;
-	for (int i = 0; i < PEPPER_HEX_LEN; i++)
-	{
-		char		c = src[i];
-		int			v;
-
-		if (c >= '0' && c <= '9')
-			v = c - '0';
-		else if (c >= 'a' && c <= 'f')
-			v = c - 'a' + 10;
-		else if (c >= 'A' && c <= 'F')
-			v = c - 'A' + 10;
-		else
-			return false;
-		if (i % 2 == 0)
-			dst[i / 2] = (uint8) (v << 4);
-		else
-			dst[i / 2] |= (uint8) v;
-	}
-	return true;
+	return len == PEPPER_HEX_LEN && apikey_decode_hex(src, PEPPER_LEN, dst);
 }
 
 /* Note why the file cannot be used (never its path or its content). */

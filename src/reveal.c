@@ -82,9 +82,12 @@ kek_error(const char *detail)
 			 errhint("A superuser sets apikeys.kek_file to a file owned by the server's user, mode 0600 or 0400, holding 64 hex digits (such as the output of openssl rand -hex 32), and reloads the configuration.")));
 }
 
-/* Decode 2 * n hex digits into n bytes; false (echoing nothing) on a non-digit. */
-static bool
-decode_hex(const char *src, int n, uint8 *dst)
+/*
+ * Decode 2 * n hex digits into n bytes; false (echoing nothing) on a
+ * non-digit.  (Also pepper.c's.)
+ */
+bool
+apikey_decode_hex(const char *src, int n, uint8 *dst)
 {
 	for (int i = 0; i < 2 * n; i++)
 	{
@@ -151,7 +154,7 @@ load_kek(uint8 kek[KEK_LEN], char kek_id[KEK_ID_LEN + 1])
 		len--;
 	if (len > 0 && buf[len - 1] == '\r')
 		len--;
-	if (len != KEK_HEX_LEN || !decode_hex(buf, KEK_LEN, kek))
+	if (len != KEK_HEX_LEN || !apikey_decode_hex(buf, KEK_LEN, kek))
 	{
 		explicit_bzero(buf, sizeof(buf));
 		kek_error("The file named by apikeys.kek_file does not hold exactly 64 hex digits.");
