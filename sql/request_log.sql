@@ -28,7 +28,7 @@ BEGIN
     END LOOP;
     RETURN r.status;
 END $$;
--- The rows written since the last regress.rl_flushed() and TRUNCATE.
+-- The rows written since the table was last emptied.
 CREATE VIEW regress.rl AS
 SELECT kind, status, key_id IS NOT NULL AS has_id, key_exists, key_name, key_role,
        db_user, client_addr, requests, overflow, first_at <= last_at AS ordered
@@ -45,6 +45,11 @@ $$;
 -- the earlier suites' failures are written; start from an empty table
 SELECT regress.rl_flushed();
 TRUNCATE apikeys_internal.request_log;
+-- Parts run with no flush in between (the interval is an hour), each ends
+-- by setting it back, which makes the worker flush at once: a part's
+-- requests are written together, so its rows are the same every run.
+ALTER SYSTEM SET apikeys.usage_flush_interval = '1h';
+SELECT pg_reload_conf(), pg_sleep(0.5);
 
 CREATE ROLE regress_rl_svc NOLOGIN;
 CREATE ROLE regress_rl_user LOGIN;
@@ -72,9 +77,13 @@ SHOW apikeys.audit_requests;
 SELECT regress.rl_v(token) FROM regress.rl_tok WHERE label = 'a-wrong';
 \c - postgres
 SET search_path = apikeys, public;
+ALTER SYSTEM RESET apikeys.usage_flush_interval;
+SELECT pg_reload_conf();
 SELECT regress.rl_flushed();
 SELECT * FROM regress.rl;
 SELECT regress.rl_clear();
+ALTER SYSTEM SET apikeys.usage_flush_interval = '1h';
+SELECT pg_reload_conf(), pg_sleep(0.5);
 SELECT regress.try($$SET apikeys.audit_requests = sometimes$$);
 
 -- failures (the default): every refused request, none of the valid ones
@@ -91,11 +100,15 @@ COMMIT;
 BEGIN;
 SELECT regress.try(format('SELECT apikey_login(%L)', token)) FROM regress.rl_tok WHERE label = 'd';
 ROLLBACK;
+ALTER SYSTEM RESET apikeys.usage_flush_interval;
+SELECT pg_reload_conf();
 SELECT regress.rl_flushed();
 SELECT * FROM regress.rl ORDER BY kind, status, key_name, db_user;
 SELECT written >= 8 AS written, overflowed, queued, pending
   FROM request_log_stats();
 SELECT regress.rl_clear();
+ALTER SYSTEM SET apikeys.usage_flush_interval = '1h';
+SELECT pg_reload_conf(), pg_sleep(0.5);
 
 -- all: valid requests too, one row per key, kind, user and address
 SET apikeys.audit_requests = 'all';
@@ -113,18 +126,26 @@ SELECT regress.rl_v(token, '192.0.2.8'), regress.rl_v(token, '192.0.2.8')
   FROM regress.rl_tok WHERE label = 'd';
 SELECT regress.rl_v(token, '192.0.2.8'), regress.rl_v(token, '192.0.2.9')
   FROM regress.rl_tok WHERE label = 'a-wrong';
+ALTER SYSTEM RESET apikeys.usage_flush_interval;
+SELECT pg_reload_conf();
 SELECT regress.rl_flushed();
 SELECT * FROM regress.rl ORDER BY kind, status, client_addr;
 SELECT regress.rl_clear();
+ALTER SYSTEM SET apikeys.usage_flush_interval = '1h';
+SELECT pg_reload_conf(), pg_sleep(0.5);
 
 -- off: nothing
 SET apikeys.audit_requests = off;
 SELECT recorded AS before FROM request_log_stats() \gset
 SELECT regress.rl_v(token) FROM regress.rl_tok WHERE label IN ('a', 'a-wrong', 'nokey') ORDER BY label;
 SELECT recorded - :before AS recorded_while_off FROM request_log_stats();
+ALTER SYSTEM RESET apikeys.usage_flush_interval;
+SELECT pg_reload_conf();
 SELECT regress.rl_flushed();
 SELECT count(*) AS rows_while_off FROM apikeys.request_log;
 RESET apikeys.audit_requests;
+ALTER SYSTEM SET apikeys.usage_flush_interval = '1h';
+SELECT pg_reload_conf(), pg_sleep(0.5);
 
 -- guessing: 200 tokens with made-up key ids are one row, counted to the last
 SELECT count(*) AS guesses
@@ -132,6 +153,8 @@ SELECT count(*) AS guesses
        LATERAL apikey_is_valid(regress.forge(replace(t.token, t.key_id, lpad(i::text, 12, 'G')),
                                              repeat('g', 32))) v
  WHERE t.label = 'a' AND NOT v;
+ALTER SYSTEM RESET apikeys.usage_flush_interval;
+SELECT pg_reload_conf();
 SELECT regress.rl_flushed();
 SELECT kind, status, key_id, key_exists, requests FROM apikeys.request_log;
 
