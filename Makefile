@@ -7,14 +7,14 @@ MODULE_big = apikeys
 OBJS       = src/apikeys.o src/token.o src/type.o src/verify.o src/cache.o src/create.o \
              src/audit.o src/chain.o src/insert.o src/lifecycle.o src/objects.o src/session.o src/guard.o \
              src/shmem.o src/limits.o src/usage.o src/worker.o \
-             src/note.o src/leak.o src/request.o src/reveal.o src/import.o src/pepper.o
+             src/note.o src/leak.o src/request.o src/reveal.o src/import.o src/pepper.o src/request_log.o
 DATA       = apikeys--0.1.0.sql apikeys--0.1.0--0.2.0.sql
 PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 
 # pg_regress suites, by topic (sql/NAME.sql, expected/NAME.out)
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
           restrictions bad_input renewal limits hardening leak requests reveal import \
-          plpgsql_check limits_usage audit_chain create_fast cache pepper
+          plpgsql_check limits_usage audit_chain create_fast cache pepper request_log
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke rate_limit_verify \
             leak_race request_claim audit_chain_writers cache_invalidation

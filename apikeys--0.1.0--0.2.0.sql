@@ -3103,3 +3103,98 @@ COMMENT ON FUNCTION @extschema@.pepper_status() IS
     'peppers of stored hashes: each pepper of apikeys.pepper_file (state current or old) and each one keys need that the file lacks (missing), with the keys whose current secret (keys) or whose previous secret still in its grace period (grace_keys) is hashed under it; a row with a null pepper_id (state none) counts plain SHA-256 hashes; revoked keys are not counted (they need no pepper); admins only';
 REVOKE ALL ON FUNCTION @extschema@.pepper_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.pepper_status() TO apikeys_admin;
+
+-------------------------------------------------------------------------------
+-- 19. Requests made with a key (src/request_log.c).
+--
+-- Verifications and logins, recorded under apikeys.audit_requests (off,
+-- failures, all; default failures), are queued in shared memory and written
+-- here by the background worker at each flush, one row per aggregate of
+-- requests (README, "Requests made with a key").  No row holds a secret:
+-- only key ids, which are public.  Admins only.
+-------------------------------------------------------------------------------
+CREATE TABLE apikeys_internal.request_log (
+    first_at    pg_catalog.timestamptz NOT NULL,
+    last_at     pg_catalog.timestamptz NOT NULL,
+    kind        pg_catalog.text NOT NULL
+                CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['verify', 'login', 'leak_report'])),
+    status      pg_catalog.text NOT NULL,
+    key_id      pg_catalog.text COLLATE "C",
+    key_exists  pg_catalog.bool,
+    key_name    pg_catalog.text,
+    key_role    pg_catalog.name,
+    db_user     pg_catalog.name,
+    client_addr pg_catalog.inet,
+    requests    pg_catalog.int8 NOT NULL CHECK (requests OPERATOR(pg_catalog.>) 0),
+    overflow    pg_catalog.bool NOT NULL DEFAULT false
+);
+CREATE INDEX request_log_last_at ON apikeys_internal.request_log (last_at);
+CREATE INDEX request_log_key_id ON apikeys_internal.request_log (key_id, last_at);
+COMMENT ON TABLE apikeys_internal.request_log IS
+    'requests made with a key (apikeys.audit_requests), written by the apikeys worker from shared memory, one row per aggregate of requests; kept for apikeys.audit_request_retention; read it through apikeys.request_log';
+COMMENT ON COLUMN apikeys_internal.request_log.first_at IS 'first request of the row';
+COMMENT ON COLUMN apikeys_internal.request_log.last_at IS 'last request of the row';
+COMMENT ON COLUMN apikeys_internal.request_log.kind IS
+    'verify (apikey_verify, apikey_is_valid), login (apikey_login, pre_request) or leak_report (apikey_report_leak)';
+COMMENT ON COLUMN apikeys_internal.request_log.status IS 'outcome of the verification, as apikeys.verification reports it';
+COMMENT ON COLUMN apikeys_internal.request_log.key_id IS
+    'the key; for ids that name no key, the id given when every request of the row gave the same one, else null; never more of the token';
+COMMENT ON COLUMN apikeys_internal.request_log.key_exists IS 'the key id named a key (null: not known, overflow rows)';
+COMMENT ON COLUMN apikeys_internal.request_log.key_name IS 'the key''s name when the row was written (null if it no longer existed)';
+COMMENT ON COLUMN apikeys_internal.request_log.key_role IS 'the key''s role at the request';
+COMMENT ON COLUMN apikeys_internal.request_log.db_user IS
+    'session user that made the requests (null: several, or not known)';
+COMMENT ON COLUMN apikeys_internal.request_log.client_addr IS
+    'the client_ip given, else the connection''s address (null: unknown, a Unix socket, or several)';
+COMMENT ON COLUMN apikeys_internal.request_log.requests IS 'how many requests the row stands for';
+COMMENT ON COLUMN apikeys_internal.request_log.overflow IS
+    'the queue was full: only kind, status, times and the count were kept';
+SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.request_log', '');
+ALTER TABLE apikeys_internal.request_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.request_log FORCE ROW LEVEL SECURITY;
+CREATE POLICY request_log_admin ON apikeys_internal.request_log
+    FOR ALL
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
+    WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+REVOKE ALL ON apikeys_internal.request_log FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.request_log TO apikeys_admin;
+
+CREATE VIEW @extschema@.request_log WITH (security_invoker = true) AS
+SELECT r.first_at, r.last_at, r.kind, r.status, r.key_id, r.key_exists, r.key_name,
+       r.key_role, r.db_user, r.client_addr, r.requests, r.overflow
+  FROM apikeys_internal.request_log r;
+COMMENT ON VIEW @extschema@.request_log IS
+    'requests made with a key, as the worker wrote them (apikeys.audit_requests: failures by default, or all): one row per aggregate of requests, written every apikeys.usage_flush_interval; admins only; request_log_stats() shows what is still queued';
+COMMENT ON COLUMN @extschema@.request_log.first_at IS 'first request of the row';
+COMMENT ON COLUMN @extschema@.request_log.last_at IS 'last request of the row';
+COMMENT ON COLUMN @extschema@.request_log.kind IS
+    'verify (apikey_verify, apikey_is_valid), login (apikey_login, pre_request) or leak_report (apikey_report_leak)';
+COMMENT ON COLUMN @extschema@.request_log.status IS 'outcome of the verification';
+COMMENT ON COLUMN @extschema@.request_log.key_id IS
+    'the key; for ids that name no key, the id given when every request of the row gave the same one, else null';
+COMMENT ON COLUMN @extschema@.request_log.key_exists IS 'the key id named a key (null for overflow rows)';
+COMMENT ON COLUMN @extschema@.request_log.key_name IS 'the key''s name when the row was written';
+COMMENT ON COLUMN @extschema@.request_log.key_role IS 'the key''s role at the request';
+COMMENT ON COLUMN @extschema@.request_log.db_user IS 'session user that made the requests (null: several, or not known)';
+COMMENT ON COLUMN @extschema@.request_log.client_addr IS
+    'the client_ip given, else the connection''s address (null: unknown, a Unix socket, or several)';
+COMMENT ON COLUMN @extschema@.request_log.requests IS 'how many requests the row stands for';
+COMMENT ON COLUMN @extschema@.request_log.overflow IS
+    'the queue was full: only kind, status, times and the count were kept';
+REVOKE ALL ON @extschema@.request_log FROM PUBLIC;
+GRANT SELECT ON @extschema@.request_log TO apikeys_admin;
+
+CREATE FUNCTION @extschema@.request_log_stats(OUT queued pg_catalog.int4,
+                                              OUT queue_size pg_catalog.int4,
+                                              OUT pending pg_catalog.int8,
+                                              OUT recorded pg_catalog.int8,
+                                              OUT overflowed pg_catalog.int8,
+                                              OUT written pg_catalog.int8,
+                                              OUT not_recorded pg_catalog.int8)
+RETURNS record
+AS 'MODULE_PATHNAME', 'apikeys_request_log_stats'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.request_log_stats() IS
+    'the request log''s queue in shared memory, for the whole server since it started: aggregates queued and the most it holds (apikeys.audit_request_queue_size), requests waiting for the worker, requests recorded, of those kept only as a count because the queue was full, requests written, and requests not recorded (on a hot standby, in a database other than apikeys.database, or where the extension is not installed); raises 55000 without shared_preload_libraries; admins only';
+REVOKE ALL ON FUNCTION @extschema@.request_log_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.request_log_stats() TO apikeys_admin;

@@ -8,8 +8,9 @@
  * create.c, the audit row of a new key in audit.c, direct row insertion in
  * insert.c), logins, the key context and the PostgREST hook in session.c,
  * the lock guard for CREATE RULE in guard.c, the lookup of the extension's
- * own objects in objects.c, the pepper of stored hashes in pepper.c, and
- * rate limits, quotas and usage in shmem.c, limits.c, usage.c and worker.c.
+ * own objects in objects.c, the pepper of stored hashes in pepper.c,
+ * rate limits, quotas and usage in shmem.c, limits.c, usage.c and
+ * worker.c, and the requests made with a key in request_log.c.
  */
 #include "postgres.h"
 

@@ -307,6 +307,47 @@ extern bool apikey_scopes_hold(ArrayType *scopes, const char *want,
 							   int want_len);
 extern uint64 apikey_verify_repeats(void);
 
+/*
+ * request_log.c: requests made with a key, queued in shared memory for the
+ * worker (apikeys.audit_requests).  The verify path notes each request once
+ * through APIKEY_REQUEST_LOG_NOTE, which decides inline whether there is
+ * anything to do: with the default (failures), a valid request costs one
+ * test of the setting.
+ */
+typedef enum ApiKeyRequestKind
+{
+	APIKEY_REQUEST_VERIFY = 0,	/* apikey_verify, apikey_is_valid */
+	APIKEY_REQUEST_LOGIN,		/* apikey_login, pre_request */
+	APIKEY_REQUEST_LEAK_REPORT	/* apikey_report_leak */
+} ApiKeyRequestKind;
+
+#define APIKEYS_AUDIT_REQUESTS_OFF		0
+#define APIKEYS_AUDIT_REQUESTS_FAILURES	1
+#define APIKEYS_AUDIT_REQUESTS_ALL		2
+
+extern int apikeys_audit_requests;
+extern bool apikey_request_log_kind_pending;
+extern void apikey_request_log_kind_next(ApiKeyRequestKind kind);
+extern void apikey_request_log_note(const char *key_id, const ApiKeyEntry *e,
+									const ApiKeyRequest *req,
+									const ApiKeyVerdict *v, TimestampTz now);
+
+/* Does this verdict need apikey_request_log_note()? */
+static inline bool
+apikey_request_log_wanted(ApiKeyStatus status)
+{
+	return apikey_request_log_kind_pending ||
+		apikeys_audit_requests == APIKEYS_AUDIT_REQUESTS_ALL ||
+		(status != APIKEY_VALID &&
+		 apikeys_audit_requests == APIKEYS_AUDIT_REQUESTS_FAILURES);
+}
+
+#define APIKEY_REQUEST_LOG_NOTE(key_id, e, req, v, now) \
+	do { \
+		if (apikey_request_log_wanted((v)->status)) \
+			apikey_request_log_note((key_id), (e), (req), (v), (now)); \
+	} while (0)
+
 /* lifecycle.c: calling an internal function from another file's entry point */
 extern Datum apikeys_call_internal(const char *name, int nargs,
 								   const Oid *argtypes,

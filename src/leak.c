@@ -167,6 +167,7 @@ apikey_report_leak(PG_FUNCTION_ARGS)
 	 * A token imported from another system (import.c) counts too; its
 	 * secret, for the catalog, is the whole token.
 	 */
+	apikey_request_log_kind_next(APIKEY_REQUEST_LEAK_REPORT);
 	apikey_verify_token(VARDATA_ANY(token), VARSIZE_ANY_EXHDR(token), &req, &v);
 	if (v.status == APIKEY_INVALID)
 		PG_RETURN_TEXT_P(cstring_to_text("invalid"));

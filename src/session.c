@@ -277,6 +277,8 @@ login_check_context(const char *what)
 				 errmsg("%s cannot run inside a security-definer function", what),
 				 errdetail("It does SET LOCAL ROLE, which PostgreSQL refuses there."),
 				 errhint("Call it directly, or from a function with invoker rights.")));
+	/* the verification that follows is recorded as a login (request_log.c) */
+	apikey_request_log_kind_next(APIKEY_REQUEST_LOGIN);
 }
 
 /* A sentence for the detail of an error: the verdict's status. */

@@ -6,7 +6,8 @@
  *
  * Only with shared_preload_libraries = 'apikeys'.  The segment is a header
  * followed by areas, each sized and attached by one entry of the area table
- * below: the table of tracked keys today, an audit queue later.  The table
+ * below: the table of tracked keys, and the request log's queue
+ * (request_log.c, which also keeps its own file across a clean restart).  The table
  * is a dynahash in 16 partitions, each under its own LWLock; an entry is
  * keyed by (database OID, kind, key id or role OID), so every database of
  * the cluster shares it and none sees another's entries.
@@ -67,7 +68,7 @@ static void entries_attach(void);
 
 static const ApiKeysShmemArea areas[] = {
 	{entries_size, entries_attach},
-	/* an audit queue (a later release) goes here */
+	{apikeys_request_log_size, apikeys_request_log_attach},
 };
 
 /* Bytes of the table of tracked keys. */
@@ -428,8 +429,9 @@ load_entries(void)
 }
 
 /*
- * Called from _PG_init: define the settings of limits, usage and the
- * worker; when preloaded, reserve the segment and register the worker.
+ * Called from _PG_init: define the settings of limits, usage, the worker
+ * and the request log; when preloaded, reserve the segment and register
+ * the worker.
  */
 void
 apikeys_shmem_init(void)
@@ -447,6 +449,7 @@ apikeys_shmem_init(void)
 								NULL, NULL, NULL);
 	apikeys_limits_define_settings();
 	apikeys_worker_define_settings(preloading);
+	apikeys_request_log_define_settings(preloading);
 
 	if (!preloading)
 		return;

@@ -7,9 +7,9 @@
  *		verify path directly: it calls apikey_limits_apply() (apikeys.h).
  *
  * The segment is a small header (ApiKeysShmem) followed by areas sized and
- * attached one by one (see shmem.c's area table): today the table of
- * tracked keys and roles; the audit queue of a later release is one more
- * area behind the same header, drained by the same worker.
+ * attached one by one (see shmem.c's area table): the table of tracked
+ * keys and roles, and the queue of the request log (request_log.c),
+ * drained by the same worker.
  */
 #ifndef APIKEYS_SHMEM_H
 #define APIKEYS_SHMEM_H
@@ -150,6 +150,13 @@ extern void apikeys_usage_count_locked(ApiKeysEntry *e, ApiKeyStatus status,
 extern void apikeys_usage_count(const char *key_id, ApiKeyStatus status,
 								TimestampTz now);
 extern bool apikeys_entry_clean(ApiKeysEntry *e, TimestampTz now);
+
+/* request_log.c: its area, its settings, the worker's duties */
+extern Size apikeys_request_log_size(void);
+extern void apikeys_request_log_attach(void);
+extern void apikeys_request_log_define_settings(bool preloading);
+extern void apikeys_request_log_flush(void);
+extern void apikeys_request_log_maintain(void);
 
 /* worker.c */
 extern void apikeys_worker_define_settings(bool preloading);

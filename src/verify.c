@@ -757,6 +757,8 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 			memo_keep(memo_remember(mm, hash, prefix, prefix_len, key_id,
 									digest, req),
 					  out, generation);
+		/* request_log.c: the request, recorded once (never for a repeat) */
+		APIKEY_REQUEST_LOG_NOTE(key_id, counted ? e : NULL, req, out, now);
 	}
 
 	if (out->status == APIKEY_INVALID)

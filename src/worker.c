@@ -19,7 +19,9 @@
  *   evict     when the shared table is three quarters full: drop entries
  *             that hold nothing unwritten.
  *
- * (The audit queue of a later release is drained as one more duty.)
+ * Each flush and each maintenance also does the request log's share
+ * (request_log.c): write the queued requests, in a transaction of their
+ * own, and drop rows older than apikeys.audit_request_retention.
  *
  * The worker writes as the bootstrap superuser, in transactions of its own,
  * and never updates the key catalog: a flush must neither fire the audit
@@ -632,11 +634,13 @@ apikeys_worker_main(Datum arg)
 				(woken && now - last_flush >= 200 * 1000))
 			{
 				duty_flush(&prev_cut);
+				apikeys_request_log_flush();
 				last_flush = now;
 			}
 			if (now - last_maintain >= USECS_PER_HOUR)
 			{
 				duty_maintain();
+				apikeys_request_log_maintain();
 				last_maintain = now;
 			}
 		}

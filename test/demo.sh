@@ -106,6 +106,17 @@ SELECT key_id, name, role, status, created_by, rotated_at IS NOT NULL AS rotated
 SELECT seq, at::time(0) AS at, action, key_id, actor, actor_role, left(changes::text, 60) AS changes
   FROM apikeys.audit_log ORDER BY seq;
 SELECT apikeys.audit_verify() AS chain_intact;
+
+\echo
+\echo '10. requests made with a key: the failures above, aggregated, as the worker writes them'
+DO $$ BEGIN
+    FOR i IN 1..100 LOOP   -- (it writes every apikeys.usage_flush_interval, 5 s)
+        EXIT WHEN (SELECT pending FROM apikeys.request_log_stats()) = 0;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT first_at::time(0) AS at, kind, status, key_id, key_name, db_user, requests
+  FROM apikeys.request_log ORDER BY first_at;
 SQL
 
 cat <<EOF
