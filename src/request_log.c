@@ -153,6 +153,7 @@ typedef struct RequestLogShared
 	pg_atomic_uint64 overflowed;	/* of which into a cell: the queue was full */
 	pg_atomic_uint64 written;	/* requests the worker wrote */
 	pg_atomic_uint64 not_recorded;	/* requests where nothing can be written */
+	pg_atomic_uint64 in_flight; /* taken by the worker, not yet committed */
 } RequestLogShared;
 
 static RequestLogShared *rl = NULL;
@@ -399,6 +400,7 @@ apikeys_request_log_attach(void)
 		pg_atomic_init_u64(&rl->overflowed, 0);
 		pg_atomic_init_u64(&rl->written, 0);
 		pg_atomic_init_u64(&rl->not_recorded, 0);
+		pg_atomic_init_u64(&rl->in_flight, 0);
 	}
 	LWLockRegisterTranche(rl->tranche, "apikeys request log");
 
@@ -566,12 +568,14 @@ queue_take(FlushBatch *b, MemoryContext cxt)
 	rl->nslots = 0;
 	memcpy(b->cells, rl->overflow, sizeof(b->cells));
 	memset(rl->overflow, 0, sizeof(rl->overflow));
-	pg_atomic_write_u32(&rl->wake_sent, 0);
-	LWLockRelease(&rl->lock);
-	b->nslots = n;
 	for (int i = 0; i < NKINDS; i++)
 		for (int j = 0; j < NSTATUSES; j++)
 			b->requests += b->cells[i][j].count;
+	/* still pending for readers until the rows are committed */
+	pg_atomic_write_u64(&rl->in_flight, (uint64) b->requests);
+	pg_atomic_write_u32(&rl->wake_sent, 0);
+	LWLockRelease(&rl->lock);
+	b->nslots = n;
 }
 
 /* Put a batch back into the queue (its write failed). */
@@ -781,6 +785,7 @@ apikeys_request_log_flush(void)
 		taken = false;
 		pg_atomic_fetch_add_u64(ready ? &rl->written : &rl->not_recorded,
 								(uint64) batch->requests);
+		pg_atomic_write_u64(&rl->in_flight, 0);
 	}
 	PG_CATCH();
 	{
@@ -791,6 +796,7 @@ apikeys_request_log_flush(void)
 		/* nothing was written: it goes back, for the next flush */
 		if (taken)
 			queue_return(batch);
+		pg_atomic_write_u64(&rl->in_flight, 0);
 	}
 	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
@@ -885,6 +891,7 @@ apikeys_request_log_stats(PG_FUNCTION_ARGS)
 		for (int j = 0; j < NSTATUSES; j++)
 			pending += rl->overflow[i][j].count;
 	LWLockRelease(&rl->lock);
+	pending += (int64) pg_atomic_read_u64(&rl->in_flight);
 
 	memset(nulls, false, sizeof(nulls));
 	values[0] = Int32GetDatum(nslots);
