@@ -322,6 +322,20 @@ dump_entries(int code, Datum arg)
 
 	if (code != 0 || apikeys_shmem == NULL || apikeys_entries == NULL)
 		return;
+
+	/*
+	 * An immediate shutdown that stopped the worker between a flush's commit
+	 * and its subtraction (flush_seq odd) leaves counts that may be in the
+	 * tables already: read back, they would be counted twice.  Such a stop
+	 * loses what was not flushed, as a crash does.
+	 */
+	if (pg_atomic_read_u64(&apikeys_shmem->flush_seq) % 2 == 1)
+	{
+		ereport(LOG,
+				(errmsg("apikeys shared memory not saved: the shutdown interrupted a flush"),
+				 errdetail("What was counted since the last flush is lost, as after a crash.")));
+		return;
+	}
 	f = AllocateFile(APIKEYS_DUMP_FILE ".tmp", PG_BINARY_W);
 	if (f == NULL)
 		goto error;

@@ -32,9 +32,12 @@
  * counted.  After an error it logs, rolls back and goes on; if it dies, the
  * postmaster starts it again after 5 seconds.
  *
- * What a crash can lose: whatever was counted since the last flush, at most
- * one flush interval of usage and quota spending (the quota is given back).
- * A clean shutdown loses nothing (shmem.c writes the table to a file).
+ * What a crash can lose: whatever was counted after the last committed
+ * flush began (its transaction start is usage.updated_at): about one flush
+ * interval of usage and quota spending (the quota is given back), never
+ * anything twice.  A clean or immediate shutdown loses nothing (shmem.c
+ * writes the table to a file, unless the worker was stopped between a
+ * flush's commit and its subtraction).  test/t/010_crash.pl checks it.
  */
 #include "postgres.h"
 

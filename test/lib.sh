@@ -43,8 +43,10 @@ ensure_deps() {
         command -v "${clang:-clang}" >/dev/null || missing+=(clang-14 llvm-14)
     fi
     command -v prove >/dev/null || missing+=(perl)
-    # test/t/005_pgbouncer.pl pools connections through a real pgbouncer
+    # test/t/005_pgbouncer.pl and 006 pool connections through a real pgbouncer
     [ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+    # test/t/015_timing.pl counts instructions with valgrind's callgrind
+    command -v valgrind >/dev/null || missing+=(valgrind)
     id postgres >/dev/null 2>&1 || missing+=("postgresql-$PG_MAJOR")
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing: ${missing[*]}"
