@@ -78,11 +78,13 @@ bench-scan:
 	bash test/bench_scan.sh
 
 # Long-running checks, not part of `make test` (see README, Contributing).
-.PHONY: test-valgrind test-ubsan fuzz
+.PHONY: test-valgrind test-ubsan test-asan fuzz
 test-valgrind:
 	bash test/valgrind.sh
 test-ubsan:
 	bash test/ubsan.sh
+test-asan:
+	bash test/asan.sh
 fuzz:
 	bash test/fuzz/run.sh $${FUZZ_SECONDS:-600}
 
