@@ -1649,9 +1649,17 @@ LANGUAGE C;
 COMMENT ON FUNCTION apikeys_internal._role_limits_changed() IS
     'trigger: registers a relcache invalidation of role_limits, so that every backend reloads role limits when the change commits';
 REVOKE ALL ON FUNCTION apikeys_internal._role_limits_changed() FROM PUBLIC;
+-- Row triggers, enabled always: a logical replication subscriber applies
+-- rows (and fires no statement trigger but TRUNCATE's), and its sessions
+-- must see the change too.
 CREATE TRIGGER role_limits_invalidate
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys_internal.role_limits
+    AFTER INSERT OR UPDATE OR DELETE ON apikeys_internal.role_limits
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._role_limits_changed();
+CREATE TRIGGER role_limits_invalidate_truncate
+    AFTER TRUNCATE ON apikeys_internal.role_limits
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._role_limits_changed();
+ALTER TABLE apikeys_internal.role_limits ENABLE ALWAYS TRIGGER role_limits_invalidate;
+ALTER TABLE apikeys_internal.role_limits ENABLE ALWAYS TRIGGER role_limits_invalidate_truncate;
 
 CREATE FUNCTION apikeys_internal._apikey_set_role_limit(p_caller pg_catalog.oid,
                                                         p_role pg_catalog.regrole,
