@@ -1932,6 +1932,8 @@ DECLARE
     upto    int8;
     upto_h  bytea;
     removed int8;
+    -- the cutoff is taken when the call starts, not after the check below
+    cutoff  timestamptz := clock_timestamp() - p_older_than;
 BEGIN
     IF NOT apikeys_internal._is_admin(p_caller) THEN
         RAISE EXCEPTION 'permission denied to purge the audit log'
@@ -1956,7 +1958,7 @@ BEGIN
     -- the longest run of rows from the anchor all older than the cutoff
     SELECT coalesce(min(a.seq) - 1, head.seq) INTO upto
       FROM apikeys_internal.audit_log a
-     WHERE a.at >= clock_timestamp() - p_older_than;
+     WHERE a.at >= cutoff;
     IF upto <= head.anchor_seq THEN
         RETURN 0::int8;
     END IF;
