@@ -157,6 +157,22 @@ ALTER SYSTEM RESET apikeys.usage_flush_interval;
 SELECT pg_reload_conf();
 SELECT regress.rl_flushed();
 SELECT kind, status, key_id, key_exists, requests FROM apikeys.request_log;
+SELECT regress.rl_clear();
+ALTER SYSTEM SET apikeys.usage_flush_interval = '1h';
+SELECT pg_reload_conf(), pg_sleep(0.5);
+
+-- input that is no token (a bad checksum, garbage, a secret pasted alone)
+-- is recorded too, with no key id (nothing of it is kept), and once per
+-- statement like any request: 4 here
+SELECT regress.rl_v(overlay(token PLACING 'x' FROM 20 FOR 1)) FROM regress.rl_tok WHERE label = 'a';
+SELECT regress.rl_v(right(token, 38)) FROM regress.rl_tok WHERE label = 'a';
+SELECT (apikey_verify('not a token')).valid, (apikey_verify('not a token')).status,
+       apikey_is_valid('not a token');
+SELECT apikey_is_valid('not a token');
+ALTER SYSTEM RESET apikeys.usage_flush_interval;
+SELECT pg_reload_conf();
+SELECT regress.rl_flushed();
+SELECT * FROM regress.rl;
 
 -- admins only
 SET ROLE regress_rl_user;

@@ -262,12 +262,18 @@ apikey_verify_imported(const char *s, size_t len, const ApiKeyRequest *req,
 	relation_close(rel, AccessShareLock);
 	pfree(digest_b);
 
+	/* the token of no imported key: the caller treats it as no token */
+	if (!found)
+	{
+		explicit_bzero(digest, sizeof(digest));
+		return false;
+	}
+
 	/*
 	 * The catalog decides: its hash (SHA-256 of the whole token) must match,
 	 * now or as the previous secret of a rotation with grace.
 	 */
-	apikey_verify_digest(found ? prefix : NULL, prefix_len, found ? key_id : NULL,
-						 found ? digest : NULL, req, out);
+	apikey_verify_digest(prefix, prefix_len, key_id, digest, req, out);
 	explicit_bzero(digest, sizeof(digest));
 	return true;
 }

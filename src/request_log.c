@@ -349,8 +349,9 @@ apikey_request_log_note(const char *key_id, const ApiKeyEntry *e,
 			k.addr = a.addr;
 		}
 	}
-	else
+	else if (key_id != NULL)
 		memcpy(a.tried_id, key_id, APIKEY_KEY_ID_LEN);
+	/* (no key id: input that is no token; tried_id stays zero bytes) */
 	hash = get_hash_value(rl_slots, &k);
 
 	LWLockAcquire(&rl->lock, LW_EXCLUSIVE);
@@ -671,7 +672,7 @@ write_batch(const FlushBatch *b)
 		d[C_STATUS][n] = CStringGetTextDatum(apikey_status_name((ApiKeyStatus) k->status));
 		if (k->known)
 			d[C_KEY_ID][n] = PointerGetDatum(cstring_to_text_with_len(k->key_id, APIKEY_KEY_ID_LEN));
-		else if (!a->id_mixed)
+		else if (!a->id_mixed && a->tried_id[0] != '\0')
 			d[C_KEY_ID][n] = PointerGetDatum(cstring_to_text_with_len(a->tried_id, APIKEY_KEY_ID_LEN));
 		else
 			nulls[C_KEY_ID][n] = true;

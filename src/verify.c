@@ -777,6 +777,42 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 }
 
 /*
+ * Input that is no token (nor an imported one): invalid, without a lookup.
+ * apikeys.audit_requests records it with no key id (nothing of the input
+ * is kept), once per statement like any request: the memo knows it by the
+ * SHA-256 of the input under a key id of zero bytes, which no key has.
+ */
+static void
+verify_malformed(const char *s, size_t len, const ApiKeyRequest *req,
+				 ApiKeyVerdict *out)
+{
+	static const char no_id[APIKEY_KEY_ID_LEN] = {0};
+	StatementMemo *mm;
+	uint8		digest[APIKEY_DIGEST_LEN];
+	uint32		hash;
+
+	memset(out, 0, sizeof(*out));
+	out->status = APIKEY_INVALID;
+	if (!apikey_request_log_wanted(APIKEY_INVALID))
+		return;
+	mm = statement_memo();
+	if (mm != NULL)
+	{
+		apikey_digest(s, len, digest);
+		hash = memo_hash(no_id, digest, req);
+		if (memo_lookup(mm, hash, "", 0, no_id, digest, req) != NULL)
+		{
+			memo_repeats++;
+			explicit_bzero(digest, sizeof(digest));
+			return;
+		}
+		memo_keep(memo_remember(mm, hash, "", 0, no_id, digest, req), out, 0);
+		explicit_bzero(digest, sizeof(digest));
+	}
+	APIKEY_REQUEST_LOG_NOTE(NULL, NULL, req, out, GetCurrentTimestamp());
+}
+
+/*
  * Verify a token given as text.  Anything that is not a well-formed token
  * with a matching checksum is invalid, without touching the catalog.
  */
@@ -792,7 +828,10 @@ apikey_verify_token(const char *s, size_t len, const ApiKeyRequest *req,
 		/* not a native token: one imported from another system? (import.c) */
 		if (s != NULL && apikey_verify_imported(s, len, req, out))
 			return;
-		apikey_verify_digest(NULL, 0, NULL, NULL, req, out);
+		if (s != NULL)
+			verify_malformed(s, len, req, out);
+		else
+			apikey_verify_digest(NULL, 0, NULL, NULL, req, out);
 		return;
 	}
 	apikey_digest(tok.secret, APIKEY_SECRET_LEN, digest);
