@@ -617,6 +617,7 @@ SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
+    -- (src/audit.c leaves out the same columns from a new key's row: keep the lists in step)
     hidden   text[] := ARRAY['hash', 'hash_version', 'prev_hash', 'prev_hash_version',
                              'pepper_id', 'prev_pepper_id',
                              'key_id', 'updated_at', 'created_at', 'created_by',
@@ -891,6 +892,40 @@ COMMENT ON FUNCTION apikeys_internal._check_settings(pg_catalog.text, pg_catalog
     'internal: raises 22023 for a blank name, bad scopes, a past expiry, non-object metadata or bad networks, and 54000 past a size limit';
 REVOKE ALL ON FUNCTION apikeys_internal._check_settings(pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.cidr[]) FROM PUBLIC;
 
+-- The checks every new key passes, whichever way it is made (create, the
+-- approval workflow's request, import); returns the origins normalised.
+CREATE FUNCTION apikeys_internal._check_new_key(p_name pg_catalog.text,
+                                                p_scopes pg_catalog.text[],
+                                                p_expires_at pg_catalog.timestamptz,
+                                                p_metadata pg_catalog.jsonb,
+                                                p_allowed_ips pg_catalog.cidr[],
+                                                p_allowed_origins pg_catalog.text[])
+RETURNS pg_catalog.text[]
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_name IS NULL THEN
+        RAISE EXCEPTION 'api key name must not be null'
+            USING ERRCODE = '22004',
+                  HINT = 'Name the key after what uses it, such as ''billing service''.';
+    END IF;
+    PERFORM apikeys_internal._check_settings(p_name, p_scopes, p_expires_at, p_metadata, p_allowed_ips);
+    -- an empty allow-list at creation is most likely a list that came out
+    -- empty by mistake: refuse it rather than issue an unrestricted key
+    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
+        RAISE EXCEPTION 'empty api key allow-list'
+            USING ERRCODE = '22023',
+                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
+                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
+    END IF;
+    RETURN apikeys_internal._normalize_origins(p_allowed_origins);
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_new_key(pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[]) IS
+    'internal: the checks of a new key (a name, _check_settings, no empty allow-list), returning its allowed origins normalised';
+REVOKE ALL ON FUNCTION apikeys_internal._check_new_key(pg_catalog.text, pg_catalog.text[], pg_catalog.timestamptz, pg_catalog.jsonb, pg_catalog.cidr[], pg_catalog.text[]) FROM PUBLIC;
+
 -- Check that p_role names an existing role the caller may give keys to.
 CREATE FUNCTION apikeys_internal._check_role_grant(p_caller pg_catalog.oid, p_role pg_catalog.regrole)
 RETURNS void
@@ -1038,21 +1073,8 @@ DECLARE
     m record;
     lim record;
 BEGIN
-    IF p_name IS NULL THEN
-        RAISE EXCEPTION 'api key name must not be null'
-            USING ERRCODE = '22004',
-                  HINT = 'Name the key after what uses it, such as ''billing service''.';
-    END IF;
-    PERFORM apikeys_internal._check_settings(p_name, p_scopes, p_expires_at, p_metadata, p_allowed_ips);
-    -- an empty allow-list at creation is most likely a list that came out
-    -- empty by mistake: refuse it rather than issue an unrestricted key
-    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
-        RAISE EXCEPTION 'empty api key allow-list'
-            USING ERRCODE = '22023',
-                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
-                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
-    END IF;
-    p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
+    p_allowed_origins := apikeys_internal._check_new_key(p_name, p_scopes, p_expires_at, p_metadata,
+                                                         p_allowed_ips, p_allowed_origins);
     p_role := COALESCE(p_role, p_caller::regrole);
     PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
     lim := apikeys_internal._check_limits(p_rate_limit, p_remaining, p_refill);
@@ -2419,19 +2441,8 @@ DECLARE
     new_id text;
     pending int8;
 BEGIN
-    IF p_name IS NULL THEN
-        RAISE EXCEPTION 'api key name must not be null'
-            USING ERRCODE = '22004',
-                  HINT = 'Name the key after what uses it, such as ''billing service''.';
-    END IF;
-    PERFORM apikeys_internal._check_settings(p_name, p_scopes, p_expires_at, p_metadata, p_allowed_ips);
-    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
-        RAISE EXCEPTION 'empty api key allow-list'
-            USING ERRCODE = '22023',
-                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
-                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
-    END IF;
-    p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
+    p_allowed_origins := apikeys_internal._check_new_key(p_name, p_scopes, p_expires_at, p_metadata,
+                                                         p_allowed_ips, p_allowed_origins);
     p_prefix := COALESCE(p_prefix, 'ak');
     IF p_prefix COLLATE "C" !~ '^[a-z][a-z0-9_]{0,19}$' THEN
         RAISE EXCEPTION 'invalid api key prefix'
@@ -2612,7 +2623,7 @@ DECLARE
     r apikeys_internal.key_requests;
 BEGIN
     r := apikeys_internal._request_for_update(p_caller, p_key_id);
-    IF NOT (pg_has_role(p_caller, r.requested_by::oid, 'MEMBER') OR apikeys_internal._is_admin(p_caller)) THEN
+    IF NOT apikeys_internal._may_act_for(p_caller, r.requested_by::oid) THEN
         RAISE EXCEPTION 'permission denied to cancel api key request "%"', p_key_id
             USING ERRCODE = '42501',
                   HINT = 'The requester cancels; an approver rejects.';
@@ -2862,20 +2873,9 @@ DECLARE
     new_id text := p_key_id;
     state text;
 BEGIN
-    IF p_name IS NULL THEN
-        RAISE EXCEPTION 'api key name must not be null'
-            USING ERRCODE = '22004',
-                  HINT = 'Name the key after what uses it, such as ''billing service''.';
-    END IF;
     -- (an imported key may have expired already: its expiry is not checked)
-    PERFORM apikeys_internal._check_settings(p_name, p_scopes, NULL, p_metadata, p_allowed_ips);
-    IF cardinality(p_allowed_ips) = 0 OR cardinality(p_allowed_origins) = 0 THEN
-        RAISE EXCEPTION 'empty api key allow-list'
-            USING ERRCODE = '22023',
-                  DETAIL = 'An empty allowed_ips or allowed_origins would restrict nothing.',
-                  HINT = 'Pass NULL (the default) for a key usable from anywhere.';
-    END IF;
-    p_allowed_origins := apikeys_internal._normalize_origins(p_allowed_origins);
+    p_allowed_origins := apikeys_internal._check_new_key(p_name, p_scopes, NULL, p_metadata,
+                                                         p_allowed_ips, p_allowed_origins);
     p_prefix := COALESCE(p_prefix, 'ak');
     IF p_prefix COLLATE "C" !~ '^[a-z][a-z0-9_]{0,19}$' THEN
         RAISE EXCEPTION 'invalid api key prefix'

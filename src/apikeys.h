@@ -234,8 +234,6 @@ typedef struct ApiKeyEntry
 #define ApiKeyEntryAllowedOrigins(e) APIKEY_ENTRY_FIELD(e, (e)->allowed_origins_off, ArrayType *)
 
 extern void apikey_cache_init(void);
-extern void apikey_cache_poll(void);
-extern uint64 apikey_cache_generation(void);
 extern const ApiKeyEntry *apikey_cache_get(const char *key_id,
 										   uint64 *generation);
 struct ApiKeyLimits;
@@ -358,7 +356,6 @@ extern void apikeys_audit_note_set(const char *action, const char *changes_json)
 extern void apikeys_audit_note_clear(void);
 
 /* import.c: imported keys, verified where the native format ends */
-extern bool apikey_has_native_shape(const char *s, size_t len);
 extern bool apikey_verify_imported(const char *s, size_t len,
 								   const ApiKeyRequest *req, ApiKeyVerdict *out);
 

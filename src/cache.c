@@ -502,19 +502,12 @@ cache_store(ApiKeyEntry *e)
  * Take in pending invalidations and apply a pending flush.  Cheap when
  * nothing is pending: one unlocked read of the invalidation queue.
  */
-void
+static void
 apikey_cache_poll(void)
 {
 	AcceptInvalidationMessages();
 	if (flush_pending || (apikey_cache_size == 0 && cache != NULL))
 		cache_flush();
-}
-
-/* The current invalidation generation (moves when any key may have changed). */
-uint64
-apikey_cache_generation(void)
-{
-	return cache_generation;
 }
 
 /*

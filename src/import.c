@@ -119,7 +119,7 @@ is_base62(char c)
  * Does s[0..len) have the shape of a native token (prefix, "_", 12 base62,
  * "_", 38 base62), whatever its checksum?
  */
-bool
+static bool
 apikey_has_native_shape(const char *s, size_t len)
 {
 	int			prefix_len;

@@ -988,10 +988,14 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 	}
 
 	/* limits that cannot be enforced here are an error, never a free pass */
-	/* (key_id points into the token: print its 12 characters, no more) */
+	/*
+	 * (key_id points into the token: print its 12 characters, no more; and
+	 * hide the statement from the server log, which may hold the token)
+	 */
 	if (!apikeys_shmem_ready())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errhidestmt(true),
 				 lim->has_quota ?
 				 errmsg("api key \"%.*s\" has a quota, which needs apikeys loaded at server start",
 						APIKEY_KEY_ID_LEN, key_id) :
@@ -1002,6 +1006,7 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 	if (lim->has_quota && !apikeys_database_served())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errhidestmt(true),
 				 errmsg("api key \"%.*s\" has a quota, and quotas are kept only in database \"%s\"",
 						APIKEY_KEY_ID_LEN, key_id, apikeys_database),
 				 errhint("Set apikeys.database to this database's name in postgresql.conf and restart the server.")));

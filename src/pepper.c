@@ -397,6 +397,21 @@ unusable_error(void)
 }
 
 /*
+ * Is a pepper file configured?  If it is, it must be usable (re-read if it
+ * changed since it was found unusable), or this raises.
+ */
+static bool
+peppers_configured(void)
+{
+	ensure_peppers();
+	if (pepper_file == NULL || pepper_file[0] == '\0')
+		return false;
+	if (npeppers == 0 && !(reread_if_changed() && npeppers > 0))
+		unusable_error();
+	return true;
+}
+
+/*
  * The hash to store for a secret whose SHA-256 is digest: HMAC-SHA256
  * under the current pepper (pepper_id receives its id) when
  * apikeys.pepper_file is set, else the digest itself.  Returns the hash
@@ -408,14 +423,11 @@ apikey_stored_hash(const uint8 digest[APIKEY_DIGEST_LEN],
 				   uint8 stored[APIKEY_DIGEST_LEN],
 				   char pepper_id[APIKEY_PEPPER_ID_LEN])
 {
-	ensure_peppers();
-	if (pepper_file == NULL || pepper_file[0] == '\0')
+	if (!peppers_configured())
 	{
 		memcpy(stored, digest, APIKEY_DIGEST_LEN);
 		return APIKEY_HASH_SHA256;
 	}
-	if (npeppers == 0 && !(reread_if_changed() && npeppers > 0))
-		unusable_error();
 	pepper_mac(&peppers[0], digest, APIKEY_DIGEST_LEN, stored);
 	memcpy(pepper_id, peppers[0].id, APIKEY_PEPPER_ID_LEN);
 	return APIKEY_HASH_HMAC_SHA256;
@@ -475,8 +487,10 @@ apikey_pepper_missing_error(const char *key_id, const char *pepper_id)
 							 i == 0 ? " (current)" : "");
 		appendStringInfoChar(&held, '.');
 	}
+	/* (raised while verifying: the statement, which may hold the token, is not logged) */
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errhidestmt(true),
 			 errmsg("api key \"%.*s\" needs pepper %.*s, which apikeys.pepper_file does not hold",
 					APIKEY_KEY_ID_LEN, key_id, APIKEY_PEPPER_ID_LEN, pepper_id),
 			 errdetail("%s", held.data),
@@ -563,11 +577,8 @@ apikeys_pepper_ids(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
 	InitMaterializedSRF(fcinfo, 0);
-	ensure_peppers();
-	if (pepper_file == NULL || pepper_file[0] == '\0')
+	if (!peppers_configured())
 		return (Datum) 0;
-	if (npeppers == 0 && !(reread_if_changed() && npeppers > 0))
-		unusable_error();
 	for (int i = 0; i < npeppers; i++)
 	{
 		Datum		values[2];

@@ -330,6 +330,7 @@ login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req, ApiKeyVerdict 
 	LoginRefusal why;
 	char	   *rolename;
 
+	/* (errors hide the statement from the server log: it may hold the token) */
 	why = login_check(v, &rolename);
 	switch (why)
 	{
@@ -338,6 +339,7 @@ login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req, ApiKeyVerdict 
 		case LOGIN_BAD_KEY:
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					 errhidestmt(true),
 					 errmsg("api key authentication failed"),
 					 errdetail_internal("%s", status_sentence(v->status)),
 					 v->status == APIKEY_IP_NOT_ALLOWED && req->client_ip == NULL ?
@@ -348,12 +350,14 @@ login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req, ApiKeyVerdict 
 		case LOGIN_NO_SCOPE:
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errhidestmt(true),
 					 errmsg("api key lacks the required scope"),
 					 errdetail_internal("%s", status_sentence(v->status))));
 			break;
 		case LOGIN_LIMITED:
 			ereport(ERROR,
 					(errcode(APIKEY_ERRCODE_LIMITED),
+					 errhidestmt(true),
 					 errmsg("api key is over its limit"),
 					 errdetail_internal("%s", status_sentence(v->status)),
 					 v->has_retry_after ?
@@ -363,6 +367,7 @@ login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req, ApiKeyVerdict 
 		case LOGIN_BYPASSRLS_ROLE:
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errhidestmt(true),
 					 errmsg("api key cannot log in as role %s", quote_identifier(rolename)),
 					 errdetail("Role %s %s.", quote_identifier(rolename),
 							   why == LOGIN_SUPERUSER_ROLE ?
@@ -375,6 +380,7 @@ login_verified(FunctionCallInfo fcinfo, const ApiKeyRequest *req, ApiKeyVerdict 
 
 				ereport(ERROR,
 						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errhidestmt(true),
 						 errmsg("permission denied to log in as role %s", quote_identifier(rolename)),
 						 errdetail("Session user %s may not SET ROLE %s.",
 								   quote_identifier(session_name), quote_identifier(rolename)),

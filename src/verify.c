@@ -585,6 +585,20 @@ secret_matches(int16 version, const char *pepper_id, const uint8 *stored,
 	return ok;
 }
 
+/* The name of a role into name (NAMEDATALEN); false if it is gone. */
+static bool
+role_name_of(Oid role, char *name)
+{
+	HeapTuple	roletup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+
+	if (!HeapTupleIsValid(roletup))
+		return false;
+	strlcpy(name, NameStr(((Form_pg_authid) GETSTRUCT(roletup))->rolname),
+			NAMEDATALEN);
+	ReleaseSysCache(roletup);
+	return true;
+}
+
 /*
  * Judge a key entry against a presented secret and a request, everything
  * but limits.  role_name receives the key's role name (empty if the role is
@@ -599,7 +613,6 @@ evaluate(const ApiKeyEntry *e, const char *prefix, int prefix_len,
 {
 	bool		secret_ok;
 	const char *missing = NULL;
-	HeapTuple	roletup;
 	ArrayType  *arr;
 
 	role_name[0] = '\0';
@@ -629,12 +642,8 @@ evaluate(const ApiKeyEntry *e, const char *prefix, int prefix_len,
 	}
 
 	/* A key whose role was dropped is orphaned: it authenticates nobody. */
-	roletup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(e->role));
-	if (!HeapTupleIsValid(roletup))
+	if (!role_name_of(e->role, role_name))
 		return APIKEY_INVALID;
-	strlcpy(role_name, NameStr(((Form_pg_authid) GETSTRUCT(roletup))->rolname),
-			NAMEDATALEN);
-	ReleaseSysCache(roletup);
 
 	if (e->state == 'r')
 		return APIKEY_REVOKED;
@@ -655,6 +664,17 @@ evaluate(const ApiKeyEntry *e, const char *prefix, int prefix_len,
 		return APIKEY_INSUFFICIENT_SCOPE;
 
 	return APIKEY_VALID;
+}
+
+/* The key's id and role in a verdict that is not (yet) invalid. */
+static inline void
+verdict_key(ApiKeyVerdict *out, const ApiKeyEntry *e)
+{
+	if (out->status == APIKEY_INVALID)
+		return;
+	memcpy(out->key_id, e->key_id, APIKEY_KEY_ID_LEN);
+	out->key_id[APIKEY_KEY_ID_LEN] = '\0';
+	out->role = e->role;
 }
 
 /* Copy a varlena out of a cache entry into the current memory context. */
@@ -705,60 +725,68 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 
 	/* (takes in pending invalidations first) */
 	e = apikey_cache_get(key_id, &generation);
-	/* one clock reading serves the grace period, the expiry and the limits */
-	now = GetCurrentTimestamp();
-	status = evaluate(e, prefix, prefix_len, digest, req, now, out->role_name,
-					  &counted);
-	if (status != APIKEY_INVALID)
-	{
-		memcpy(out->key_id, e->key_id, APIKEY_KEY_ID_LEN);
-		out->key_id[APIKEY_KEY_ID_LEN] = '\0';
-		out->role = e->role;
-	}
-	out->status = status;
-
-	if (m != NULL)
+	if (m != NULL && m->generation == generation)
 	{
 		/*
-		 * A repeat within the statement: the same request, counted and
-		 * charged once.  Nothing changed since: its outcome.  A key changed
-		 * since (and committed): judged afresh, so no change is hidden, but
-		 * charged only if it had never reached the limits.
+		 * A repeat within the statement, nothing changed since: the same
+		 * request, counted and charged once, and its outcome, without
+		 * judging the key again (only a role dropped meanwhile undoes it).
 		 */
 		memo_repeats++;
-		if (m->generation == generation)
-			memo_restore(m, out);
-		else if (status == APIKEY_VALID &&
-				 (m->status == APIKEY_VALID || m->status == APIKEY_RATE_LIMITED ||
-				  m->status == APIKEY_QUOTA_EXCEEDED))
-		{
-			memo_restore(m, out);
-			m->generation = generation;
-		}
-		else
-		{
-			if (status == APIKEY_VALID)
-				apikey_limits_apply(key_id, apikey_entry_limits(e), req->cost, now, out);
-			memo_keep(m, out, generation);
-		}
+		memo_restore(m, out);
+		if (out->status != APIKEY_INVALID &&
+			(e == NULL || !role_name_of(e->role, out->role_name)))
+			out->status = APIKEY_INVALID;
+		verdict_key(out, e);
 	}
 	else
 	{
-		/*
-		 * limits.c: a valid request spends its cost of the key's rate limits
-		 * and quota, or becomes rate_limited or quota_exceeded; every status
-		 * of an existing key id is counted in its usage.
-		 */
-		if (counted)
-			apikey_limits_apply(key_id,
-								status == APIKEY_INVALID ? NULL : apikey_entry_limits(e),
-								req->cost, now, out);
-		if (mm != NULL)
-			memo_keep(memo_remember(mm, hash, prefix, prefix_len, key_id,
-									digest, req),
-					  out, generation);
-		/* request_log.c: the request, recorded once (never for a repeat) */
-		APIKEY_REQUEST_LOG_NOTE(key_id, counted ? e : NULL, req, out, now);
+		/* one clock reading serves the grace period, the expiry and the limits */
+		now = GetCurrentTimestamp();
+		status = evaluate(e, prefix, prefix_len, digest, req, now, out->role_name,
+						  &counted);
+		out->status = status;
+		verdict_key(out, e);
+		if (m != NULL)
+		{
+			/*
+			 * A repeat of a key changed since (and committed): judged
+			 * afresh, so no change is hidden, but charged only if it had
+			 * never reached the limits.
+			 */
+			memo_repeats++;
+			if (status == APIKEY_VALID &&
+				(m->status == APIKEY_VALID || m->status == APIKEY_RATE_LIMITED ||
+				 m->status == APIKEY_QUOTA_EXCEEDED))
+			{
+				memo_restore(m, out);
+				m->generation = generation;
+			}
+			else
+			{
+				if (status == APIKEY_VALID)
+					apikey_limits_apply(key_id, apikey_entry_limits(e), req->cost, now, out);
+				memo_keep(m, out, generation);
+			}
+		}
+		else
+		{
+			/*
+			 * limits.c: a valid request spends its cost of the key's rate
+			 * limits and quota, or becomes rate_limited or quota_exceeded;
+			 * every status of an existing key id is counted in its usage.
+			 */
+			if (counted)
+				apikey_limits_apply(key_id,
+									status == APIKEY_INVALID ? NULL : apikey_entry_limits(e),
+									req->cost, now, out);
+			if (mm != NULL)
+				memo_keep(memo_remember(mm, hash, prefix, prefix_len, key_id,
+										digest, req),
+						  out, generation);
+			/* request_log.c: the request, recorded once (never for a repeat) */
+			APIKEY_REQUEST_LOG_NOTE(key_id, counted ? e : NULL, req, out, now);
+		}
 	}
 
 	if (out->status == APIKEY_INVALID)
@@ -809,7 +837,7 @@ verify_malformed(const char *s, size_t len, const ApiKeyRequest *req,
 		memo_keep(memo_remember(mm, hash, "", 0, no_id, digest, req), out, 0);
 		explicit_bzero(digest, sizeof(digest));
 	}
-	APIKEY_REQUEST_LOG_NOTE(NULL, NULL, req, out, GetCurrentTimestamp());
+	apikey_request_log_note(NULL, NULL, req, out, GetCurrentTimestamp());
 }
 
 /*

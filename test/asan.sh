@@ -47,18 +47,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/apikeys-asan.XXXXXX")
 chmod 755 "$WORK"
 KEEP_CLUSTER=1      # the server log is read after the server stops
 trap 'stop_cluster; rm -rf "$WORK" "${PGTMP:-}"' EXIT
-echo "== private server tree and sanitizer build in $WORK"
-mkdir -p "$WORK/pg/usr/lib" "$WORK/pg/usr/share" "$WORK/pg/usr/include" "$WORK/src"
-cp -a "/usr/include/postgresql" "$WORK/pg/usr/include/"
-cp -a "/usr/lib/postgresql" "$WORK/pg/usr/lib/"
-cp -a "/usr/share/postgresql" "$WORK/pg/usr/share/"
-PG_CONFIG=$WORK/pg/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
-# build from a copy of the sources, so the normal build's objects stay put
-tar --exclude='*.o' --exclude='*.so' --exclude='*.bc' --exclude=.git -cf - . | tar -xf - -C "$WORK/src"
-SAN="-fsanitize=address -fno-omit-frame-pointer -g"
-make -s -C "$WORK/src" PG_CONFIG="$PG_CONFIG" with_llvm=no PG_CFLAGS="$SAN" \
-    SHLIB_LINK="-fsanitize=address" LDFLAGS="-fsanitize=address"
-make -s -C "$WORK/src" PG_CONFIG="$PG_CONFIG" with_llvm=no install >/dev/null
+private_build "$WORK" "-fsanitize=address -fno-omit-frame-pointer -g" "-fsanitize=address"
 
 LIBASAN=$(gcc -print-file-name=libasan.so)
 [ -f "$LIBASAN" ] || { echo "asan ... FAILED (no libasan.so from gcc)"; exit 1; }

@@ -1,4 +1,5 @@
-# test/lib.sh: shared by test/run.sh, test/demo.sh and test/bench.sh.
+# test/lib.sh: shared by test/run.sh, test/demo.sh, test/bench.sh and the
+# long checks (test/valgrind.sh, test/asan.sh, test/ubsan.sh).
 #
 # Installs what a fresh Debian 12 machine lacks, and starts and stops a
 # throwaway PostgreSQL cluster owned by the postgres system user, in a
@@ -130,6 +131,24 @@ stop_cluster() {
 # serves the regression database and flushes usage quickly.
 SUITE_SETTINGS=("apikeys.database = 'contrib_regression'"
                 "apikeys.usage_flush_interval = '500ms'")
+
+# Build the extension with extra compiler flags ($2) and link flags ($3)
+# into a private copy of the server installation under $1, from a copy of
+# the sources (the system directories and the normal build's objects stay
+# put), and point PG_CONFIG at that copy: for test/asan.sh, test/ubsan.sh.
+private_build() {
+    local work=$1 cflags=$2 ldflags=$3
+    echo "== private server tree and sanitizer build in $work"
+    mkdir -p "$work/pg/usr/lib" "$work/pg/usr/share" "$work/pg/usr/include" "$work/src"
+    cp -a "/usr/include/postgresql" "$work/pg/usr/include/"
+    cp -a "/usr/lib/postgresql" "$work/pg/usr/lib/"
+    cp -a "/usr/share/postgresql" "$work/pg/usr/share/"
+    PG_CONFIG=$work/pg/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+    tar --exclude='*.o' --exclude='*.so' --exclude='*.bc' --exclude=.git -cf - . | tar -xf - -C "$work/src"
+    make -s -C "$work/src" PG_CONFIG="$PG_CONFIG" with_llvm=no PG_CFLAGS="$cflags" \
+        SHLIB_LINK="$ldflags" LDFLAGS="$ldflags"
+    make -s -C "$work/src" PG_CONFIG="$PG_CONFIG" with_llvm=no install >/dev/null
+}
 
 # Run one kind of suite (regress or isolation) against the cluster started
 # by start_cluster; results go to $RESULTS/<kind>.

@@ -11,9 +11,7 @@
 cd "$(dirname "$0")/.."
 . test/lib.sh
 
-command -v valgrind >/dev/null || {
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
-ensure_deps
+ensure_deps     # (valgrind included)
 echo "== build"
 build_and_install
 
