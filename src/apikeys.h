@@ -195,6 +195,21 @@ extern void apikey_session_mask(uint8 digest[APIKEY_DIGEST_LEN]);
 extern bool apikey_digest_equal(const uint8 *a, const uint8 *b, size_t len);
 
 /*
+ * Where the key's entry in the shared table of tracked keys (shmem.c) was
+ * last found by this backend, and the table's removal count then: the
+ * address stays the key's own until an entry is removed, so a verification
+ * that finds the count unchanged skips the shared hash lookup.  Zeroed:
+ * not known yet.
+ */
+typedef struct ApiKeySharedHint
+{
+	void	   *entry;			/* an ApiKeysEntry *; NULL: not known */
+	uint64		removals;		/* apikeys_shmem->removals when found */
+	uint32		hash;			/* of the entry's key, when has_hash */
+	bool		has_hash;
+} ApiKeySharedHint;
+
+/*
  * cache.c: what verify needs of one key, as the backend-local key cache
  * keeps it.  One allocation: this fixed part, then copies of the variable
  * columns, found by offset from the entry (0: the column is null).
@@ -223,6 +238,7 @@ typedef struct ApiKeyEntry
 	uint32		allowed_ips_off;
 	uint32		allowed_origins_off;
 	uint32		limits_off;		/* an ApiKeyLimits, if the key has any */
+	ApiKeySharedHint shared;	/* the one field that changes once cached */
 } ApiKeyEntry;
 
 #define APIKEY_ENTRY_FIELD(e, off, type) \
@@ -238,6 +254,7 @@ extern const ApiKeyEntry *apikey_cache_get(const char *key_id,
 										   uint64 *generation);
 struct ApiKeyLimits;
 extern const struct ApiKeyLimits *apikey_entry_limits(const ApiKeyEntry *e);
+extern ApiKeySharedHint *apikey_entry_hint(const ApiKeyEntry *e);
 
 /*
  * verify.c: the outcome of one verification, for the SQL functions and for
@@ -410,8 +427,9 @@ typedef struct ApiKeyLimits
 
 extern void apikey_limits_from_row(const Datum *values, const bool *nulls,
 								   int natts, ApiKeyLimits *out);
-extern void apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim,
-								int32 cost, TimestampTz now, ApiKeyVerdict *v);
+extern void apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
+								const ApiKeyLimits *lim, int32 cost,
+								TimestampTz now, ApiKeyVerdict *v);
 
 /* shmem.c, limits.c, usage.c, worker.c: settings, hooks, the worker */
 extern void apikeys_shmem_init(void);

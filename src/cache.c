@@ -25,9 +25,10 @@
  *
  * Size: at most apikeys.cache_size entries, evicted by CLOCK (a reference
  * bit per entry, a hand sweeping the hash table).  Each entry is a single
- * allocation: a fixed part (~180 bytes: ids, prefix, state, role, both
- * digests and their pepper ids, times) followed by copies of the key's name, scopes, metadata
- * and restrictions, and its rate limits and quota if it has any.
+ * allocation: a fixed part (~200 bytes: ids, prefix, state, role, both
+ * digests and their pepper ids, times, where its shared-memory entry is)
+ * followed by copies of the key's name, scopes, metadata and
+ * restrictions, and its rate limits and quota if it has any.
  */
 #include "postgres.h"
 
@@ -446,6 +447,16 @@ apikey_entry_limits(const ApiKeyEntry *e)
 
 	return e->limits_off == 0 ? &none :
 		(const ApiKeyLimits *) ((const char *) e + e->limits_off);
+}
+
+/*
+ * Where the key's shared-memory entry was last found (limits.c keeps it up
+ * to date): the one part of a cached entry written after it is loaded.
+ */
+ApiKeySharedHint *
+apikey_entry_hint(const ApiKeyEntry *e)
+{
+	return (ApiKeySharedHint *) &e->shared;
 }
 
 /* Evict one entry by CLOCK: the first one not referenced since last pass. */

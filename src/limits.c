@@ -947,11 +947,13 @@ refuse_untracked(ApiKeyVerdict *v, TimestampTz now)
  * secret, with lim NULL).  For a valid key with limits (its own, its
  * quota, or its role's), decide them all at once and spend cost if they
  * all admit it, or set the status to rate_limited or quota_exceeded; then
- * count the final status in the key's usage.
+ * count the final status in the key's usage.  hint is where the key's
+ * shared entry was last found (the cached key's, see shmem.c), or NULL.
  */
 void
-apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
-					TimestampTz now, ApiKeyVerdict *v)
+apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
+					const ApiKeyLimits *lim, int32 cost, TimestampTz now,
+					ApiKeyVerdict *v)
 {
 	RoleLimit	role_limit;
 	const RoleLimit *rl = NULL;
@@ -974,7 +976,7 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 
 	if (v->status != APIKEY_VALID || lim == NULL)
 	{
-		apikeys_usage_count(key_id, v->status, now);
+		apikeys_usage_count(key_id, hint, v->status, now);
 		return;
 	}
 	/* (cost is within 0 .. APIKEY_MAX_COST: verify.c checks every request's) */
@@ -983,7 +985,7 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 		rl = &role_limit;
 	if (lim->nwindows == 0 && !lim->has_quota && rl == NULL)
 	{
-		apikeys_usage_count(key_id, v->status, now);
+		apikeys_usage_count(key_id, hint, v->status, now);
 		return;
 	}
 
@@ -1011,8 +1013,7 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 						APIKEY_KEY_ID_LEN, key_id, apikeys_database),
 				 errhint("Set apikeys.database to this database's name in postgresql.conf and restart the server.")));
 
-	apikeys_entry_key(&kk, MyDatabaseId, APIKEYS_ENTRY_KEY, key_id);
-	kh = apikeys_entry_hash(&kk);
+	kh = apikeys_key_entry(&kk, key_id, hint);
 	klock = apikeys_partition_lock(kh);
 
 	/* A quota not yet in shared memory starts from its flushed state. */
@@ -1021,7 +1022,7 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 		bool		need;
 
 		LWLockAcquire(klock, LW_SHARED);
-		ke = apikeys_entry_find(&kk, kh);
+		ke = apikeys_entry_find_hinted(&kk, kh, hint);
 		need = ke == NULL || !ke->has_quota || ke->quota_set_at < lim->quota_set_at;
 		LWLockRelease(klock);
 		if (need)
@@ -1053,11 +1054,11 @@ apikey_limits_apply(const char *key_id, const ApiKeyLimits *lim, int32 cost,
 		LWLockAcquire(rlock, LW_EXCLUSIVE);
 	}
 
-	ke = apikeys_entry_enter(&kk, kh, true);
+	ke = apikeys_entry_enter(&kk, kh, true, hint);
 	if (ke != NULL)
 		ke->counted = apikeys_database_served();
 	if (ke != NULL && rl != NULL)
-		re = apikeys_entry_enter(&rk, rh, true);
+		re = apikeys_entry_enter(&rk, rh, true, NULL);
 	if (ke == NULL || (rl != NULL && re == NULL))
 	{
 		warn_full = refuse_untracked(v, now);

@@ -133,6 +133,7 @@ apikeys_shmem_startup(void)
 		pg_atomic_init_u64(&apikeys_shmem->untracked, 0);
 		pg_atomic_init_u64(&apikeys_shmem->refused, 0);
 		pg_atomic_init_u64(&apikeys_shmem->evicted, 0);
+		pg_atomic_init_u64(&apikeys_shmem->removals, 0);
 		pg_atomic_init_u64(&apikeys_shmem->flush_seq, 0);
 		pg_atomic_init_u32(&apikeys_shmem->full, 0);
 		SpinLockInit(&apikeys_shmem->mutex);
@@ -202,18 +203,67 @@ apikeys_entry_find(const ApiKeysEntryKey *k, uint32 hash)
 }
 
 /*
+ * The entry key and its hash for key_id of this database; the hash is kept
+ * in the hint (the key never changes for a cached key).
+ */
+uint32
+apikeys_key_entry(ApiKeysEntryKey *k, const char *key_id, ApiKeySharedHint *hint)
+{
+	apikeys_entry_key(k, MyDatabaseId, APIKEYS_ENTRY_KEY, key_id);
+	if (hint == NULL)
+		return apikeys_entry_hash(k);
+	if (!hint->has_hash)
+	{
+		hint->hash = apikeys_entry_hash(k);
+		hint->has_hash = true;
+	}
+	return hint->hash;
+}
+
+/*
+ * Find an entry through a hint (may be NULL), and update the hint; the
+ * caller holds its partition lock.  The address the hint holds is still
+ * the key's entry if no entry has been removed since it was found: an
+ * entry is removed only under its partition lock held exclusive, which
+ * the caller's lock excludes for this key's partition, and every removal
+ * bumps the count before that lock is released.  So an unchanged count
+ * read under the lock proves the address, and skips the hash lookup.
+ */
+ApiKeysEntry *
+apikeys_entry_find_hinted(const ApiKeysEntryKey *k, uint32 hash,
+						  ApiKeySharedHint *hint)
+{
+	uint64		removals;
+	ApiKeysEntry *e;
+
+	if (hint == NULL)
+		return apikeys_entry_find(k, hash);
+	removals = pg_atomic_read_u64(&apikeys_shmem->removals);
+	if (hint->entry != NULL && hint->removals == removals)
+	{
+		Assert(memcmp(&((ApiKeysEntry *) hint->entry)->key, k, sizeof(*k)) == 0);
+		return (ApiKeysEntry *) hint->entry;
+	}
+	e = apikeys_entry_find(k, hash);
+	hint->entry = e;
+	hint->removals = removals;
+	return e;
+}
+
+/*
  * Find or create an entry; the caller holds its partition lock exclusive.
  * Returns NULL when the table is full: entries without limits may take 90%
  * of it, entries with limits all of it.
  */
 ApiKeysEntry *
-apikeys_entry_enter(const ApiKeysEntryKey *k, uint32 hash, bool limited)
+apikeys_entry_enter(const ApiKeysEntryKey *k, uint32 hash, bool limited,
+					ApiKeySharedHint *hint)
 {
 	ApiKeysEntry *e;
 	bool		found;
 	uint32		cap = (uint32) apikeys_shmem->max_entries;
 
-	e = apikeys_entry_find(k, hash);
+	e = apikeys_entry_find_hinted(k, hash, hint);
 	if (e != NULL)
 		return e;
 	if (!limited)
@@ -243,10 +293,15 @@ apikeys_entry_enter(const ApiKeysEntryKey *k, uint32 hash, bool limited)
 	pg_atomic_init_u64(&e->quota_exceeded, 0);
 	pg_atomic_init_u64(&e->last_used, 0);
 	pg_atomic_init_u64(&e->last_active, 0);
+	if (hint != NULL)
+		hint->entry = e;		/* (the count was read under this lock) */
 	return e;
 }
 
-/* Remove an entry; the caller holds its partition lock exclusive. */
+/*
+ * Remove an entry; the caller holds its partition lock exclusive, and
+ * keeps it until the removal count is bumped (apikeys_entry_find_hinted).
+ */
 void
 apikeys_entry_remove(ApiKeysEntry *e)
 {
@@ -254,6 +309,7 @@ apikeys_entry_remove(ApiKeysEntry *e)
 
 	hash_search(apikeys_entries, &k, HASH_REMOVE, NULL);
 	pg_atomic_fetch_sub_u32(&apikeys_shmem->nentries, 1);
+	pg_atomic_fetch_add_u64(&apikeys_shmem->removals, 1);
 }
 
 /* Take every partition lock, in order (for a scan of the whole table). */
@@ -426,7 +482,7 @@ load_entries(void)
 			ApiKeysEntry *e;
 			uint32		hash = apikeys_entry_hash(&buf.key);
 
-			e = apikeys_entry_enter(&buf.key, hash, true);
+			e = apikeys_entry_enter(&buf.key, hash, true, NULL);
 			if (e == NULL)
 				break;			/* apikeys.max_tracked_keys was lowered */
 			memcpy((char *) e + sizeof(ApiKeysEntryKey),

@@ -98,6 +98,8 @@ typedef struct ApiKeysShmem
 	pg_atomic_uint64 untracked; /* verifications not counted: table full */
 	pg_atomic_uint64 refused;	/* limited requests refused: table full */
 	pg_atomic_uint64 evicted;	/* entries dropped by the worker */
+	pg_atomic_uint64 removals;	/* entries removed, bumped under the lock
+								 * of each (apikeys_entry_find_hinted) */
 	pg_atomic_uint64 flush_seq; /* odd while the worker commits a flush */
 	pg_atomic_uint32 full;		/* the table was found full since the
 								 * worker last tried to free entries */
@@ -111,7 +113,7 @@ typedef struct ApiKeysShmem
 	TimestampTz last_full_warning;
 } ApiKeysShmem;
 
-#define APIKEYS_SHMEM_LAYOUT	0x414b0801	/* bump when a struct changes */
+#define APIKEYS_SHMEM_LAYOUT	0x414b0802	/* bump when a struct changes */
 
 extern ApiKeysShmem *apikeys_shmem;
 extern HTAB *apikeys_entries;
@@ -131,8 +133,13 @@ extern void apikeys_entry_key(ApiKeysEntryKey *k, Oid dboid, char kind,
 extern uint32 apikeys_entry_hash(const ApiKeysEntryKey *k);
 extern LWLock *apikeys_partition_lock(uint32 hash);
 extern ApiKeysEntry *apikeys_entry_find(const ApiKeysEntryKey *k, uint32 hash);
+extern uint32 apikeys_key_entry(ApiKeysEntryKey *k, const char *key_id,
+								ApiKeySharedHint *hint);
+extern ApiKeysEntry *apikeys_entry_find_hinted(const ApiKeysEntryKey *k,
+											   uint32 hash,
+											   ApiKeySharedHint *hint);
 extern ApiKeysEntry *apikeys_entry_enter(const ApiKeysEntryKey *k, uint32 hash,
-										 bool limited);
+										 bool limited, ApiKeySharedHint *hint);
 extern void apikeys_entry_remove(ApiKeysEntry *e);
 extern void apikeys_lock_all(LWLockMode mode);
 extern void apikeys_unlock_all(void);
@@ -147,8 +154,8 @@ extern int64 apikeys_quota_period_start(const ApiKeyLimits *lim, TimestampTz t);
 /* usage.c */
 extern void apikeys_usage_count_locked(ApiKeysEntry *e, ApiKeyStatus status,
 									   TimestampTz now);
-extern void apikeys_usage_count(const char *key_id, ApiKeyStatus status,
-								TimestampTz now);
+extern void apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint,
+								ApiKeyStatus status, TimestampTz now);
 extern bool apikeys_entry_clean(ApiKeysEntry *e, TimestampTz now);
 
 /* request_log.c: its area, its settings, the worker's duties */

@@ -14,7 +14,9 @@
  * apikeys_internal.usage and usage_hourly and subtracts what it wrote.
  *
  * Counting takes the entry's partition lock shared and adds with atomics;
- * a new entry takes it exclusive.  When the table is full (90% of it for
+ * a new entry takes it exclusive.  A cached key remembers where its entry
+ * is, so a verification usually skips the shared hash lookup
+ * (apikeys_entry_find_hinted says when that address can be trusted).  When the table is full (90% of it for
  * keys without limits), a verification is not counted but added to
  * apikeys.usage_stats().untracked, never silently dropped.
  *
@@ -103,11 +105,13 @@ apikeys_usage_count_locked(ApiKeysEntry *e, ApiKeyStatus status, TimestampTz now
 }
 
 /*
- * Count one verification of an existing key without limits.  Nothing
- * happens without preloading, or outside the database the worker serves.
+ * Count one verification of an existing key without limits; hint is where
+ * the key's entry was last found (NULL: not kept).  Nothing happens
+ * without preloading, or outside the database the worker serves.
  */
 void
-apikeys_usage_count(const char *key_id, ApiKeyStatus status, TimestampTz now)
+apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint,
+					ApiKeyStatus status, TimestampTz now)
 {
 	ApiKeysEntryKey k;
 	ApiKeysEntry *e;
@@ -116,17 +120,16 @@ apikeys_usage_count(const char *key_id, ApiKeyStatus status, TimestampTz now)
 
 	if (!apikeys_shmem_ready() || !apikeys_database_served())
 		return;
-	apikeys_entry_key(&k, MyDatabaseId, APIKEYS_ENTRY_KEY, key_id);
-	h = apikeys_entry_hash(&k);
+	h = apikeys_key_entry(&k, key_id, hint);
 	lock = apikeys_partition_lock(h);
 
 	LWLockAcquire(lock, LW_SHARED);
-	e = apikeys_entry_find(&k, h);
+	e = apikeys_entry_find_hinted(&k, h, hint);
 	if (e == NULL)
 	{
 		LWLockRelease(lock);
 		LWLockAcquire(lock, LW_EXCLUSIVE);
-		e = apikeys_entry_enter(&k, h, false);
+		e = apikeys_entry_enter(&k, h, false, hint);
 		if (e != NULL)
 			e->counted = true;
 	}

@@ -765,7 +765,8 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 			else
 			{
 				if (status == APIKEY_VALID)
-					apikey_limits_apply(key_id, apikey_entry_limits(e), req->cost, now, out);
+					apikey_limits_apply(key_id, apikey_entry_hint(e),
+										apikey_entry_limits(e), req->cost, now, out);
 				memo_keep(m, out, generation);
 			}
 		}
@@ -777,7 +778,7 @@ apikey_verify_digest(const char *prefix, int prefix_len, const char *key_id,
 			 * every status of an existing key id is counted in its usage.
 			 */
 			if (counted)
-				apikey_limits_apply(key_id,
+				apikey_limits_apply(key_id, apikey_entry_hint(e),
 									status == APIKEY_INVALID ? NULL : apikey_entry_limits(e),
 									req->cost, now, out);
 			if (mm != NULL)

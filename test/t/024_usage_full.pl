@@ -3,7 +3,8 @@
 # untracked, not silently dropped; keys with limits use the rest, and when
 # even that is full they are refused as rate_limited (with a WARNING, once
 # a minute), never let through unlimited.  The worker frees entries that
-# hold nothing unwritten, and refused keys work again.
+# hold nothing unwritten, and refused keys work again; a session that
+# remembered where a freed entry was counts in a new one.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -54,6 +55,37 @@ ok($node->safe_psql('postgres', 'SELECT evicted FROM apikeys.usage_stats()') > 0
 is($node->safe_psql('postgres', q{
     SELECT sum(u.uses) FROM apikeys.usage u JOIN plain USING (key_id)}),
 	'18', 'the tracked uses were flushed before their entries were freed');
+
+# A session remembers where each key's entry is and goes there directly;
+# once the worker has removed that entry (and its memory may serve another
+# key), the session must look the key up again, or its counts would land
+# in a freed or foreign entry.
+$node->poll_query_until('postgres', 'SELECT tracked < 18 FROM apikeys.usage_stats()')
+	or die 'no room in shared memory';
+my $h = $node->safe_psql('postgres', q{SELECT token FROM apikeys.apikey_create('hinted')});
+my $s = $node->background_psql('postgres');
+is($s->query_safe(qq{SELECT apikeys.apikey_is_valid('$h')}), 't', 'a key counted by a session');
+my $evicted = $node->safe_psql('postgres', 'SELECT evicted FROM apikeys.usage_stats()');
+# other keys fill the table again and again, idle for longer than a flush
+# interval in between: the worker flushes and frees every entry, the
+# session's key's among them, and the others take the room
+$node->poll_query_until('postgres', qq{
+    SELECT (SELECT count(*) FROM plain p, LATERAL apikeys.apikey_verify(p.token) v) > 0
+           AND (SELECT evicted >= $evicted + 40 FROM apikeys.usage_stats())
+      FROM pg_catalog.pg_sleep(0.5)})
+	or die 'the worker freed nothing';
+$node->poll_query_until('postgres', 'SELECT tracked < 18 FROM apikeys.usage_stats()')
+	or die 'no room in shared memory';
+for (1 .. 5)
+{
+	$s->query_safe(qq{SELECT apikeys.apikey_is_valid('$h')});
+}
+is($s->query_safe(q{SELECT hits >= 5 FROM apikeys.apikey_cache_stats()}), 't',
+	'its later verifications are cache hits');
+$s->quit;
+is($node->safe_psql('postgres', qq{
+    SELECT uses FROM apikeys.usage WHERE key_id = (SELECT key_id FROM apikeys.keys WHERE name = 'hinted')}),
+	'6', 'and every one of them is counted, in a new entry');
 
 $node->stop;
 done_testing();
