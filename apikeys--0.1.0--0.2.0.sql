@@ -1568,7 +1568,7 @@ CREATE TABLE apikeys_internal.usage (
     quota_exceeded pg_catalog.int8 NOT NULL DEFAULT 0,
     last_used_at   pg_catalog.timestamptz,
     updated_at     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now()
-);
+) WITH (fillfactor = 50);   -- room for HOT updates: the worker updates every active key's row
 COMMENT ON TABLE apikeys_internal.usage IS
     'usage of each key as last flushed by the apikeys worker (shared memory holds what came since); read it through apikeys.usage';
 COMMENT ON COLUMN apikeys_internal.usage.uses IS 'valid verifications';
@@ -1596,7 +1596,7 @@ CREATE TABLE apikeys_internal.usage_hourly (
     rate_limited   pg_catalog.int8 NOT NULL DEFAULT 0,
     quota_exceeded pg_catalog.int8 NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, hour)
-);
+) WITH (fillfactor = 70);   -- the current hour's rows are updated at every flush
 COMMENT ON TABLE apikeys_internal.usage_hourly IS
     'usage of each key per hour, written by the apikeys worker at every flush; kept for apikeys.usage_retention; read it through apikeys.usage_hourly';
 COMMENT ON COLUMN apikeys_internal.usage_hourly.hour IS 'start of the hour (UTC-aligned)';

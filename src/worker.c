@@ -323,32 +323,46 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 	types[6] = TIMESTAMPTZOID;
 	values[6] = TimestampTzGetDatum(hour);
 
-	run("INSERT INTO apikeys_internal.usage AS u"
-		"       (key_id, uses, failures, rate_limited, quota_exceeded, last_used_at, updated_at)"
-		" SELECT t.k, t.a, t.b, t.c, t.d, t.l, pg_catalog.now()"
-		"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-		"                  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))"
-		"        AS t(k, a, b, c, d, l)"
-		" ON CONFLICT (key_id) DO UPDATE"
-		"    SET uses = u.uses OPERATOR(pg_catalog.+) excluded.uses,"
-		"        failures = u.failures OPERATOR(pg_catalog.+) excluded.failures,"
-		"        rate_limited = u.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited,"
-		"        quota_exceeded = u.quota_exceeded OPERATOR(pg_catalog.+) excluded.quota_exceeded,"
-		"        last_used_at = GREATEST(u.last_used_at, excluded.last_used_at),"
-		"        updated_at = excluded.updated_at",
+	/*
+	 * Each table: an UPDATE of the rows there are, then an INSERT of the
+	 * others (the worker is their only writer), about twice as fast as
+	 * INSERT ... ON CONFLICT DO UPDATE, which locks each row first and
+	 * logs the lock.  Their fillfactor leaves room for HOT updates.
+	 */
+	run("WITH t AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+		"                  pg_catalog.unnest($3), pg_catalog.unnest($4),"
+		"                  pg_catalog.unnest($5), pg_catalog.unnest($6)) AS t(k, a, b, c, d, l)),"
+		"     done AS (UPDATE apikeys_internal.usage AS u"
+		"                 SET uses = u.uses OPERATOR(pg_catalog.+) t.a,"
+		"                     failures = u.failures OPERATOR(pg_catalog.+) t.b,"
+		"                     rate_limited = u.rate_limited OPERATOR(pg_catalog.+) t.c,"
+		"                     quota_exceeded = u.quota_exceeded OPERATOR(pg_catalog.+) t.d,"
+		"                     last_used_at = GREATEST(u.last_used_at, t.l),"
+		"                     updated_at = pg_catalog.now()"
+		"                FROM t WHERE u.key_id OPERATOR(pg_catalog.=) t.k"
+		"              RETURNING u.key_id)"
+		" INSERT INTO apikeys_internal.usage"
+		"        (key_id, uses, failures, rate_limited, quota_exceeded, last_used_at, updated_at)"
+		" SELECT t.k, t.a, t.b, t.c, t.d, t.l, pg_catalog.now() FROM t"
+		"  WHERE NOT EXISTS (SELECT FROM done WHERE done.key_id OPERATOR(pg_catalog.=) t.k)",
 		6, types, values);
-	run("INSERT INTO apikeys_internal.usage_hourly AS h"
-		"       (key_id, hour, uses, failures, rate_limited, quota_exceeded)"
-		" SELECT t.k, $7, t.a, t.b, t.c, t.d"
-		"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-		"                  pg_catalog.unnest($4), pg_catalog.unnest($5)) AS t(k, a, b, c, d)"
-		"  WHERE (t.a OPERATOR(pg_catalog.+) t.b OPERATOR(pg_catalog.+) t.c"
-		"         OPERATOR(pg_catalog.+) t.d) OPERATOR(pg_catalog.>) 0"
-		" ON CONFLICT (key_id, hour) DO UPDATE"
-		"    SET uses = h.uses OPERATOR(pg_catalog.+) excluded.uses,"
-		"        failures = h.failures OPERATOR(pg_catalog.+) excluded.failures,"
-		"        rate_limited = h.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited,"
-		"        quota_exceeded = h.quota_exceeded OPERATOR(pg_catalog.+) excluded.quota_exceeded",
+	run("WITH t AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+		"                  pg_catalog.unnest($3), pg_catalog.unnest($4),"
+		"                  pg_catalog.unnest($5)) AS t(k, a, b, c, d)"
+		"            WHERE (t.a OPERATOR(pg_catalog.+) t.b OPERATOR(pg_catalog.+) t.c"
+		"                   OPERATOR(pg_catalog.+) t.d) OPERATOR(pg_catalog.>) 0),"
+		"     done AS (UPDATE apikeys_internal.usage_hourly AS h"
+		"                 SET uses = h.uses OPERATOR(pg_catalog.+) t.a,"
+		"                     failures = h.failures OPERATOR(pg_catalog.+) t.b,"
+		"                     rate_limited = h.rate_limited OPERATOR(pg_catalog.+) t.c,"
+		"                     quota_exceeded = h.quota_exceeded OPERATOR(pg_catalog.+) t.d"
+		"                FROM t WHERE h.key_id OPERATOR(pg_catalog.=) t.k"
+		"                         AND h.hour OPERATOR(pg_catalog.=) $7"
+		"              RETURNING h.key_id)"
+		" INSERT INTO apikeys_internal.usage_hourly"
+		"        (key_id, hour, uses, failures, rate_limited, quota_exceeded)"
+		" SELECT t.k, $7, t.a, t.b, t.c, t.d FROM t"
+		"  WHERE NOT EXISTS (SELECT FROM done WHERE done.key_id OPERATOR(pg_catalog.=) t.k)",
 		7, types, values);
 
 	if (nq > 0)
