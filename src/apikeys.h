@@ -210,9 +210,23 @@ typedef struct ApiKeySharedHint
 } ApiKeySharedHint;
 
 /*
+ * The secret a rotation with a grace period replaced, kept after an
+ * entry's fixed part only for such a key.
+ */
+typedef struct ApiKeyPrevSecret
+{
+	TimestampTz valid_until;
+	int16		hash_version;	/* 0 when the stored hash is unusable */
+	char		pepper_id[APIKEY_PEPPER_ID_LEN];
+	uint8		hash[APIKEY_DIGEST_LEN];
+} ApiKeyPrevSecret;
+
+/*
  * cache.c: what verify needs of one key, as the backend-local key cache
  * keeps it.  One allocation: this fixed part, then copies of the variable
- * columns, found by offset from the entry (0: the column is null).
+ * columns and the optional parts, found by offset from the entry (0: the
+ * column is null, the part absent).  Keep the fixed part small: with a
+ * name, scopes and metadata it must fit a 256-byte allocation chunk.
  */
 typedef struct ApiKeyEntry
 {
@@ -221,23 +235,19 @@ typedef struct ApiKeyEntry
 	uint8		prefix_len;
 	char		state;			/* 'a'ctive, 'd'isabled, 'r'evoked */
 	bool		has_expiry;
-	bool		has_prev;		/* a replaced secret with a grace period */
 	bool		referenced;		/* cache.c's CLOCK bit */
 	int16		hash_version;	/* 0 when the stored hash is unusable */
-	int16		prev_hash_version;
 	char		pepper_id[APIKEY_PEPPER_ID_LEN];	/* of a peppered hash */
-	char		prev_pepper_id[APIKEY_PEPPER_ID_LEN];
 	Oid			role;
 	TimestampTz expires_at;
-	TimestampTz prev_valid_until;
 	uint8		hash[APIKEY_DIGEST_LEN];
-	uint8		prev_hash[APIKEY_DIGEST_LEN];
 	uint32		name_off;
 	uint32		scopes_off;
 	uint32		metadata_off;
 	uint32		allowed_ips_off;
 	uint32		allowed_origins_off;
 	uint32		limits_off;		/* an ApiKeyLimits, if the key has any */
+	uint32		prev_off;		/* an ApiKeyPrevSecret, if in a grace period */
 	ApiKeySharedHint shared;	/* the one field that changes once cached */
 } ApiKeyEntry;
 
@@ -248,6 +258,7 @@ typedef struct ApiKeyEntry
 #define ApiKeyEntryMetadata(e)	APIKEY_ENTRY_FIELD(e, (e)->metadata_off, Jsonb *)
 #define ApiKeyEntryAllowedIps(e) APIKEY_ENTRY_FIELD(e, (e)->allowed_ips_off, ArrayType *)
 #define ApiKeyEntryAllowedOrigins(e) APIKEY_ENTRY_FIELD(e, (e)->allowed_origins_off, ArrayType *)
+#define ApiKeyEntryPrev(e)		APIKEY_ENTRY_FIELD(e, (e)->prev_off, const ApiKeyPrevSecret *)
 
 extern void apikey_cache_init(void);
 extern const ApiKeyEntry *apikey_cache_get(const char *key_id,

@@ -25,10 +25,11 @@
  *
  * Size: at most apikeys.cache_size entries, evicted by CLOCK (a reference
  * bit per entry, a hand sweeping the hash table).  Each entry is a single
- * allocation: a fixed part (~200 bytes: ids, prefix, state, role, both
- * digests and their pepper ids, times, where its shared-memory entry is)
- * followed by copies of the key's name, scopes, metadata and
- * restrictions, and its rate limits and quota if it has any.
+ * allocation: a fixed part (~150 bytes: ids, prefix, state, role, digest
+ * and pepper id, expiry, where its shared-memory entry is) followed by
+ * copies of the key's name, scopes, metadata and restrictions, its rate
+ * limits and quota if it has any, and the secret a rotation replaced
+ * while its grace period lasts.
  */
 #include "postgres.h"
 
@@ -308,6 +309,7 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 	ApiKeyEntry *e;
 	ApiKeyLimits limits;
 	bool		has_limits;
+	bool		has_prev;
 	text	   *prefix;
 	text	   *state;
 
@@ -328,6 +330,10 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 	has_limits = limits.nwindows > 0 || limits.has_quota;
 	if (has_limits)
 		size += MAXALIGN(sizeof(ApiKeyLimits));
+	/* the previous secret of a rotation with grace, if any */
+	has_prev = !nulls[COL(Anum_key_prev_valid_until)];
+	if (has_prev)
+		size += MAXALIGN(sizeof(ApiKeyPrevSecret));
 
 	e = (ApiKeyEntry *) MemoryContextAllocZero(cxt, size);
 	used = MAXALIGN(sizeof(ApiKeyEntry));
@@ -349,17 +355,6 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 			  values[COL(Anum_key_hash)], nulls[COL(Anum_key_hash)],
 			  values[COL(Anum_key_pepper_id)], nulls[COL(Anum_key_pepper_id)],
 			  &e->hash_version, e->hash, e->pepper_id);
-	/* The previous secret of a rotation with grace, if any. */
-	e->has_prev = !nulls[COL(Anum_key_prev_valid_until)];
-	if (e->has_prev)
-	{
-		e->prev_valid_until = DatumGetTimestampTz(values[COL(Anum_key_prev_valid_until)]);
-		hash_copy(values[COL(Anum_key_prev_hash_version)], nulls[COL(Anum_key_prev_hash_version)],
-				  values[COL(Anum_key_prev_hash)], nulls[COL(Anum_key_prev_hash)],
-				  values[COL(Anum_key_prev_pepper_id)], nulls[COL(Anum_key_prev_pepper_id)],
-				  &e->prev_hash_version, e->prev_hash, e->prev_pepper_id);
-	}
-
 	e->name_off = column_copy(e, &used, detoasted[COL(Anum_key_name)],
 							  nulls[COL(Anum_key_name)]);
 	e->scopes_off = column_copy(e, &used, detoasted[COL(Anum_key_scopes)],
@@ -375,6 +370,18 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 		e->limits_off = (uint32) used;
 		memcpy((char *) e + used, &limits, sizeof(ApiKeyLimits));
 		used += MAXALIGN(sizeof(ApiKeyLimits));
+	}
+	if (has_prev)
+	{
+		ApiKeyPrevSecret *prev = (ApiKeyPrevSecret *) ((char *) e + used);
+
+		e->prev_off = (uint32) used;
+		prev->valid_until = DatumGetTimestampTz(values[COL(Anum_key_prev_valid_until)]);
+		hash_copy(values[COL(Anum_key_prev_hash_version)], nulls[COL(Anum_key_prev_hash_version)],
+				  values[COL(Anum_key_prev_hash)], nulls[COL(Anum_key_prev_hash)],
+				  values[COL(Anum_key_prev_pepper_id)], nulls[COL(Anum_key_prev_pepper_id)],
+				  &prev->hash_version, prev->hash, prev->pepper_id);
+		used += MAXALIGN(sizeof(ApiKeyPrevSecret));
 	}
 	Assert(used == size);
 #undef COL

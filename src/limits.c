@@ -965,7 +965,8 @@ apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
 			   *rlock = NULL;
 	ApiKeysEntry *ke,
 			   *re = NULL;
-	bool		have_state = false;
+	bool		have_state = false;	/* a flushed quota state was found */
+	bool		state_read = false; /* quota_state was read */
 	TimestampTz st_set_at = 0,
 				st_refilled_at = 0;
 	int64		st_remaining = 0;
@@ -1016,20 +1017,6 @@ apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
 	kh = apikeys_key_entry(&kk, key_id, hint);
 	klock = apikeys_partition_lock(kh);
 
-	/* A quota not yet in shared memory starts from its flushed state. */
-	if (lim->has_quota)
-	{
-		bool		need;
-
-		LWLockAcquire(klock, LW_SHARED);
-		ke = apikeys_entry_find_hinted(&kk, kh, hint);
-		need = ke == NULL || !ke->has_quota || ke->quota_set_at < lim->quota_set_at;
-		LWLockRelease(klock);
-		if (need)
-			have_state = load_quota_state(key_id, &st_set_at, &st_remaining,
-										  &st_refilled_at);
-	}
-
 	if (rl != NULL)
 	{
 		char		id[APIKEY_KEY_ID_LEN + 1];
@@ -1040,6 +1027,24 @@ apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
 		rlock = apikeys_partition_lock(rh);
 	}
 
+	/* A quota not yet in shared memory starts from its flushed state. */
+	if (lim->has_quota)
+	{
+		bool		need;
+
+		LWLockAcquire(klock, LW_SHARED);
+		ke = apikeys_entry_find_hinted(&kk, kh, hint);
+		need = ke == NULL || !ke->has_quota || ke->quota_set_at < lim->quota_set_at;
+		LWLockRelease(klock);
+		if (need)
+		{
+			have_state = load_quota_state(key_id, &st_set_at, &st_remaining,
+										  &st_refilled_at);
+			state_read = true;
+		}
+	}
+
+relock:
 	/* both partitions, in partition order */
 	if (rlock == NULL || rlock == klock)
 		LWLockAcquire(klock, LW_EXCLUSIVE);
@@ -1052,6 +1057,26 @@ apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
 	{
 		LWLockAcquire(klock, LW_EXCLUSIVE);
 		LWLockAcquire(rlock, LW_EXCLUSIVE);
+	}
+
+	/*
+	 * The worker may have freed the entry found above (its quota flushed)
+	 * before this lock was taken: then read the flushed state, and lock
+	 * again, rather than start the quota afresh from its catalog value.
+	 */
+	if (lim->has_quota && !state_read)
+	{
+		ke = apikeys_entry_find_hinted(&kk, kh, hint);
+		if (ke == NULL || !ke->has_quota || ke->quota_set_at < lim->quota_set_at)
+		{
+			if (rlock != NULL && rlock != klock)
+				LWLockRelease(rlock);
+			LWLockRelease(klock);
+			have_state = load_quota_state(key_id, &st_set_at, &st_remaining,
+										  &st_refilled_at);
+			state_read = true;
+			goto relock;
+		}
 	}
 
 	ke = apikeys_entry_enter(&kk, kh, true, hint);

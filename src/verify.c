@@ -625,9 +625,10 @@ evaluate(const ApiKeyEntry *e, const char *prefix, int prefix_len,
 	secret_ok = secret_matches(e->hash_version, e->pepper_id, e->hash, digest,
 							   &missing);
 	/* The previous secret of a rotation with grace. */
-	if (!secret_ok && e->has_prev && e->prev_valid_until > now)
-		secret_ok = secret_matches(e->prev_hash_version, e->prev_pepper_id,
-								   e->prev_hash, digest, &missing);
+	if (!secret_ok && e->prev_off != 0 && ApiKeyEntryPrev(e)->valid_until > now)
+		secret_ok = secret_matches(ApiKeyEntryPrev(e)->hash_version,
+								   ApiKeyEntryPrev(e)->pepper_id,
+								   ApiKeyEntryPrev(e)->hash, digest, &missing);
 	if (!secret_ok)
 	{
 		/*
