@@ -56,6 +56,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "apikeys.h"
 #include "compat.h"
@@ -330,8 +331,9 @@ entry_from_row(HeapTuple tup, TupleDesc desc, MemoryContext cxt)
 	has_limits = limits.nwindows > 0 || limits.has_quota;
 	if (has_limits)
 		size += MAXALIGN(sizeof(ApiKeyLimits));
-	/* the previous secret of a rotation with grace, if any */
-	has_prev = !nulls[COL(Anum_key_prev_valid_until)];
+	/* the previous secret of a rotation, while its grace period lasts */
+	has_prev = !nulls[COL(Anum_key_prev_valid_until)] &&
+		DatumGetTimestampTz(values[COL(Anum_key_prev_valid_until)]) > GetCurrentTimestamp();
 	if (has_prev)
 		size += MAXALIGN(sizeof(ApiKeyPrevSecret));
 

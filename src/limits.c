@@ -967,6 +967,7 @@ apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
 			   *re = NULL;
 	bool		have_state = false;	/* a flushed quota state was found */
 	bool		state_read = false; /* quota_state was read */
+	uint64		read_at = 0;	/* removals counted when it was read */
 	TimestampTz st_set_at = 0,
 				st_refilled_at = 0;
 	int64		st_remaining = 0;
@@ -1038,6 +1039,8 @@ apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
 		LWLockRelease(klock);
 		if (need)
 		{
+			read_at = pg_atomic_read_u64(&apikeys_shmem->removals);
+			pg_memory_barrier();
 			have_state = load_quota_state(key_id, &st_set_at, &st_remaining,
 										  &st_refilled_at);
 			state_read = true;
@@ -1060,18 +1063,24 @@ relock:
 	}
 
 	/*
-	 * The worker may have freed the entry found above (its quota flushed)
-	 * before this lock was taken: then read the flushed state, and lock
-	 * again, rather than start the quota afresh from its catalog value.
+	 * The worker may have freed the key's entry (its quota flushed) since
+	 * it was found above, or since the flushed state was read (another
+	 * backend may have spent from it meanwhile, and that was flushed): if
+	 * the entry is to be built and any entry was removed since, read the
+	 * flushed state again, and lock again, rather than start the quota
+	 * from a value that is no longer its latest.
 	 */
-	if (lim->has_quota && !state_read)
+	if (lim->has_quota)
 	{
 		ke = apikeys_entry_find_hinted(&kk, kh, hint);
-		if (ke == NULL || !ke->has_quota || ke->quota_set_at < lim->quota_set_at)
+		if ((ke == NULL || !ke->has_quota || ke->quota_set_at < lim->quota_set_at) &&
+			(!state_read || pg_atomic_read_u64(&apikeys_shmem->removals) != read_at))
 		{
 			if (rlock != NULL && rlock != klock)
 				LWLockRelease(rlock);
 			LWLockRelease(klock);
+			read_at = pg_atomic_read_u64(&apikeys_shmem->removals);
+			pg_memory_barrier();
 			have_state = load_quota_state(key_id, &st_set_at, &st_remaining,
 										  &st_refilled_at);
 			state_read = true;

@@ -113,7 +113,8 @@ typedef struct ApiKeysShmem
 	TimestampTz last_full_warning;
 } ApiKeysShmem;
 
-#define APIKEYS_SHMEM_LAYOUT	0x414b0802	/* bump when a struct changes */
+#define APIKEYS_SHMEM_LAYOUT	0x414b0801	/* of the dump file: bump when
+											 * ApiKeysEntry changes */
 
 extern ApiKeysShmem *apikeys_shmem;
 extern HTAB *apikeys_entries;

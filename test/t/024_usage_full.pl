@@ -63,8 +63,15 @@ is($node->safe_psql('postgres', q{
 $node->poll_query_until('postgres', 'SELECT tracked < 18 FROM apikeys.usage_stats()')
 	or die 'no room in shared memory';
 my $h = $node->safe_psql('postgres', q{SELECT token FROM apikeys.apikey_create('hinted')});
+my $q = $node->safe_psql('postgres', q{SELECT token FROM apikeys.apikey_create('quota', remaining => 10)});
 my $s = $node->background_psql('postgres');
 is($s->query_safe(qq{SELECT apikeys.apikey_is_valid('$h')}), 't', 'a key counted by a session');
+for (1 .. 3)
+{
+	$s->query_safe(qq{SELECT apikeys.apikey_is_valid('$q')});
+}
+is($s->query_safe(qq{SELECT remaining FROM apikeys.apikey_verify('$q', cost => 0)}), '7',
+	'a key with a quota spent 3 of 10');
 my $evicted = $node->safe_psql('postgres', 'SELECT evicted FROM apikeys.usage_stats()');
 # other keys fill the table again and again, idle for longer than a flush
 # interval in between: the worker flushes and frees every entry, the
@@ -82,6 +89,8 @@ for (1 .. 5)
 }
 is($s->query_safe(q{SELECT hits >= 5 FROM apikeys.apikey_cache_stats()}), 't',
 	'its later verifications are cache hits');
+is($s->query_safe(qq{SELECT remaining FROM apikeys.apikey_verify('$q')}), '6',
+	'the quota goes on from its flushed state once its entry was freed');
 $s->quit;
 is($node->safe_psql('postgres', qq{
     SELECT uses FROM apikeys.usage WHERE key_id = (SELECT key_id FROM apikeys.keys WHERE name = 'hinted')}),
