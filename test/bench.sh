@@ -14,7 +14,8 @@
 #   BENCH_CREATE     keys created by the create statement measured     (default 2000)
 #   BENCH_BATCH      keys created per statement while setting up      (default 2000)
 #   BENCH_REPEAT     runs of each batch and create measurement (median) (default 5)
-#   BENCH_SECONDS    seconds per pgbench run, the second half measured (default 10)
+#   BENCH_SECONDS    seconds per pgbench run, the second half measured (default 20:
+#                    the half spans two of the worker's 5 s flushes)
 #   BENCH_ROUNDS     interleaved pgbench rounds (median)               (default 3)
 #   BENCH_CLIENTS    pgbench clients                                   (default 2)
 #   BENCH_STREAM     seconds of each verify-while-writing stream       (default 5)
@@ -30,7 +31,7 @@ KEYS=${BENCH_KEYS:-100000}
 CREATE_N=${BENCH_CREATE:-2000}
 BATCH=${BENCH_BATCH:-2000}
 REPEAT=${BENCH_REPEAT:-5}
-SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+SECONDS_PER_RUN=${BENCH_SECONDS:-20}
 ROUNDS=${BENCH_ROUNDS:-3}
 CLIENTS=${BENCH_CLIENTS:-2}
 STREAM=${BENCH_STREAM:-5}
