@@ -597,8 +597,8 @@ apikey_cache_init(void)
 {
 	DefineCustomIntVariable("apikeys.cache_size",
 							"Number of api keys each backend keeps in its key cache.",
-							"0 turns the cache off. Each entry takes about 250 bytes "
-							"plus the key's name, scopes, metadata and restrictions.",
+							"0 turns the cache off. Each entry takes about 320 bytes "
+							"with typical keys, table and allocator overhead included.",
 							&apikey_cache_size,
 							10000, 0, 10000000,
 							PGC_USERSET, 0,
