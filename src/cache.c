@@ -25,7 +25,7 @@
  *
  * Size: at most apikeys.cache_size entries, evicted by CLOCK (a reference
  * bit per entry, a hand sweeping the hash table).  Each entry is a single
- * allocation: a fixed part (~150 bytes: ids, prefix, state, role, digest
+ * allocation: a fixed part (160 bytes: ids, prefix, state, role, digest
  * and pepper id, expiry, where its shared-memory entry is) followed by
  * copies of the key's name, scopes, metadata and restrictions, its rate
  * limits and quota if it has any, and the secret a rotation replaced

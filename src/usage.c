@@ -16,8 +16,9 @@
  * Counting takes the entry's partition lock shared and adds with atomics;
  * a new entry takes it exclusive.  A cached key remembers where its entry
  * is, so a verification usually skips the shared hash lookup
- * (apikeys_entry_find_hinted says when that address can be trusted).  When the table is full (90% of it for
- * keys without limits), a verification is not counted but added to
+ * (apikeys_entry_find_hinted says when that address can be trusted).
+ * When the table is full (90% of it for keys without limits), a
+ * verification is not counted but added to
  * apikeys.usage_stats().untracked, never silently dropped.
  *
  * Readers add flushed and pending counts.  The worker makes the sequence
