@@ -1567,7 +1567,12 @@ CREATE TABLE apikeys_internal.usage (
     rate_limited   pg_catalog.int8 NOT NULL DEFAULT 0,
     quota_exceeded pg_catalog.int8 NOT NULL DEFAULT 0,
     last_used_at   pg_catalog.timestamptz,
-    updated_at     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now()
+    updated_at     pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    hour                pg_catalog.timestamptz,
+    hour_uses           pg_catalog.int8 NOT NULL DEFAULT 0,
+    hour_failures       pg_catalog.int8 NOT NULL DEFAULT 0,
+    hour_rate_limited   pg_catalog.int8 NOT NULL DEFAULT 0,
+    hour_quota_exceeded pg_catalog.int8 NOT NULL DEFAULT 0
 ) WITH (fillfactor = 50);   -- room for HOT updates: the worker updates every active key's row
 COMMENT ON TABLE apikeys_internal.usage IS
     'usage of each key as last flushed by the apikeys worker (shared memory holds what came since); read it through apikeys.usage';
@@ -1578,6 +1583,8 @@ COMMENT ON COLUMN apikeys_internal.usage.rate_limited IS 'verifications refused 
 COMMENT ON COLUMN apikeys_internal.usage.quota_exceeded IS 'verifications refused by an exhausted quota';
 COMMENT ON COLUMN apikeys_internal.usage.last_used_at IS 'last valid verification';
 COMMENT ON COLUMN apikeys_internal.usage.updated_at IS 'last flush that changed the row';
+COMMENT ON COLUMN apikeys_internal.usage.hour IS
+    'the hour the hour_ counts belong to (the current one, or null): once it is over, the worker moves them to usage_hourly';
 SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.usage', '');
 ALTER TABLE apikeys_internal.usage ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys_internal.usage FORCE ROW LEVEL SECURITY;
@@ -1585,8 +1592,17 @@ CREATE POLICY usage_admin ON apikeys_internal.usage
     FOR ALL
     USING (apikeys_internal._is_admin(apikeys_internal._current_role()))
     WITH CHECK (apikeys_internal._is_admin(apikeys_internal._current_role()));
+-- the current hour's counts are read through apikeys.usage_hourly, as the
+-- rows of usage_hourly are (same visibility)
+CREATE POLICY usage_visible ON apikeys_internal.usage
+    FOR SELECT
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role())
+           OR EXISTS (SELECT 1 FROM apikeys_internal.key_catalog k
+                       WHERE k.key_id OPERATOR(pg_catalog.=) usage.key_id));
 REVOKE ALL ON apikeys_internal.usage FROM PUBLIC;
 GRANT SELECT ON apikeys_internal.usage TO apikeys_admin;
+GRANT SELECT (key_id, hour, hour_uses, hour_failures, hour_rate_limited, hour_quota_exceeded)
+    ON apikeys_internal.usage TO PUBLIC;
 
 CREATE TABLE apikeys_internal.usage_hourly (
     key_id         pg_catalog.text COLLATE "C" NOT NULL,
@@ -1596,9 +1612,9 @@ CREATE TABLE apikeys_internal.usage_hourly (
     rate_limited   pg_catalog.int8 NOT NULL DEFAULT 0,
     quota_exceeded pg_catalog.int8 NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, hour)
-) WITH (fillfactor = 70);   -- the current hour's rows are updated at every flush
+);
 COMMENT ON TABLE apikeys_internal.usage_hourly IS
-    'usage of each key per hour, written by the apikeys worker at every flush; kept for apikeys.usage_retention; read it through apikeys.usage_hourly';
+    'usage of each key per past hour, moved here by the apikeys worker from the hour_ counts of usage once the hour is over; kept for apikeys.usage_retention; read it through apikeys.usage_hourly';
 COMMENT ON COLUMN apikeys_internal.usage_hourly.hour IS 'start of the hour (UTC-aligned)';
 SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.usage_hourly', '');
 ALTER TABLE apikeys_internal.usage_hourly ENABLE ROW LEVEL SECURITY;
@@ -1790,7 +1806,16 @@ GRANT SELECT ON @extschema@.usage TO PUBLIC;
 
 CREATE VIEW @extschema@.usage_hourly WITH (security_invoker = true) AS
 SELECT h.key_id, h.hour, h.uses, h.failures, h.rate_limited, h.quota_exceeded
-  FROM apikeys_internal.usage_hourly h;
+  FROM apikeys_internal.usage_hourly h
+UNION ALL
+-- the current hour, kept in each key's usage row until it is over
+SELECT u.key_id, u.hour, u.hour_uses, u.hour_failures, u.hour_rate_limited,
+       u.hour_quota_exceeded
+  FROM apikeys_internal.usage u
+ WHERE u.hour IS NOT NULL
+   AND (u.hour_uses OPERATOR(pg_catalog.+) u.hour_failures
+        OPERATOR(pg_catalog.+) u.hour_rate_limited
+        OPERATOR(pg_catalog.+) u.hour_quota_exceeded) OPERATOR(pg_catalog.>) 0;
 COMMENT ON VIEW @extschema@.usage_hourly IS
     'usage per key and hour as flushed by the worker, for reports and billing (admins: every key, deleted ones included; others: the keys they can see); kept for apikeys.usage_retention';
 GRANT SELECT ON @extschema@.usage_hourly TO PUBLIC;

@@ -70,7 +70,12 @@ enum
 	Anum_usage_quota_exceeded,
 	Anum_usage_last_used_at,
 	Anum_usage_updated_at,
-	Natts_usage = Anum_usage_updated_at
+	Anum_usage_hour,
+	Anum_usage_hour_uses,
+	Anum_usage_hour_failures,
+	Anum_usage_hour_rate_limited,
+	Anum_usage_hour_quota_exceeded,
+	Natts_usage = Anum_usage_hour_quota_exceeded
 };
 
 /* Count one status in an entry; the caller holds its partition lock. */

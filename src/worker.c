@@ -9,10 +9,11 @@
  * shared table is full):
  *
  *   flush     every apikeys.usage_flush_interval and at every hour
- *             boundary: write pending usage into apikeys_internal.usage and
- *             the hourly buckets of usage_hourly, quota state into
- *             quota_state, send the queued NOTIFY apikeys events, then
- *             subtract what was written from shared memory;
+ *             boundary: write pending usage into apikeys_internal.usage
+ *             (totals, and the current hour's counts in the same row,
+ *             moved to usage_hourly once the hour is over), quota state
+ *             into quota_state, send the queued NOTIFY apikeys events,
+ *             then subtract what was written from shared memory;
  *   maintain  once an hour: drop hourly buckets older than
  *             apikeys.usage_retention, and usage and quota rows of deleted
  *             keys;
@@ -280,6 +281,53 @@ ts_array(TimestampTz *v, bool *isnull, int n)
 											  8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
+/*
+ * Move the hour_ counts of every usage row whose hour is not the given one
+ * (an hour now over) into usage_hourly, and clear them (inside the
+ * caller's transaction; the worker is the only writer of both tables).
+ * With only_deleted, the rows of deleted keys instead, whatever their
+ * hour, before they are dropped.
+ */
+static void
+move_past_hours(TimestampTz hour, bool only_deleted)
+{
+	Oid			types[1] = {TIMESTAMPTZOID};
+	Datum		values[1] = {TimestampTzGetDatum(hour)};
+	const char *which = only_deleted ?
+		" NOT EXISTS (SELECT 1 FROM apikeys_internal.key_catalog k"
+		"              WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id)" :
+		" u.hour OPERATOR(pg_catalog.<>) $1";
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "INSERT INTO apikeys_internal.usage_hourly AS h"
+					 "       (key_id, hour, uses, failures, rate_limited, quota_exceeded)"
+					 " SELECT u.key_id, u.hour, u.hour_uses, u.hour_failures,"
+					 "        u.hour_rate_limited, u.hour_quota_exceeded"
+					 "   FROM apikeys_internal.usage u"
+					 "  WHERE u.hour IS NOT NULL AND %s"
+					 "    AND (u.hour_uses OPERATOR(pg_catalog.+) u.hour_failures"
+					 "         OPERATOR(pg_catalog.+) u.hour_rate_limited"
+					 "         OPERATOR(pg_catalog.+) u.hour_quota_exceeded) OPERATOR(pg_catalog.>) 0"
+					 " ON CONFLICT (key_id, hour) DO UPDATE"
+					 "    SET uses = h.uses OPERATOR(pg_catalog.+) excluded.uses,"
+					 "        failures = h.failures OPERATOR(pg_catalog.+) excluded.failures,"
+					 "        rate_limited = h.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited,"
+					 "        quota_exceeded = h.quota_exceeded OPERATOR(pg_catalog.+) excluded.quota_exceeded",
+					 which);
+	run(sql.data, 1, types, values);
+	if (only_deleted)
+		return;					/* (the caller drops the rows) */
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "UPDATE apikeys_internal.usage AS u"
+					 "   SET hour = NULL, hour_uses = 0, hour_failures = 0,"
+					 "       hour_rate_limited = 0, hour_quota_exceeded = 0"
+					 " WHERE u.hour IS NOT NULL AND %s", which);
+	run(sql.data, 1, types, values);
+}
+
 /* Write the items (inside the caller's transaction). */
 static void
 write_items(FlushItem *items, int n, TimestampTz hour)
@@ -296,8 +344,8 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 	Datum		notes_d[2];
 	Datum	   *notes = palloc(2 * n * sizeof(Datum) + sizeof(Datum));
 	int			nnotes = 0;
-	Oid			types[8];
-	Datum		values[8];
+	Oid			types[7];
+	Datum		values[7];
 
 	for (int i = 0; i < n; i++)
 	{
@@ -324,10 +372,13 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 	values[6] = TimestampTzGetDatum(hour);
 
 	/*
-	 * Each table: an UPDATE of the rows there are, then an INSERT of the
-	 * others (the worker is their only writer), about twice as fast as
-	 * INSERT ... ON CONFLICT DO UPDATE, which locks each row first and
-	 * logs the lock.  Their fillfactor leaves room for HOT updates.
+	 * An UPDATE of the rows there are, then an INSERT of the others (the
+	 * worker is the table's only writer): about twice as fast as INSERT
+	 * ... ON CONFLICT DO UPDATE, which locks each row first and logs the
+	 * lock; the fillfactor leaves room for HOT updates.  The counts of the
+	 * hour go to the same row (the hour_ columns, reset when the hour is
+	 * not theirs: move_past_hours() has moved those), so a flush writes
+	 * one row per key.
 	 */
 	run("WITH t AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
 		"                  pg_catalog.unnest($3), pg_catalog.unnest($4),"
@@ -338,30 +389,22 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 		"                     rate_limited = u.rate_limited OPERATOR(pg_catalog.+) t.c,"
 		"                     quota_exceeded = u.quota_exceeded OPERATOR(pg_catalog.+) t.d,"
 		"                     last_used_at = GREATEST(u.last_used_at, t.l),"
-		"                     updated_at = pg_catalog.now()"
+		"                     updated_at = pg_catalog.now(),"
+		"                     hour = $7,"
+		"                     hour_uses = CASE WHEN u.hour OPERATOR(pg_catalog.=) $7"
+		"                                 THEN u.hour_uses ELSE 0 END OPERATOR(pg_catalog.+) t.a,"
+		"                     hour_failures = CASE WHEN u.hour OPERATOR(pg_catalog.=) $7"
+		"                                 THEN u.hour_failures ELSE 0 END OPERATOR(pg_catalog.+) t.b,"
+		"                     hour_rate_limited = CASE WHEN u.hour OPERATOR(pg_catalog.=) $7"
+		"                                 THEN u.hour_rate_limited ELSE 0 END OPERATOR(pg_catalog.+) t.c,"
+		"                     hour_quota_exceeded = CASE WHEN u.hour OPERATOR(pg_catalog.=) $7"
+		"                                 THEN u.hour_quota_exceeded ELSE 0 END OPERATOR(pg_catalog.+) t.d"
 		"                FROM t WHERE u.key_id OPERATOR(pg_catalog.=) t.k"
 		"              RETURNING u.key_id)"
 		" INSERT INTO apikeys_internal.usage"
-		"        (key_id, uses, failures, rate_limited, quota_exceeded, last_used_at, updated_at)"
-		" SELECT t.k, t.a, t.b, t.c, t.d, t.l, pg_catalog.now() FROM t"
-		"  WHERE NOT EXISTS (SELECT FROM done WHERE done.key_id OPERATOR(pg_catalog.=) t.k)",
-		6, types, values);
-	run("WITH t AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-		"                  pg_catalog.unnest($3), pg_catalog.unnest($4),"
-		"                  pg_catalog.unnest($5)) AS t(k, a, b, c, d)"
-		"            WHERE (t.a OPERATOR(pg_catalog.+) t.b OPERATOR(pg_catalog.+) t.c"
-		"                   OPERATOR(pg_catalog.+) t.d) OPERATOR(pg_catalog.>) 0),"
-		"     done AS (UPDATE apikeys_internal.usage_hourly AS h"
-		"                 SET uses = h.uses OPERATOR(pg_catalog.+) t.a,"
-		"                     failures = h.failures OPERATOR(pg_catalog.+) t.b,"
-		"                     rate_limited = h.rate_limited OPERATOR(pg_catalog.+) t.c,"
-		"                     quota_exceeded = h.quota_exceeded OPERATOR(pg_catalog.+) t.d"
-		"                FROM t WHERE h.key_id OPERATOR(pg_catalog.=) t.k"
-		"                         AND h.hour OPERATOR(pg_catalog.=) $7"
-		"              RETURNING h.key_id)"
-		" INSERT INTO apikeys_internal.usage_hourly"
-		"        (key_id, hour, uses, failures, rate_limited, quota_exceeded)"
-		" SELECT t.k, $7, t.a, t.b, t.c, t.d FROM t"
+		"        (key_id, uses, failures, rate_limited, quota_exceeded, last_used_at, updated_at,"
+		"         hour, hour_uses, hour_failures, hour_rate_limited, hour_quota_exceeded)"
+		" SELECT t.k, t.a, t.b, t.c, t.d, t.l, pg_catalog.now(), $7, t.a, t.b, t.c, t.d FROM t"
 		"  WHERE NOT EXISTS (SELECT FROM done WHERE done.key_id OPERATOR(pg_catalog.=) t.k)",
 		7, types, values);
 
@@ -432,11 +475,15 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 /*
  * Duty "flush".  Counts taken at this cut are written to the hourly bucket
  * of the previous cut: the worker cuts at every hour boundary, so every
- * interval lies within one hour (give or take its scheduling).
+ * interval lies within one hour (give or take its scheduling).  The first
+ * flush of each hour (and the first of the process) first moves the
+ * counts of the hours before out of the usage rows.
  */
 static void
 duty_flush(TimestampTz *prev_cut)
 {
+	static TimestampTz moved_for = DT_NOBEGIN;	/* committed for this hour */
+	volatile TimestampTz hour = DT_NOBEGIN;
 	MemoryContext cxt = CurrentMemoryContext;
 	FlushItem  *volatile items = NULL;
 	volatile int n = 0;
@@ -456,8 +503,11 @@ duty_flush(TimestampTz *prev_cut)
 			cut = GetCurrentTimestamp();
 			items = collect(&count);
 			n = count;
+			hour = hour_of(*prev_cut);
+			if (hour != moved_for)
+				move_past_hours(hour, false);
 			if (n > 0)
-				write_items(items, n, hour_of(*prev_cut));
+				write_items(items, n, hour);
 			*prev_cut = cut;
 		}
 		else
@@ -469,6 +519,8 @@ duty_flush(TimestampTz *prev_cut)
 			pg_atomic_fetch_add_u64(&apikeys_shmem->flush_seq, 1);
 		CommitTransactionCommand();
 		committed = true;
+		if (hour != DT_NOBEGIN)
+			moved_for = hour;
 		if (n > 0)
 		{
 			subtract(items, n);
@@ -523,6 +575,8 @@ duty_maintain(void)
 					"       (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(mins => $1))",
 					1, types, values);
 			}
+			/* deleted keys: their hour's counts stay in usage_hourly */
+			move_past_hours(DT_NOBEGIN, true);
 			run("DELETE FROM apikeys_internal.usage u WHERE NOT EXISTS"
 				" (SELECT 1 FROM apikeys_internal.key_catalog k"
 				"   WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id)", 0, NULL, NULL);

@@ -144,6 +144,35 @@ ok($node->poll_query_until('postgres', q{
 is(q1(q{SELECT sum(h.uses) FROM apikeys_internal.usage_hourly h JOIN tok USING (key_id) WHERE tok.label = 'x'}),
 	'1', 'the deleted key\'s hourly history stays');
 
+# The current hour's counts live in each key's usage row; once the hour is
+# over the worker moves them into usage_hourly (at its first flush of an
+# hour, and when it starts).  Make the row's hour the previous one, as if
+# it had just ended, and restart the worker.
+ok($node->poll_query_until('postgres', q{
+	SELECT u.unflushed FROM apikeys.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'}, '0'),
+	'everything flushed');
+my $in_hour = q1(q{SELECT u.hour_uses FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'});
+ok($in_hour > 0, 'the uses of this hour are in the key\'s usage row');
+q1(q{UPDATE apikeys_internal.usage u SET hour = u.hour - interval '1 hour'
+       FROM tok WHERE tok.key_id = u.key_id AND tok.label = 'p';
+     SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'apikeys worker';});
+ok($node->poll_query_until('postgres', qq{
+	SELECT h.uses FROM apikeys_internal.usage_hourly h JOIN tok USING (key_id)
+	 WHERE tok.label = 'p' AND h.hour = date_trunc('hour', now()) - interval '1 hour'}, $in_hour),
+	'the restarted worker moved them into the bucket of their hour');
+is(q1(q{SELECT u.hour IS NULL AND u.hour_uses = 0 FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'}),
+	't', 'and cleared them from the row');
+is(q1(q{SELECT spend('p', 2)}), '2', 'two uses in the new hour');
+ok($node->poll_query_until('postgres', q{
+	SELECT u.hour_uses FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'}, '2'),
+	'counted in the row for the new hour');
+is(q1(q{SELECT string_agg(h.uses::text, ',' ORDER BY h.hour) FROM apikeys.usage_hourly h JOIN tok USING (key_id)
+         WHERE tok.label = 'p' AND h.hour >= date_trunc('hour', now()) - interval '1 hour'}),
+	"$in_hour,2", 'apikeys.usage_hourly shows the hour before and the current one');
+is(q1(q{SELECT (SELECT sum(h.uses) FROM apikeys.usage_hourly h JOIN tok USING (key_id) WHERE tok.label = 'p')
+             = (SELECT u.uses FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p')}),
+	't', 'its hours add up to the key\'s total');
+
 $node->stop;
 my $log = slurp_file($node->logfile);
 # (the crash above makes every backend log that it is terminated)
