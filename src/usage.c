@@ -11,7 +11,9 @@
  * the time of the last valid use.  Only key ids that exist in the catalog
  * are counted, so a flood of made-up key ids creates no entries.  Entries
  * hold counts not yet flushed; the worker writes them to
- * apikeys_internal.usage and usage_hourly and subtracts what it wrote.
+ * apikeys_internal.usage (the totals, and the current hour's counts, which
+ * it moves to usage_hourly once the hour is over) and subtracts what it
+ * wrote.
  *
  * Counting takes the entry's partition lock shared and adds with atomics;
  * a new entry takes it exclusive.  A cached key remembers where its entry

@@ -282,50 +282,41 @@ ts_array(TimestampTz *v, bool *isnull, int n)
 }
 
 /*
+ * The end of a statement that adds rows to usage_hourly: the same key and
+ * hour twice (a restore, a clock set back) are summed.
+ */
+#define HOURLY_ADD \
+	" ON CONFLICT (key_id, hour) DO UPDATE" \
+	"    SET uses = h.uses OPERATOR(pg_catalog.+) excluded.uses," \
+	"        failures = h.failures OPERATOR(pg_catalog.+) excluded.failures," \
+	"        rate_limited = h.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited," \
+	"        quota_exceeded = h.quota_exceeded OPERATOR(pg_catalog.+) excluded.quota_exceeded"
+
+/*
  * Move the hour_ counts of every usage row whose hour is not the given one
  * (an hour now over) into usage_hourly, and clear them (inside the
- * caller's transaction; the worker is the only writer of both tables).
- * With only_deleted, the rows of deleted keys instead, whatever their
- * hour, before they are dropped.
+ * caller's transaction: the worker is the only writer of both tables).
  */
 static void
-move_past_hours(TimestampTz hour, bool only_deleted)
+move_past_hours(TimestampTz hour)
 {
 	Oid			types[1] = {TIMESTAMPTZOID};
 	Datum		values[1] = {TimestampTzGetDatum(hour)};
-	const char *which = only_deleted ?
-		" NOT EXISTS (SELECT 1 FROM apikeys_internal.key_catalog k"
-		"              WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id)" :
-		" u.hour OPERATOR(pg_catalog.<>) $1";
-	StringInfoData sql;
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "INSERT INTO apikeys_internal.usage_hourly AS h"
-					 "       (key_id, hour, uses, failures, rate_limited, quota_exceeded)"
-					 " SELECT u.key_id, u.hour, u.hour_uses, u.hour_failures,"
-					 "        u.hour_rate_limited, u.hour_quota_exceeded"
-					 "   FROM apikeys_internal.usage u"
-					 "  WHERE u.hour IS NOT NULL AND %s"
-					 "    AND (u.hour_uses OPERATOR(pg_catalog.+) u.hour_failures"
-					 "         OPERATOR(pg_catalog.+) u.hour_rate_limited"
-					 "         OPERATOR(pg_catalog.+) u.hour_quota_exceeded) OPERATOR(pg_catalog.>) 0"
-					 " ON CONFLICT (key_id, hour) DO UPDATE"
-					 "    SET uses = h.uses OPERATOR(pg_catalog.+) excluded.uses,"
-					 "        failures = h.failures OPERATOR(pg_catalog.+) excluded.failures,"
-					 "        rate_limited = h.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited,"
-					 "        quota_exceeded = h.quota_exceeded OPERATOR(pg_catalog.+) excluded.quota_exceeded",
-					 which);
-	run(sql.data, 1, types, values);
-	if (only_deleted)
-		return;					/* (the caller drops the rows) */
-	resetStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "UPDATE apikeys_internal.usage AS u"
-					 "   SET hour = NULL, hour_uses = 0, hour_failures = 0,"
-					 "       hour_rate_limited = 0, hour_quota_exceeded = 0"
-					 " WHERE u.hour IS NOT NULL AND %s", which);
-	run(sql.data, 1, types, values);
+	run("INSERT INTO apikeys_internal.usage_hourly AS h"
+		"       (key_id, hour, uses, failures, rate_limited, quota_exceeded)"
+		" SELECT u.key_id, u.hour, u.hour_uses, u.hour_failures,"
+		"        u.hour_rate_limited, u.hour_quota_exceeded"
+		"   FROM apikeys_internal.usage u"
+		"  WHERE u.hour OPERATOR(pg_catalog.<>) $1"
+		"    AND (u.hour_uses OPERATOR(pg_catalog.+) u.hour_failures"
+		"         OPERATOR(pg_catalog.+) u.hour_rate_limited"
+		"         OPERATOR(pg_catalog.+) u.hour_quota_exceeded) OPERATOR(pg_catalog.>) 0"
+		HOURLY_ADD, 1, types, values);
+	run("UPDATE apikeys_internal.usage AS u"
+		"   SET hour = NULL, hour_uses = 0, hour_failures = 0,"
+		"       hour_rate_limited = 0, hour_quota_exceeded = 0"
+		" WHERE u.hour OPERATOR(pg_catalog.<>) $1", 1, types, values);
 }
 
 /* Write the items (inside the caller's transaction). */
@@ -376,9 +367,11 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 	 * worker is the table's only writer): about twice as fast as INSERT
 	 * ... ON CONFLICT DO UPDATE, which locks each row first and logs the
 	 * lock; the fillfactor leaves room for HOT updates.  The counts of the
-	 * hour go to the same row (the hour_ columns, reset when the hour is
-	 * not theirs: move_past_hours() has moved those), so a flush writes
-	 * one row per key.
+	 * hour go to the same row (the hour_ columns), so a flush writes one
+	 * row per key.  A row still holding another hour's counts (which
+	 * move_past_hours() should have moved: a restore since, say) is left
+	 * alone, so its key's INSERT fails on the primary key and the flush is
+	 * done again, after a move, rather than reset those counts.
 	 */
 	run("WITH t AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
 		"                  pg_catalog.unnest($3), pg_catalog.unnest($4),"
@@ -400,6 +393,7 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 		"                     hour_quota_exceeded = CASE WHEN u.hour OPERATOR(pg_catalog.=) $7"
 		"                                 THEN u.hour_quota_exceeded ELSE 0 END OPERATOR(pg_catalog.+) t.d"
 		"                FROM t WHERE u.key_id OPERATOR(pg_catalog.=) t.k"
+		"                 AND (u.hour IS NULL OR u.hour OPERATOR(pg_catalog.=) $7)"
 		"              RETURNING u.key_id)"
 		" INSERT INTO apikeys_internal.usage"
 		"        (key_id, uses, failures, rate_limited, quota_exceeded, last_used_at, updated_at,"
@@ -505,13 +499,16 @@ duty_flush(TimestampTz *prev_cut)
 			n = count;
 			hour = hour_of(*prev_cut);
 			if (hour != moved_for)
-				move_past_hours(hour, false);
+				move_past_hours(hour);
 			if (n > 0)
 				write_items(items, n, hour);
 			*prev_cut = cut;
 		}
 		else
+		{
 			discard();
+			*prev_cut = GetCurrentTimestamp();
+		}
 		SPI_finish();
 		PopActiveSnapshot();
 		/* readers of usage wait while the flush commits and is subtracted */
@@ -534,6 +531,7 @@ duty_flush(TimestampTz *prev_cut)
 	PG_CATCH();
 	{
 		/* nothing was subtracted: it is all written again next time */
+		moved_for = DT_NOBEGIN; /* and after a move of past hours */
 		if (pg_atomic_read_u64(&apikeys_shmem->flush_seq) % 2 == 1)
 			pg_atomic_fetch_add_u64(&apikeys_shmem->flush_seq, 1);
 		MemoryContextSwitchTo(cxt);
@@ -575,11 +573,21 @@ duty_maintain(void)
 					"       (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(mins => $1))",
 					1, types, values);
 			}
-			/* deleted keys: their hour's counts stay in usage_hourly */
-			move_past_hours(DT_NOBEGIN, true);
-			run("DELETE FROM apikeys_internal.usage u WHERE NOT EXISTS"
-				" (SELECT 1 FROM apikeys_internal.key_catalog k"
-				"   WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id)", 0, NULL, NULL);
+			/* deleted keys: the counts of their hour go to usage_hourly */
+			run("WITH gone AS (DELETE FROM apikeys_internal.usage u WHERE NOT EXISTS"
+				"                (SELECT 1 FROM apikeys_internal.key_catalog k"
+				"                  WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id)"
+				"              RETURNING u.*)"
+				" INSERT INTO apikeys_internal.usage_hourly AS h"
+				"        (key_id, hour, uses, failures, rate_limited, quota_exceeded)"
+				" SELECT g.key_id, g.hour, g.hour_uses, g.hour_failures,"
+				"        g.hour_rate_limited, g.hour_quota_exceeded"
+				"   FROM gone g"
+				"  WHERE g.hour IS NOT NULL"
+				"    AND (g.hour_uses OPERATOR(pg_catalog.+) g.hour_failures"
+				"         OPERATOR(pg_catalog.+) g.hour_rate_limited"
+				"         OPERATOR(pg_catalog.+) g.hour_quota_exceeded) OPERATOR(pg_catalog.>) 0"
+				HOURLY_ADD, 0, NULL, NULL);
 			run("DELETE FROM apikeys_internal.quota_state q WHERE NOT EXISTS"
 				" (SELECT 1 FROM apikeys_internal.key_catalog k"
 				"   WHERE k.key_id OPERATOR(pg_catalog.=) q.key_id)", 0, NULL, NULL);
@@ -715,6 +723,8 @@ apikeys_worker_main(Datum arg)
 				last_maintain = now;
 			}
 		}
+		else
+			prev_cut = now;		/* promoted, count from here */
 		/*
 		 * Evict once per flush interval, or sooner when backends found the
 		 * table full, but no more than five times a second: a full table of

@@ -151,14 +151,15 @@ is(q1(q{SELECT sum(h.uses) FROM apikeys_internal.usage_hourly h JOIN tok USING (
 ok($node->poll_query_until('postgres', q{
 	SELECT u.unflushed FROM apikeys.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'}, '0'),
 	'everything flushed');
-my $in_hour = q1(q{SELECT u.hour_uses FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'});
+my ($in_hour, $h0) = split /\|/, q1(q{SELECT u.hour_uses, u.hour - interval '1 hour'
+    FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'});
 ok($in_hour > 0, 'the uses of this hour are in the key\'s usage row');
 q1(q{UPDATE apikeys_internal.usage u SET hour = u.hour - interval '1 hour'
        FROM tok WHERE tok.key_id = u.key_id AND tok.label = 'p';
      SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'apikeys worker';});
 ok($node->poll_query_until('postgres', qq{
 	SELECT h.uses FROM apikeys_internal.usage_hourly h JOIN tok USING (key_id)
-	 WHERE tok.label = 'p' AND h.hour = date_trunc('hour', now()) - interval '1 hour'}, $in_hour),
+	 WHERE tok.label = 'p' AND h.hour = '$h0'}, $in_hour),
 	'the restarted worker moved them into the bucket of their hour');
 is(q1(q{SELECT u.hour IS NULL AND u.hour_uses = 0 FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'}),
 	't', 'and cleared them from the row');
@@ -166,17 +167,38 @@ is(q1(q{SELECT spend('p', 2)}), '2', 'two uses in the new hour');
 ok($node->poll_query_until('postgres', q{
 	SELECT u.hour_uses FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'}, '2'),
 	'counted in the row for the new hour');
-is(q1(q{SELECT string_agg(h.uses::text, ',' ORDER BY h.hour) FROM apikeys.usage_hourly h JOIN tok USING (key_id)
-         WHERE tok.label = 'p' AND h.hour >= date_trunc('hour', now()) - interval '1 hour'}),
-	"$in_hour,2", 'apikeys.usage_hourly shows the hour before and the current one');
+is(q1(qq{SELECT count(*) || ' ' || sum(h.uses) FROM apikeys.usage_hourly h JOIN tok USING (key_id)
+         WHERE tok.label = 'p' AND h.hour >= '$h0'}),
+	'2 ' . ($in_hour + 2), 'apikeys.usage_hourly shows the hour before and the current one');
 is(q1(q{SELECT (SELECT sum(h.uses) FROM apikeys.usage_hourly h JOIN tok USING (key_id) WHERE tok.label = 'p')
              = (SELECT u.uses FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p')}),
 	't', 'its hours add up to the key\'s total');
 
+# A row that still holds an hour nobody moved (as a restore can leave it)
+# is never reset: that flush fails on the key, and the next one moves the
+# hour first.
+my ($held, $h2) = split /\|/, q1(q{SELECT u.hour_uses, u.hour - interval '2 hours'
+    FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'});
+q1(q{UPDATE apikeys_internal.usage u SET hour = u.hour - interval '2 hours'
+       FROM tok WHERE tok.key_id = u.key_id AND tok.label = 'p'});
+is(q1(q{SELECT spend('p', 1)}), '1', 'a use while the row holds an hour not moved');
+ok($node->poll_query_until('postgres', qq{
+	SELECT h.uses FROM apikeys_internal.usage_hourly h JOIN tok USING (key_id)
+	 WHERE tok.label = 'p' AND h.hour = '$h2'}, $held),
+	'the held counts reach the bucket of their hour');
+ok($node->poll_query_until('postgres', q{
+	SELECT u.hour_uses FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p'}, '1'),
+	'and the new use is counted in the current one');
+is(q1(q{SELECT (SELECT sum(h.uses) FROM apikeys.usage_hourly h JOIN tok USING (key_id) WHERE tok.label = 'p')
+             = (SELECT u.uses FROM apikeys_internal.usage u JOIN tok USING (key_id) WHERE tok.label = 'p')}),
+	't', 'still adding up to the total');
+
 $node->stop;
 my $log = slurp_file($node->logfile);
 # (the crash above makes every backend log that it is terminated)
-my @problems = grep { /ERROR|WARNING|PANIC/ && !/crash of another server process/ } split /\n/, $log;
+# (and the flush that met the held hour fails once, on the key, by design)
+my @problems = grep { /ERROR|WARNING|PANIC/ && !/crash of another server process/
+	  && !/duplicate key value violates unique constraint "usage_pkey"/ } split /\n/, $log;
 is(scalar(@problems), 0, 'no error or warning in the server log')
   or diag(join("\n", @problems));
 is(scalar(grep { index($log, $_) >= 0 } @tokens), 0, 'no token in the server log');
