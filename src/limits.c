@@ -942,6 +942,21 @@ refuse_untracked(ApiKeyVerdict *v, TimestampTz now)
 }
 
 /*
+ * load_quota_state(), noting first how many shared entries had been
+ * removed: while that count stays the same, no entry flushed and freed
+ * since can have made what was read stale.
+ */
+static bool
+load_quota_state_counted(const char *key_id, uint64 *removals,
+						 TimestampTz *set_at, int64 *remaining,
+						 TimestampTz *refilled_at)
+{
+	*removals = pg_atomic_read_u64(&apikeys_shmem->removals);
+	pg_memory_barrier();
+	return load_quota_state(key_id, set_at, remaining, refilled_at);
+}
+
+/*
  * The verify path's one call, for a key that exists, after every other
  * check: v->status is the verdict so far (APIKEY_INVALID for a wrong
  * secret, with lim NULL).  For a valid key with limits (its own, its
@@ -1039,10 +1054,8 @@ apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
 		LWLockRelease(klock);
 		if (need)
 		{
-			read_at = pg_atomic_read_u64(&apikeys_shmem->removals);
-			pg_memory_barrier();
-			have_state = load_quota_state(key_id, &st_set_at, &st_remaining,
-										  &st_refilled_at);
+			have_state = load_quota_state_counted(key_id, &read_at, &st_set_at,
+												  &st_remaining, &st_refilled_at);
 			state_read = true;
 		}
 	}
@@ -1079,10 +1092,8 @@ relock:
 			if (rlock != NULL && rlock != klock)
 				LWLockRelease(rlock);
 			LWLockRelease(klock);
-			read_at = pg_atomic_read_u64(&apikeys_shmem->removals);
-			pg_memory_barrier();
-			have_state = load_quota_state(key_id, &st_set_at, &st_remaining,
-										  &st_refilled_at);
+			have_state = load_quota_state_counted(key_id, &read_at, &st_set_at,
+												  &st_remaining, &st_refilled_at);
 			state_read = true;
 			goto relock;
 		}

@@ -43,11 +43,7 @@ cd "$(dirname "$0")/.."
 . test/lib.sh
 ensure_deps
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/apikeys-asan.XXXXXX")
-chmod 755 "$WORK"
-KEEP_CLUSTER=1      # the server log is read after the server stops
-trap 'stop_cluster; rm -rf "$WORK" "${PGTMP:-}"' EXIT
-private_build "$WORK" "-fsanitize=address -fno-omit-frame-pointer -g" "-fsanitize=address"
+sanitizer_setup asan "-fsanitize=address -fno-omit-frame-pointer -g" "-fsanitize=address"
 
 LIBASAN=$(gcc -print-file-name=libasan.so)
 [ -f "$LIBASAN" ] || { echo "asan ... FAILED (no libasan.so from gcc)"; exit 1; }
@@ -80,13 +76,8 @@ psql -XqAt -d postgres -c 'SELECT 1' >/dev/null
 as_root grep -q libasan "/proc/$pm/maps" \
     || { echo "asan ... FAILED (runtime not loaded in the postmaster)"; exit 1; }
 
-RESULTS=$PGTMP/results
-mkdir -p "$RESULTS"
 rc=0
-run_suite regress || rc=1
-run_suite isolation || rc=1
-[ $rc -eq 0 ] || { cat "$RESULTS"/*/regression.diffs 2>/dev/null | head -100 || true; }
-stop_cluster
+run_suites_and_stop || rc=1
 # anything else the runtime printed (warnings), for the record
 { grep -E '^==[0-9]+==' "$PGLOG" | grep -v 'ERROR: AddressSanitizer' | sed 's/^==[0-9]*==/==PID==/' | sort | uniq -c | head -20 || true; }
 reports=$(grep -cE 'ERROR: AddressSanitizer|was terminated by signal' "$PGLOG" || true)

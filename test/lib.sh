@@ -150,6 +150,32 @@ private_build() {
     make -s -C "$work/src" PG_CONFIG="$PG_CONFIG" with_llvm=no install >/dev/null
 }
 
+# A sanitizer run (test/asan.sh, test/ubsan.sh): WORK, a work directory
+# removed at exit with the cluster (whose log is read after it stops), and
+# the private build of private_build.
+sanitizer_setup() {
+    local name=$1 cflags=$2 ldflags=$3
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/apikeys-$name.XXXXXX")
+    chmod 755 "$WORK"
+    KEEP_CLUSTER=1
+    trap 'stop_cluster; rm -rf "$WORK" "${PGTMP:-}"' EXIT
+    private_build "$WORK" "$cflags" "$ldflags"
+}
+
+# The pg_regress and isolation suites against the cluster a tool wraps
+# (test/asan.sh, ubsan.sh, valgrind.sh): the diffs of a failure shown, the
+# cluster stopped; non-zero when a suite failed.
+run_suites_and_stop() {
+    local rc=0
+    RESULTS=$PGTMP/results
+    mkdir -p "$RESULTS"
+    run_suite regress || rc=1
+    run_suite isolation || rc=1
+    [ $rc -eq 0 ] || { cat "$RESULTS"/*/regression.diffs 2>/dev/null | head -100 || true; }
+    stop_cluster
+    return $rc
+}
+
 # Run one kind of suite (regress or isolation) against the cluster started
 # by start_cluster; results go to $RESULTS/<kind>.
 run_suite() {

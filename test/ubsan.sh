@@ -12,11 +12,7 @@ cd "$(dirname "$0")/.."
 . test/lib.sh
 ensure_deps
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/apikeys-ubsan.XXXXXX")
-chmod 755 "$WORK"
-KEEP_CLUSTER=1      # the server log is read after the server stops
-trap 'stop_cluster; rm -rf "$WORK" "${PGTMP:-}"' EXIT
-private_build "$WORK" "-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" "-fsanitize=undefined"
+sanitizer_setup ubsan "-fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" "-fsanitize=undefined"
 
 cat >"$WORK/postgres" <<WRAP
 #!/bin/sh
@@ -28,13 +24,8 @@ export POSTGRES_WRAPPER=$WORK/postgres PG_START_TIMEOUT=120
 start_cluster "${SUITE_SETTINGS[@]}"
 echo "== cluster with sanitizers: $PGDATA_DIR on port $PGPORT"
 
-RESULTS=$PGTMP/results
-mkdir -p "$RESULTS"
 rc=0
-run_suite regress || rc=1
-run_suite isolation || rc=1
-[ $rc -eq 0 ] || { cat "$RESULTS"/*/regression.diffs 2>/dev/null | head -100 || true; }
-stop_cluster
+run_suites_and_stop || rc=1
 reports=$(grep -cE 'runtime error:|UndefinedBehaviorSanitizer' "$PGLOG" || true)
 echo "sanitizer reports in the server log: $reports"
 if [ "$reports" -ne 0 ]; then

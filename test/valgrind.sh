@@ -32,13 +32,8 @@ start_cluster "${SUITE_SETTINGS[@]}" "max_connections = 20"
 trap 'stop_cluster; rm -rf "$VGTMP"' EXIT
 echo "== cluster under valgrind: $PGDATA_DIR on port $PGPORT"
 
-RESULTS=$PGTMP/results
-mkdir -p "$RESULTS"
 rc=0
-run_suite regress || rc=1
-run_suite isolation || rc=1
-[ $rc -eq 0 ] || { cat "$RESULTS"/*/regression.diffs 2>/dev/null | head -100 || true; }
-stop_cluster
+run_suites_and_stop || rc=1
 
 # One valgrind error record is a block of lines from "==PID== <kind>" to the
 # next blank "==PID== " line; keep those that mention apikeys.so.

@@ -199,20 +199,11 @@ like($err, qr/DETAIL:  The key's status is rate_limited\.\nHINT:  Retry in \d+ s
      '... with the status in the detail and when to retry in the hint');
 unlike($err, qr/\Q$token{login}\E/, '... and without the token');
 
-my ($r, $o, $e) = client(qq{\\set VERBOSITY verbose
-BEGIN;
+# four logins, a transaction each
+my ($r, $o, $e) = client("\\set VERBOSITY verbose\n" . (qq{BEGIN;
 SELECT status FROM apikeys.apikey_login('$token{loginq}');
 COMMIT;
-BEGIN;
-SELECT status FROM apikeys.apikey_login('$token{loginq}');
-COMMIT;
-BEGIN;
-SELECT status FROM apikeys.apikey_login('$token{loginq}');
-COMMIT;
-BEGIN;
-SELECT status FROM apikeys.apikey_login('$token{loginq}');
-COMMIT;
-});
+} x 4));
 is($o, "valid\nvalid\nvalid", 'a quota of 3: 3 logins');
 like($e, qr/ERROR:  53400: api key is over its limit\nDETAIL:  The key's status is quota_exceeded\.$/m,
      'the fourth fails with 53400, quota_exceeded');
