@@ -944,10 +944,12 @@ BEGIN
                                   quote_ident(pg_get_userbyid(p_caller)), p_role),
                   HINT = 'A key never exceeds its creator: only members of a role, members of apikeys_admin and superusers can issue keys for it.';
     END IF;
+    -- apikeys.max_keys_per_role (54000), for non-admins (see "Fair shares")
+    PERFORM apikeys_internal._check_key_count(p_caller, p_role::oid);
 END
 $$;
 COMMENT ON FUNCTION apikeys_internal._check_role_grant(pg_catalog.oid, pg_catalog.regrole) IS
-    'internal: raises unless the role exists and the caller is a member of it or an admin';
+    'internal: raises unless the role exists and the caller is a member of it or an admin, and (54000) unless a non-admin caller leaves the role within apikeys.max_keys_per_role keys';
 REVOKE ALL ON FUNCTION apikeys_internal._check_role_grant(pg_catalog.oid, pg_catalog.regrole) FROM PUBLIC;
 
 -- Lock and return the key row the caller may manage, or raise 42704.
@@ -3233,3 +3235,45 @@ COMMENT ON FUNCTION @extschema@.request_log_stats() IS
     'the request log''s queue in shared memory, for the whole server since it started: aggregates queued and the most it holds (apikeys.audit_request_queue_size), requests waiting for the worker, requests recorded, of those kept only as a count because the queue was full, requests written, and requests not recorded (on a hot standby, in a database other than apikeys.database, or where the extension is not installed); raises 55000 without shared_preload_libraries; admins only';
 REVOKE ALL ON FUNCTION @extschema@.request_log_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.request_log_stats() TO apikeys_admin;
+
+-------------------------------------------------------------------------------
+-- Fair shares of shared memory (README, "Shared memory, the worker,
+-- settings"): a bound on the keys of a role, checked by every path that makes
+-- a key or gives it a role (through _check_role_grant; create's C fast path
+-- calls the same C check), the index that check reads, and the triggers that
+-- free the shared-memory entries of deleted and revoked keys when that
+-- commits.  The shares themselves are in shared memory (src/shmem.c).
+-------------------------------------------------------------------------------
+CREATE INDEX key_catalog_role_idx ON apikeys_internal.key_catalog (role);
+
+CREATE FUNCTION apikeys_internal._check_key_count(p_caller pg_catalog.oid, p_role pg_catalog.oid)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_check_key_count_sql'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._check_key_count(pg_catalog.oid, pg_catalog.oid) IS
+    'internal: raises 54000 when the role has apikeys.max_keys_per_role keys (revoked ones included) and the caller is no admin';
+REVOKE ALL ON FUNCTION apikeys_internal._check_key_count(pg_catalog.oid, pg_catalog.oid) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._key_untracked()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'apikeys_key_untracked'
+LANGUAGE C;
+COMMENT ON FUNCTION apikeys_internal._key_untracked() IS
+    'trigger: lists a deleted or revoked key (or, on TRUNCATE, every key) so that its entry in shared memory is freed when the transaction commits';
+REVOKE ALL ON FUNCTION apikeys_internal._key_untracked() FROM PUBLIC;
+
+CREATE TRIGGER key_catalog_untrack_delete
+    AFTER DELETE ON apikeys_internal.key_catalog
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._key_untracked();
+CREATE TRIGGER key_catalog_untrack_revoke
+    AFTER UPDATE OF state ON apikeys_internal.key_catalog
+    FOR EACH ROW
+    WHEN (NEW.state OPERATOR(pg_catalog.=) 'revoked' AND OLD.state OPERATOR(pg_catalog.<>) 'revoked')
+    EXECUTE FUNCTION apikeys_internal._key_untracked();
+CREATE TRIGGER key_catalog_untrack_truncate
+    AFTER TRUNCATE ON apikeys_internal.key_catalog
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._key_untracked();
+-- (a logical replication subscriber frees them too)
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_untrack_delete;
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_untrack_revoke;
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_untrack_truncate;

@@ -170,6 +170,8 @@ extern bool apikeys_is_chain_trigger(Oid funcid);
 extern Oid	apikeys_current_actor(void);
 extern bool apikey_create_fast(FunctionCallInfo fcinfo, Oid caller,
 							   Datum *key_id, Datum *token);
+extern void apikeys_check_key_count(Oid caller, Oid role);
+extern void apikeys_create_define_settings(void);
 
 /* reveal.c */
 extern bool apikey_decode_hex(const char *src, int n, uint8 *dst);

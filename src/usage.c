@@ -19,9 +19,10 @@
  * a new entry takes it exclusive.  A cached key remembers where its entry
  * is, so a verification usually skips the shared hash lookup
  * (apikeys_entry_find_hinted says when that address can be trusted).
- * When the table is full (90% of it for keys without limits), a
- * verification is not counted but added to
- * apikeys.usage_stats().untracked, never silently dropped.
+ * When the table is full (90% of it for keys without limits), or the
+ * key's role or database holds its share of it (shmem.c), a verification
+ * is not counted but added to apikeys.usage_stats().untracked, never
+ * silently dropped.
  *
  * Readers add flushed and pending counts.  The worker makes the sequence
  * counter odd while it commits a flush and subtracts what it wrote, so a
@@ -114,17 +115,21 @@ apikeys_usage_count_locked(ApiKeysEntry *e, ApiKeyStatus status, TimestampTz now
 
 /*
  * Count one verification of an existing key without limits; hint is where
- * the key's entry was last found (NULL: not kept).  Nothing happens
- * without preloading, or outside the database the worker serves.
+ * the key's entry was last found (NULL: not kept), owner the key's role,
+ * whose share a new entry takes (InvalidOid for a wrong secret: then the
+ * current user's, so that guessing at another role's keys uses up the
+ * guesser's share, not theirs).  Nothing happens without preloading, or
+ * outside the database the worker serves.
  */
 void
-apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint,
+apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint, Oid owner,
 					ApiKeyStatus status, TimestampTz now)
 {
 	ApiKeysEntryKey k;
 	ApiKeysEntry *e;
 	uint32		h;
 	LWLock	   *lock;
+	ApiKeysNoRoom why = APIKEYS_ROOM;
 
 	if (!apikeys_shmem_ready() || !apikeys_database_served())
 		return;
@@ -137,7 +142,10 @@ apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint,
 	{
 		LWLockRelease(lock);
 		LWLockAcquire(lock, LW_EXCLUSIVE);
-		e = apikeys_entry_enter(&k, h, false, hint);
+		/* a wrong secret takes room from whoever presented it */
+		if (!OidIsValid(owner))
+			owner = GetUserId();
+		e = apikeys_entry_enter(&k, h, false, owner, hint, &why);
 		if (e != NULL)
 			e->counted = true;
 	}
@@ -146,6 +154,8 @@ apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint,
 	else
 		pg_atomic_fetch_add_u64(&apikeys_shmem->untracked, 1);
 	LWLockRelease(lock);
+	if (why != APIKEYS_ROOM)
+		apikeys_share_warning(why, owner, false);
 }
 
 /*

@@ -17,8 +17,13 @@
  *   maintain  once an hour: drop hourly buckets older than
  *             apikeys.usage_retention, and usage and quota rows of deleted
  *             keys;
- *   evict     when the shared table is three quarters full: drop entries
- *             that hold nothing unwritten.
+ *   evict     when the shared table, or the share of a role or database,
+ *             is three quarters full: drop entries that hold nothing
+ *             unwritten (of the crowded shares only, unless the table is).
+ *
+ * Right after a flush, it also frees the entries of keys deleted or
+ * revoked since (shmem.c marks them gone at commit), whatever their
+ * buckets hold.
  *
  * Each flush and each maintenance also does the request log's share
  * (request_log.c): write the queued requests, in a transaction of their
@@ -180,6 +185,9 @@ subtract(FlushItem *items, int n)
 			if (it->quota && e->quota_set_at == it->quota_set_at)
 				e->quota_flushed = it->quota_changes;
 			e->notify_pending &= ~it->notify;
+			/* a deleted or revoked key's entry, now written: free it */
+			if (e->gone && !apikeys_entry_unwritten(e))
+				apikeys_entry_remove(e);
 		}
 		LWLockRelease(lock);
 	}
@@ -608,9 +616,64 @@ duty_maintain(void)
 }
 
 /*
+ * The accounts (shmem.c) holding three quarters of their share or more,
+ * in a local hash table; NULL if none.
+ */
+static HTAB *
+crowded_accounts(void)
+{
+	HASH_SEQ_STATUS seq;
+	ApiKeysAccount *a;
+	HTAB	   *crowded = NULL;
+
+	LWLockAcquire(&apikeys_shmem->locks[APIKEYS_PARTITIONS].lock, LW_SHARED);
+	hash_seq_init(&seq, apikeys_accounts);
+	while ((a = hash_seq_search(&seq)) != NULL)
+	{
+		if (a->held < apikeys_share_cap(a->key.kind, true) / 4 * 3)
+			continue;
+		if (crowded == NULL)
+		{
+			HASHCTL		ctl;
+
+			memset(&ctl, 0, sizeof(ctl));
+			ctl.keysize = sizeof(ApiKeysAccountKey);
+			ctl.entrysize = sizeof(ApiKeysAccountKey);
+			ctl.hcxt = CurrentMemoryContext;
+			crowded = hash_create("apikeys crowded accounts", 16, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		}
+		hash_search(crowded, &a->key, HASH_ENTER, NULL);
+	}
+	LWLockRelease(&apikeys_shmem->locks[APIKEYS_PARTITIONS].lock);
+	return crowded;
+}
+
+/* Is the entry charged to a crowded account? */
+static bool
+in_crowded(HTAB *crowded, const ApiKeysEntry *e)
+{
+	ApiKeysAccountKey k;
+
+	memset(&k, 0, sizeof(k));
+	k.kind = APIKEYS_ACCOUNT_DATABASE;
+	k.oid = e->key.dboid;
+	if (hash_search(crowded, &k, HASH_FIND, NULL) != NULL)
+		return true;
+	if (!OidIsValid(e->owner))
+		return false;
+	k.kind = APIKEYS_ACCOUNT_ROLE;
+	k.oid = e->owner;
+	return hash_search(crowded, &k, HASH_FIND, NULL) != NULL;
+}
+
+/*
  * Duty "evict": once the table is three quarters full, drop entries that
- * hold nothing unwritten.  On a standby nothing is ever written, so the
- * counts of keys idle for a minute, with full buckets, are dropped there.
+ * hold nothing unwritten; once a role's or database's share is, drop such
+ * entries of that share only (the others keep theirs, and their sessions
+ * the addresses they remember).  On a standby nothing is ever written, so
+ * the counts of keys idle for a minute, with full buckets, are dropped
+ * there.
  */
 static void
 duty_evict(bool standby)
@@ -620,10 +683,14 @@ duty_evict(bool standby)
 	TimestampTz now = GetCurrentTimestamp();
 	uint32		n = pg_atomic_read_u32(&apikeys_shmem->nentries);
 	uint64		evicted = 0;
+	bool		table_crowded;
+	HTAB	   *crowded;
 
 	/* (backends found it full: they will say so again if it still is) */
 	pg_atomic_write_u32(&apikeys_shmem->full, 0);
-	if (n <= (uint32) apikeys_shmem->max_entries / 4 * 3)
+	table_crowded = n > (uint32) apikeys_shmem->max_entries / 4 * 3;
+	crowded = table_crowded ? NULL : crowded_accounts();
+	if (!table_crowded && crowded == NULL)
 		return;
 	apikeys_lock_all(LW_EXCLUSIVE);
 	hash_seq_init(&seq, apikeys_entries);
@@ -631,6 +698,8 @@ duty_evict(bool standby)
 	{
 		bool		drop;
 
+		if (!table_crowded && !in_crowded(crowded, e))
+			continue;
 		if (standby)
 			drop = apikeys_windows_idle(e, now) && e->notify_pending == 0 &&
 				now - (TimestampTz) pg_atomic_read_u64(&e->last_active) >= USECS_PER_MINUTE;
@@ -643,6 +712,8 @@ duty_evict(bool standby)
 		}
 	}
 	apikeys_unlock_all();
+	if (crowded != NULL)
+		hash_destroy(crowded);
 	if (evicted > 0)
 		pg_atomic_fetch_add_u64(&apikeys_shmem->evicted, evicted);
 }
