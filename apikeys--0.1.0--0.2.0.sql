@@ -1836,7 +1836,7 @@ RETURNS record
 AS 'MODULE_PATHNAME', 'apikeys_usage_stats'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.usage_stats() IS
-    'shared memory of limits and usage, for the whole server: keys and roles tracked, capacity (apikeys.max_tracked_keys), verifications not counted and limited requests refused because it was full, entries freed, flushes and failed flushes of the worker, its last flush, the database it serves and whether it runs';
+    'shared memory of limits and usage, for the whole server: keys and roles tracked, capacity (apikeys.max_tracked_keys), verifications not counted and limited requests refused because it (or the share of the key''s role or database) was full, entries freed, flushes and failed flushes of the worker, its last flush, the database it serves and whether it runs';
 
 -------------------------------------------------------------------------------
 -- 10b. Proving the audit log (README, "Audit"): verify the chain from its
@@ -3277,3 +3277,17 @@ CREATE TRIGGER key_catalog_untrack_truncate
 ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_untrack_delete;
 ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_untrack_revoke;
 ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_untrack_truncate;
+
+CREATE FUNCTION @extschema@.usage_shares(OUT kind pg_catalog.text,
+                                         OUT name pg_catalog.text,
+                                         OUT tracked pg_catalog.int4,
+                                         OUT share pg_catalog.int4,
+                                         OUT refused pg_catalog.int8,
+                                         OUT untracked pg_catalog.int8)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'apikeys_usage_shares'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.usage_shares() IS
+    'the shares of shared memory, for the whole server: every role (its keys) and database holding entries, how many, its share (apikeys.tracked_share_per_role or _per_database of apikeys.max_tracked_keys), and the limited requests refused and verifications not counted because it was full, since it last held none; raises 55000 without shared_preload_libraries; admins only';
+REVOKE ALL ON FUNCTION @extschema@.usage_shares() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.usage_shares() TO apikeys_admin;

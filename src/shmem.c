@@ -347,6 +347,7 @@ account_get(char kind, Oid oid, bool create)
 		a->held = 0;
 		a->refused = 0;
 		a->untracked = 0;
+		a->warned_at = 0;
 	}
 	return a;
 }
@@ -533,24 +534,29 @@ apikeys_entry_unwritten(const ApiKeysEntry *e)
 
 /*
  * After an entry was refused for a full share: a WARNING at most once a
- * minute, naming the role or database (the caller holds no lock).
+ * minute per role or database, naming it (the caller holds no lock).
  */
 void
 apikeys_share_warning(ApiKeysNoRoom why, Oid owner, bool limited)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	bool		warn = false;
+	ApiKeysAccount *a;
+	bool		warn = true;
 	char	   *name;
 
 	if (why != APIKEYS_NO_ROOM_ROLE && why != APIKEYS_NO_ROOM_DATABASE)
 		return;
-	SpinLockAcquire(&apikeys_shmem->mutex);
-	if (now - apikeys_shmem->last_share_warning >= USECS_PER_MINUTE)
+	LWLockAcquire(accounts_lock(), LW_EXCLUSIVE);
+	a = why == APIKEYS_NO_ROOM_ROLE ?
+		account_get(APIKEYS_ACCOUNT_ROLE, owner, false) :
+		account_get(APIKEYS_ACCOUNT_DATABASE, MyDatabaseId, false);
+	if (a != NULL)
 	{
-		apikeys_shmem->last_share_warning = now;
-		warn = true;
+		warn = now - a->warned_at >= USECS_PER_MINUTE;
+		if (warn)
+			a->warned_at = now;
 	}
-	SpinLockRelease(&apikeys_shmem->mutex);
+	LWLockRelease(accounts_lock());
 	if (!warn)
 		return;
 	if (why == APIKEYS_NO_ROOM_ROLE)

@@ -112,6 +112,7 @@ typedef struct ApiKeysAccount
 	int32		held;			/* entries charged to it */
 	int64		refused;		/* limited requests refused at its share */
 	int64		untracked;		/* verifications not counted at its share */
+	TimestampTz warned_at;		/* last WARNING that its share is full */
 } ApiKeysAccount;
 
 /* Why apikeys_entry_enter() returned no entry. */
@@ -150,7 +151,6 @@ typedef struct ApiKeysShmem
 	uint64		flushes;
 	uint64		flush_failures;
 	TimestampTz last_full_warning;
-	TimestampTz last_share_warning;
 } ApiKeysShmem;
 
 #define APIKEYS_SHMEM_LAYOUT	0x414b0801	/* of the dump file: bump when

@@ -491,3 +491,58 @@ apikeys_usage_stats(PG_FUNCTION_ARGS)
 	values[9] = BoolGetDatum(latch != NULL);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
+
+/*
+ * SQL function: apikeys.usage_shares() returns setof record(kind text, name text, tracked int4, share int4, refused int8, untracked int8)
+ *
+ * Every role and database holding entries of the shared table: how many,
+ * its share (for keys with limits), and what its full share refused or
+ * left uncounted since it last held none.
+ */
+PG_FUNCTION_INFO_V1(apikeys_usage_shares);
+Datum
+apikeys_usage_shares(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS seq;
+	ApiKeysAccount *a;
+	ApiKeysAccount *copy;
+	int			n = 0;
+	long		cap;
+
+	apikeys_require_shmem("usage statistics");
+	InitMaterializedSRF(fcinfo, 0);
+
+	/* copy them out first: names are looked up with no lock held */
+	LWLockAcquire(&apikeys_shmem->locks[APIKEYS_PARTITIONS].lock, LW_SHARED);
+	cap = Max(hash_get_num_entries(apikeys_accounts), 1);
+	copy = palloc(cap * sizeof(ApiKeysAccount));
+	hash_seq_init(&seq, apikeys_accounts);
+	while ((a = hash_seq_search(&seq)) != NULL)
+	{
+		if (n < cap)
+			copy[n++] = *a;
+	}
+	LWLockRelease(&apikeys_shmem->locks[APIKEYS_PARTITIONS].lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+		bool		role = copy[i].key.kind == APIKEYS_ACCOUNT_ROLE;
+		char	   *name = role ? GetUserNameFromId(copy[i].key.oid, true) :
+			get_database_name(copy[i].key.oid);
+
+		values[0] = CStringGetTextDatum(role ? "role" : "database");
+		if (name != NULL)
+			values[1] = CStringGetTextDatum(name);
+		else
+			values[1] = CStringGetTextDatum(psprintf("%u", copy[i].key.oid));
+		values[2] = Int32GetDatum(copy[i].held);
+		values[3] = Int32GetDatum(apikeys_share_cap(copy[i].key.kind, true));
+		values[4] = Int64GetDatum(copy[i].refused);
+		values[5] = Int64GetDatum(copy[i].untracked);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
