@@ -108,6 +108,17 @@ is(tracked(), '11', 'its entry is there');
 $node->safe_psql('postgres', qq{SELECT apikeys.apikey_revoke('$rk')}, extra_params => ['-U', 'mallory']);
 is(tracked(), '10', 'a revoked key\'s entry is freed at once');
 
+# a key deleted before the worker wrote what it counted: its entry goes
+# right after the worker has, and nothing it counted is lost
+my $gk = $node->safe_psql('postgres', q{
+    SELECT k.key_id FROM apikeys.apikey_create('gone', role => 'tenant', rate_limit => '1/day') k,
+                         LATERAL apikeys.apikey_verify(k.token) v WHERE v.valid});
+$node->safe_psql('postgres', qq{SELECT apikeys.apikey_delete('$gk')});
+ok($node->poll_query_until('postgres', 'SELECT tracked = 10 FROM apikeys.usage_stats()'),
+	'a deleted key\'s entry holding unwritten counts is freed after the next flush');
+is($node->safe_psql('postgres', qq{SELECT uses FROM apikeys_internal.usage WHERE key_id = '$gk'}),
+	'1', 'which wrote its use first');
+
 # A second database: one role there may take the whole of that database's
 # share (tracked_share_per_role raised to 100%), never more.
 $node->safe_psql('postgres', q{
