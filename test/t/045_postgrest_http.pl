@@ -155,10 +155,35 @@ for my $case ([ '/ord%2Fers', 'encoded slash' ], [ '/rpc%2fwhoami', 'encoded sla
 		unlike($r->{body}, qr/anvil/, '... and no rows');
 	}
 }
+$r = req('GET', '/ord%C3%A9rs', 'reader');
+is($r->{status}, 404, 'GET /ord%C3%A9rs (UTF-8): passes the hook, PostgREST finds no such table');
+like($r->{body}, qr/"code":"42P01"/, '... 42P01 from the database');
 $r = req('GET', '/orders%00', undef);
 is($r->{status}, 400, 'GET /orders%00 without a key: 400');
 $r = req('HEAD', '/orders%00', 'writer');
 is($r->{status}, 400, 'HEAD /orders%00: 400');
+
+# --- a database that is not UTF-8 ---------------------------------------------
+# request.path arrives there converted to the database encoding, escapes
+# decode to UTF-8: past ASCII the two cannot be compared, so it is refused.
+# (The hook, as PostgREST calls it, without HTTP.)
+$node->safe_psql('postgres', q{CREATE DATABASE latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});
+$node->safe_psql('latin1', 'CREATE EXTENSION apikeys CASCADE');
+for my $case ([ '/orders', 'ok' ], [ '/ord%65rs', 'ok' ],
+	[ '/ord%C3%A9rs', 'other than ASCII' ], [ "/ord\xc3\xa9rs", 'other than ASCII' ])
+{
+	my ($path, $want) = @$case;
+	my ($hook_rc, $hook_out, $hook_err) = $node->psql('latin1', qq{
+		SET client_encoding = 'UTF8';
+		BEGIN;
+		SELECT set_config('request.method', 'GET', true), set_config('request.path', '$path', true),
+		       set_config('request.headers', '{}', true) \\g /dev/null
+		SELECT apikeys.pre_request() \\g /dev/null
+		SELECT 'ok';
+		COMMIT;});
+	if ($want eq 'ok') { is($hook_out, 'ok', "LATIN1 database: request.path $path passes"); }
+	else { like($hook_err, qr/apikey_bad_path.*\Q$want\E.*"status":400/s, "LATIN1 database: request.path $path is refused with 400"); }
+}
 
 # --- no token in any response, nor in PostgREST's log -----------------------
 my $leaks = 0;
