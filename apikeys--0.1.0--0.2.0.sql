@@ -1493,7 +1493,7 @@ COMMENT ON FUNCTION @extschema@.apikey_metadata() IS
     'metadata of the key this transaction logged in with (a tenant id for policies, say), or null';
 
 -- Route scopes: which scopes a key needs for a request, by HTTP method and
--- a LIKE pattern on request.path.  The table lives in the private schema
+-- a LIKE pattern on the path PostgREST routes on (request.path decoded).  The table lives in the private schema
 -- (no unprivileged role can lock it); pre_request reads it directly from C.
 -- Admins manage it through the view apikeys.route_scopes.
 CREATE TABLE apikeys_internal.route_scopes (
@@ -1512,9 +1512,9 @@ CREATE TABLE apikeys_internal.route_scopes (
 COMMENT ON TABLE apikeys_internal.route_scopes IS
     'scopes a key needs for a request, by method and path; read by pre_request, managed through apikeys.route_scopes';
 COMMENT ON COLUMN apikeys_internal.route_scopes.method IS
-    'HTTP method in upper case (GET, POST, ...), or * for every method';
+    'HTTP method in upper case (GET, POST, ...; GET covers HEAD too), or * for every method';
 COMMENT ON COLUMN apikeys_internal.route_scopes.path_pattern IS
-    'LIKE pattern matched against request.path (such as /orders or /rpc/%), starting with /';
+    'LIKE pattern matched against the percent-decoded path PostgREST routes on (such as /orders or /rpc/%), starting with /';
 COMMENT ON COLUMN apikeys_internal.route_scopes.scope IS
     'scope the key must hold (its own scopes may be wildcards); no * here';
 SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.route_scopes', '');
@@ -1535,9 +1535,9 @@ SELECT r.method, r.path_pattern, r.scope
 COMMENT ON VIEW @extschema@.route_scopes IS
     'scopes pre_request requires by route: INSERT (method, path_pattern, scope) to make GET /orders demand orders:read; admins only';
 COMMENT ON COLUMN @extschema@.route_scopes.method IS
-    'HTTP method in upper case (GET, POST, ...), or * for every method (the default)';
+    'HTTP method in upper case (GET, POST, ...; GET covers HEAD too), or * for every method (the default)';
 COMMENT ON COLUMN @extschema@.route_scopes.path_pattern IS
-    'LIKE pattern matched against request.path, such as /orders or /rpc/%';
+    'LIKE pattern matched against the percent-decoded request path, such as /orders or /rpc/%';
 COMMENT ON COLUMN @extschema@.route_scopes.scope IS
     'scope a key must hold for a matching request';
 REVOKE ALL ON @extschema@.route_scopes FROM PUBLIC;
