@@ -59,8 +59,9 @@ sub binary
 # Start PostgREST for node (a PostgreSQL::Test::Cluster): conf is the
 # README's settings, db-uri replaced by one for the node's Unix socket as
 # user (default: the user of the README's db-uri) on the database of the
-# README's URI (or dbname); extra adds or overrides settings.  Returns once
-# PostgREST reports ready (its admin /ready), or dies.
+# README's URI (or dbname), or by db_uri (through a pooler, say); extra adds
+# or overrides settings (jwt-secret, ...).  Returns once PostgREST reports
+# ready (its admin /ready), or dies.
 sub start
 {
 	my ($class, %args) = @_;
@@ -76,7 +77,7 @@ sub start
 		dir => PostgreSQL::Test::Utils::tempdir_short(),
 	}, $class;
 
-	$conf{'db-uri'} = sprintf('postgres://%s@/%s?host=%s&port=%d',
+	$conf{'db-uri'} = $args{db_uri} // sprintf('postgres://%s@/%s?host=%s&port=%d',
 		$user, $dbname, $node->host, $node->port);
 	$conf{'server-host'} = '127.0.0.1';
 	$conf{'server-port'} = $self->{port};
@@ -125,7 +126,7 @@ sub request
 	}
 	$req .= 'Content-Length: ' . length($body) . "\r\n" if defined $body;
 	$req .= "\r\n" . ($body // '');
-	return $self->raw_request($req, $self->{port}, $method eq 'HEAD');
+	return $self->raw_request($req, $self->{port});
 }
 
 # Send bytes to a port on 127.0.0.1 and read the response to the end (the
@@ -133,7 +134,7 @@ sub request
 # raw => the whole response, body => the decoded body }.
 sub raw_request
 {
-	my ($self, $bytes, $port, $head) = @_;
+	my ($self, $bytes, $port) = @_;
 	my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
 		Proto => 'tcp', Timeout => 10)
 	  or die "cannot connect to 127.0.0.1:$port: $!";
