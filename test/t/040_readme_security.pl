@@ -1,6 +1,7 @@
 # The README's security examples, run exactly as written.  Every sql block
 # the README marks (<!-- rls-example: -->, <!-- rls-authenticator: -->,
-# <!-- rls-issuers: -->, <!-- approval-setup: -->, <!-- postgrest-setup: -->)
+# <!-- rls-issuers: -->, <!-- approval-setup: -->, <!-- postgrest-setup: -->,
+# <!-- privileges-departed: -->)
 # is extracted from README.md and run; then the checks the examples promise:
 # a key with only a read scope cannot write, a key with the write scope can,
 # tenants see and write only their own rows, a logged-in key creates no key,
@@ -27,7 +28,8 @@ sub block_after
 }
 
 my %sql;
-for my $name (qw(rls-example rls-authenticator rls-issuers approval-setup postgrest-setup))
+for my $name (qw(privileges-departed rls-example rls-authenticator rls-issuers approval-setup
+	postgrest-setup))
 {
 	$sql{$name} = block_after($name, 'sql');
 	ok(defined $sql{$name}, "README marks the $name block") or BAIL_OUT("no $name block");
@@ -102,6 +104,12 @@ CREATE ROLE keyadmin LOGIN IN ROLE apikeys_admin;});
 ($rc, $out, $err) = run_as('clerk', 'rls',
 	q{SELECT count(*) FROM apikeys.apikey_create('any tenant', role => 'billing_api', metadata => '{"tenant_id": 8}');});
 is($out, '1', 'before the README\'s REVOKE, any member of the shared role mints any tenant\'s key');
+# Roles and privileges: the keys whose creator has left their role
+$node->safe_psql('rls', 'REVOKE billing_api FROM clerk');
+($rc, $out, $err) = run_as('postgres', 'rls', $sql{'privileges-departed'});
+like($out, qr/^\w{12}\|any tenant\|billing_api\|clerk$/m, 'the README query lists the key of a creator who left');
+unlike($out, qr/\|writer7\|/, '... and not the keys of admins');
+$node->safe_psql('rls', 'GRANT billing_api TO clerk');
 ($rc, $out, $err) = as_key('rls', $tok{writer7},
 	q{SELECT count(*) FROM apikeys.apikey_create('minted by a key', role => 'billing_api');});
 like($err, qr/apikey_create is not allowed while an api key is logged in/,
