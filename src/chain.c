@@ -26,10 +26,10 @@
  * whose acting role (actor_role) is not an apikeys admin or a superuser
  * fails with 54000, so that no unprivileged transaction can write its rows
  * early and hold every revocation back until it ends.  The bound also
- * bounds the work done under the lock at commit (about 0.1 s for the 8 MB
- * default).  An admin's row past it writes the queue at once (memory stays
- * bounded) and the lock is held from then on, as it is when something
- * reads the chain in the same transaction
+ * bounds the work done under the lock at commit (a few tenths of a second
+ * at the 8 MB default).  An admin's row past it writes the queue at once
+ * (memory stays bounded) and the lock is held from then on, as it is when
+ * something reads the chain in the same transaction
  * (apikeys_internal._audit_chain_flush(), called by audit_verify,
  * audit_head and audit_purge, all admin-only); rows written inside a
  * subtransaction that then rolls back wait again, and the head it began
