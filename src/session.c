@@ -162,6 +162,21 @@ current_key(void)
 	return key_context;
 }
 
+/*
+ * The key this transaction last logged in with, whatever role it acts as
+ * now (NULL if none), and its scopes: a transaction that logged in with a
+ * key manages no keys, even after RESET ROLE (lifecycle.c).
+ */
+const char *
+apikey_session_login(ArrayType **scopes)
+{
+	if (key_context == NULL || key_context_lxid != APIKEYS_CURRENT_LXID())
+		return NULL;
+	if (scopes != NULL)
+		*scopes = key_context->scopes;
+	return key_context->key_id;
+}
+
 /* Record a login, replacing one made earlier in the same subtransaction. */
 static void
 key_context_push(const ApiKeyVerdict *v)
@@ -740,12 +755,113 @@ request_setting(const char *name)
 	return v != NULL ? v : "";
 }
 
+/* Why route_path refused a request path. */
+typedef enum RoutePathError
+{
+	ROUTE_PATH_OK = 0,
+	ROUTE_PATH_ENCODED_SLASH,	/* %2F or %2f */
+	ROUTE_PATH_BAD_ESCAPE,		/* % not followed by two hex digits */
+	ROUTE_PATH_NUL,				/* %00 */
+	ROUTE_PATH_NOT_UTF8,		/* decoded bytes that are not UTF-8 */
+	ROUTE_PATH_NOT_ASCII		/* non-ASCII, in a database that is not UTF-8 */
+} RoutePathError;
+
+/* The value of a hexadecimal digit, or -1. */
+static int
+hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * The path PostgREST routes on, from request.path (the raw request target
+ * PostgREST puts there, without the query string).  PostgREST 11 and 12
+ * route on Warp's pathInfo, http-types' decodePathSegments: one leading "/"
+ * dropped (a target without one, "orders", is served too), the rest split
+ * at each "/", each segment percent-decoded ("+" stays "+") and read as
+ * UTF-8; then "/x" is table x and "/rpc/f" function f, and every other
+ * shape is a 404 before any transaction.  The result is "/" and the decoded
+ * segments joined by "/": "/ord%65rs", "/%6frders" and "orders" all give
+ * "/orders".  Nothing else is normalised, as PostgREST normalises nothing
+ * else ("/orders/", "//orders", "/./orders" are 404s; case is kept).
+ *
+ * Refused, rather than guessed, where PostgREST's reading and a pattern's
+ * could differ: an encoded "/" (PostgREST serves "/rpc%2Ff" from a table
+ * named "rpc/f"), an invalid escape (PostgREST keeps it as it is), an
+ * encoded NUL (the name is cut there: "/orders%00" is served from orders),
+ * decoded bytes that are not UTF-8 (PostgREST puts U+FFFD in their place),
+ * and any non-ASCII byte in a database that is not UTF-8 (request.path
+ * arrives converted, the escapes do not).
+ */
+static RoutePathError
+route_path(const char *raw, char **path)
+{
+	const char *p = raw;
+	StringInfoData buf;
+	bool		high = false;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '/');
+	if (*p == '/')
+		p++;
+	for (; *p; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c == '%')
+		{
+			int			hi = hex_digit(p[1]);
+			int			lo = hi < 0 ? -1 : hex_digit(p[2]);
+
+			if (lo < 0)
+				return ROUTE_PATH_BAD_ESCAPE;
+			c = (unsigned char) (hi * 16 + lo);
+			if (c == '/')
+				return ROUTE_PATH_ENCODED_SLASH;
+			if (c == '\0')
+				return ROUTE_PATH_NUL;
+			p += 2;
+		}
+		if (c >= 0x80)
+			high = true;
+		appendStringInfoChar(&buf, (char) c);
+	}
+	if (high)
+	{
+		if (GetDatabaseEncoding() != PG_UTF8)
+			return ROUTE_PATH_NOT_ASCII;
+		if (pg_encoding_verifymbstr(PG_UTF8, buf.data, buf.len) != buf.len)
+			return ROUTE_PATH_NOT_UTF8;
+	}
+	*path = buf.data;
+	return ROUTE_PATH_OK;
+}
+
+/*
+ * Does a route row's method cover the request's?  "*" covers every method,
+ * and GET covers HEAD, which PostgREST serves as a GET without the body
+ * (row counts included, functions called).
+ */
+static bool
+route_method_covers(const char *row_method, const char *method)
+{
+	return strcmp(row_method, "*") == 0 ||
+		pg_strcasecmp(row_method, method) == 0 ||
+		(pg_strcasecmp(method, "HEAD") == 0 && strcmp(row_method, "GET") == 0);
+}
+
 /*
  * The scopes the route requires: every row of apikeys_internal.route_scopes
- * whose method is '*' or the request's, and whose path_pattern the request's
- * path is LIKE.  Read straight from the table (no view, no SQL, no
- * privilege needed), with the latest snapshot so a change applies from its
- * commit.
+ * whose method covers the request's, and whose path_pattern the decoded
+ * path (route_path) is LIKE.  Read straight from the table (no view, no
+ * SQL, no privilege needed), with the latest snapshot so a change applies
+ * from its commit.
  */
 static List *
 route_scopes_for(const char *method, const char *path)
@@ -777,14 +893,13 @@ route_scopes_for(const char *method, const char *path)
 	{
 		Datum		values[Natts_route_scopes];
 		bool		nulls[Natts_route_scopes];
-		char	   *m;
 
 		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
 		if (nulls[Anum_route_method - 1] || nulls[Anum_route_path_pattern - 1] ||
 			nulls[Anum_route_scope - 1])
 			continue;
-		m = TextDatumGetCString(values[Anum_route_method - 1]);
-		if (strcmp(m, "*") != 0 && pg_strcasecmp(m, method) != 0)
+		if (!route_method_covers(TextDatumGetCString(values[Anum_route_method - 1]),
+								 method))
 			continue;
 		if (!DatumGetBool(DirectFunctionCall2Coll(textlike, C_COLLATION_OID,
 												  PointerGetDatum(path_text),
@@ -942,6 +1057,18 @@ reject_login(LoginRefusal why, const ApiKeyVerdict *v, const Credentials *cr,
 	elog(ERROR, "unexpected login outcome %d", (int) why);
 }
 
+/*
+ * Reject a request whose path route_path refuses (never returns).  The path
+ * itself is not repeated: it is the client's input.
+ */
+static void pg_attribute_noreturn()
+reject_bad_path(const char *why)
+{
+	reject(400, "apikey_bad_path", "request path is ambiguous", why,
+		   "Percent-encode each path segment once, with two hexadecimal digits after each %, and without %2F or %00.",
+		   NULL, NULL);
+}
+
 /* SQL function: pre_request() returns void */
 PG_FUNCTION_INFO_V1(apikeys_pre_request);
 Datum
@@ -955,6 +1082,7 @@ apikeys_pre_request(PG_FUNCTION_ARGS)
 	ApiKeyVerdict v;
 	LoginRefusal why;
 	char	   *rolename;
+	char	   *path = NULL;
 	const char *missing = NULL;
 	ListCell   *lc;
 
@@ -975,8 +1103,22 @@ apikeys_pre_request(PG_FUNCTION_ARGS)
 	if (cr.jwt)
 		PG_RETURN_VOID();		/* PostgREST has checked it and set its role */
 
-	scopes = route_scopes_for(request_setting("request.method"),
-							  request_setting("request.path"));
+	switch (route_path(request_setting("request.path"), &path))
+	{
+		case ROUTE_PATH_OK:
+			break;
+		case ROUTE_PATH_ENCODED_SLASH:
+			reject_bad_path("The path contains an encoded slash (%2F).");
+		case ROUTE_PATH_BAD_ESCAPE:
+			reject_bad_path("The path contains a % that is not followed by two hexadecimal digits.");
+		case ROUTE_PATH_NUL:
+			reject_bad_path("The path contains an encoded NUL (%00).");
+		case ROUTE_PATH_NOT_UTF8:
+			reject_bad_path("The decoded path is not valid UTF-8.");
+		case ROUTE_PATH_NOT_ASCII:
+			reject_bad_path("The path has characters other than ASCII, and the database encoding is not UTF-8.");
+	}
+	scopes = route_scopes_for(request_setting("request.method"), path);
 
 	if (cr.token == NULL)
 	{

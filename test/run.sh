@@ -47,7 +47,9 @@ echo "== TAP"
 TAPDIR=$PGTMP/tap
 mkdir -p "$TAPDIR"
 cp -r test/t "$TAPDIR/t"
-# 005_pgbouncer.pl runs the README's PostgREST setup as written.
+# 005_pgbouncer.pl and 045_postgrest_http.pl run the README's PostgREST
+# setup as written; 045 and later run the PostgREST binary that ensure_deps
+# installed (POSTGREST_BIN, see ensure_postgrest in test/lib.sh).
 cp README.md "$TAPDIR/"
 as_root chown -R postgres "$TAPDIR"
 rc=0
@@ -56,6 +58,7 @@ rc=0
     PERL5LIB="$PGXS_DIR/src/test/perl" \
     PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
     TESTDIR="$TAPDIR" PG_CONFIG="$PG_CONFIG" \
+    POSTGREST_BIN="$POSTGREST_BIN" \
     prove --timer t/*.pl) 2>&1 | tee "$RESULTS/tap.out" || rc=$?
 # prove exits 0 when it finds no test at all: that is a failure here.
 grep -q '^Result: PASS' "$RESULTS/tap.out" || rc=1
