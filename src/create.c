@@ -53,6 +53,7 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -441,14 +442,25 @@ role_index(Relation rel)
 }
 
 /*
+ * The last count of this transaction: role, and how many keys it had then
+ * plus those this transaction has been allowed to add since.
+ */
+static LocalTransactionId counted_lxid = InvalidLocalTransactionId;
+static Oid	counted_role = InvalidOid;
+static int64 counted_keys = 0;
+
+/*
  * Raise 54000 if role has apikeys.max_keys_per_role keys already and the
  * caller is no admin (admins may go past it: the setting is theirs).  The
  * count takes every row of the catalog for the role (revoked keys too: they
  * stay for audit until deleted), committed or being written by a
  * transaction in progress (a dirty snapshot, as a unique check reads), the
- * caller's own included, so that one statement creating many keys, or
- * several sessions at once, cannot slip past it.  It reads an index on
- * role: its cost follows the role's keys, and only non-admins pay it.
+ * caller's own included.  It reads an index on role: its cost follows the
+ * role's keys, and only non-admins pay it.  Within a transaction the count
+ * is taken once per role and then followed (each check that passes is a
+ * key about to be made), and taken again only when that says the bound is
+ * reached: so one statement making many keys costs one count, not one per
+ * key, and what is refused is refused on a fresh count.
  */
 void
 apikeys_check_key_count(Oid caller, Oid role)
@@ -466,6 +478,12 @@ apikeys_check_key_count(Oid caller, Oid role)
 	if (superuser_arg(caller) ||
 		(OidIsValid(admin) && is_member_of_role(caller, admin)))
 		return;
+	if (counted_lxid == APIKEYS_CURRENT_LXID() && counted_role == role &&
+		counted_keys + 1 < apikeys_max_keys_per_role)
+	{
+		counted_keys++;
+		return;
+	}
 	relid = apikey_cached_relation_oid(&catalog_rel);
 	if (!OidIsValid(relid))
 		return;
@@ -479,6 +497,9 @@ apikeys_check_key_count(Oid caller, Oid role)
 		n++;
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
+	counted_lxid = APIKEYS_CURRENT_LXID();
+	counted_role = role;
+	counted_keys = n + 1;		/* (the key about to be made) */
 	if (n >= apikeys_max_keys_per_role)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
