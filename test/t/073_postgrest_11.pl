@@ -4,6 +4,9 @@
 use strict;
 use warnings;
 use FindBin;
+# loaded here, at compile time, for their INIT blocks
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
 use lib "$FindBin::RealBin/lib";
 use PostgrestHttp;
 

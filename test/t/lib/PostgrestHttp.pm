@@ -124,6 +124,13 @@ sub start
 
 sub port { $_[0]->{port} }
 
+# PostgREST's process id (to signal it: SIGUSR1 reloads its schema cache).
+sub pid
+{
+	my ($self) = @_;
+	return $self->{handle} ? $self->{handle}{KIDS}[0]{PID} : undef;
+}
+
 # Wait (up to 30 s) until PostgREST's log matches a pattern, counting only
 # what it wrote after offset (a length of log_text taken before); true when
 # it did.
