@@ -1077,6 +1077,7 @@ BEGIN
                                                          p_allowed_ips, p_allowed_origins);
     p_role := COALESCE(p_role, p_caller::regrole);
     PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+    PERFORM apikeys_internal._check_manage_grant(p_caller, p_scopes);
     lim := apikeys_internal._check_limits(p_rate_limit, p_remaining, p_refill);
 
     -- 62^12 key ids: a collision is all but impossible, but never fatal.
@@ -1139,6 +1140,8 @@ BEGIN
                   HINT = 'Create a new key instead.';
     END IF;
     PERFORM apikeys_internal._check_renew(p_caller, k.key_id, k.role);
+    -- a new token of a key that manages keys is an admin's to hand out
+    PERFORM apikeys_internal._check_manage_grant(p_caller, k.scopes);
     IF p_grace IS NOT NULL AND p_grace < '0'::interval THEN
         RAISE EXCEPTION 'grace period must not be negative'
             USING ERRCODE = '22023',
@@ -1202,6 +1205,7 @@ BEGIN
     END IF;
     IF p_state = 'active' THEN
         PERFORM apikeys_internal._check_renew(p_caller, k.key_id, k.role);
+        PERFORM apikeys_internal._check_manage_grant(p_caller, k.scopes);
     END IF;
     UPDATE apikeys_internal.key_catalog c
        SET state = p_state,
@@ -1315,6 +1319,10 @@ BEGIN
     END IF;
     IF p_role IS NOT NULL THEN
         PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+    END IF;
+    -- re-scoping or moving a key that holds (or will hold) apikeys:manage
+    IF p_scopes IS NOT NULL OR p_role IS NOT NULL THEN
+        PERFORM apikeys_internal._check_manage_grant(p_caller, COALESCE(p_scopes, k.scopes));
     END IF;
     -- rate_limit => '' removes the limits, remaining => -1 the quota,
     -- refill => '' the refill; a new remaining re-bases the live quota
@@ -2229,6 +2237,8 @@ CREATE TABLE apikeys_internal.key_requests (
     approved_expires_at pg_catalog.timestamptz,
     claim_by            pg_catalog.timestamptz,
     claimed_at          pg_catalog.timestamptz,
+    requested_session   pg_catalog.regrole NOT NULL,
+    requested_key       pg_catalog.text COLLATE "C",
     CONSTRAINT key_requests_pkey PRIMARY KEY (key_id),
     CONSTRAINT key_requests_key_id_check
         CHECK (key_id OPERATOR(pg_catalog.~) '^[0-9A-Za-z]{12}$'),
@@ -2262,6 +2272,10 @@ COMMENT ON COLUMN apikeys_internal.key_requests.decided_by IS 'role that approve
 COMMENT ON COLUMN apikeys_internal.key_requests.decided_at IS 'when it was approved or rejected';
 COMMENT ON COLUMN apikeys_internal.key_requests.decision_note IS 'the approver''s note (at most 1000 characters)';
 COMMENT ON COLUMN apikeys_internal.key_requests.claimed_at IS 'when the requester claimed the token';
+COMMENT ON COLUMN apikeys_internal.key_requests.requested_session IS
+    'the session user (the login) that asked: the same login may not approve it, unless it is named in apikeys.authenticators';
+COMMENT ON COLUMN apikeys_internal.key_requests.requested_key IS
+    'the api key the request was made with (apikeys:manage), or null: through an authenticator, that key may not approve it';
 COMMENT ON COLUMN apikeys_internal.key_requests.scopes IS 'scopes requested';
 COMMENT ON COLUMN apikeys_internal.key_requests.expires_at IS 'expiry requested (null: none)';
 SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.key_requests', '');
@@ -2319,7 +2333,9 @@ SELECT r.key_id,
        r.approved_scopes,
        r.approved_expires_at,
        r.claim_by,
-       r.claimed_at
+       r.claimed_at,
+       r.requested_session,
+       r.requested_key
   FROM apikeys_internal.key_requests r;
 COMMENT ON VIEW @extschema@.key_requests IS
     'api key requests visible to the current role (admins and approvers: all; others: the requests of roles they belong to); never a secret';
@@ -2345,6 +2361,10 @@ COMMENT ON COLUMN @extschema@.key_requests.decided_at IS 'when it was approved o
 COMMENT ON COLUMN @extschema@.key_requests.decision_note IS 'the approver''s note (at most 1000 characters)';
 COMMENT ON COLUMN @extschema@.key_requests.claimed_at IS 'when the requester claimed the token';
 COMMENT ON COLUMN @extschema@.key_requests.requested_by IS 'the role that asked, the only one that may claim the token';
+COMMENT ON COLUMN @extschema@.key_requests.requested_session IS
+    'the session user (the login) that asked: it may not approve the request (four eyes), unless it is an authenticator named in apikeys.authenticators';
+COMMENT ON COLUMN @extschema@.key_requests.requested_key IS
+    'the api key the request was made with, or null; through an authenticator the approving key must be another one';
 GRANT SELECT ON @extschema@.key_requests TO PUBLIC;
 
 -- Raise 22023 for text with control or bidirectional characters (a reason or
@@ -2489,10 +2509,11 @@ BEGIN
     END LOOP;
     INSERT INTO apikeys_internal.key_requests
         (key_id, name, prefix, role, scopes, expires_at, metadata, allowed_ips,
-         allowed_origins, reason, requested_by)
+         allowed_origins, reason, requested_by, requested_session, requested_key)
     VALUES (new_id, p_name, p_prefix, p_role, COALESCE(p_scopes, '{}'),
             NULLIF(p_expires_at, 'infinity'), COALESCE(p_metadata, '{}'),
-            p_allowed_ips, p_allowed_origins, p_reason, p_caller::regrole);
+            p_allowed_ips, p_allowed_origins, p_reason, p_caller::regrole,
+            apikeys_internal._session_user(), apikeys_internal._logged_in_key());
     PERFORM apikeys_internal._audit_append(p_caller, 'request', new_id, p_role,
         jsonb_build_object('name', p_name, 'role', p_role, 'prefix', p_prefix,
                            'scopes', COALESCE(p_scopes, '{}'),
@@ -2534,10 +2555,16 @@ BEGIN
             USING ERRCODE = '55000',
                   DETAIL = format('The request is %s.', r.state);
     END IF;
-    -- four eyes: not the requesting role, nor a role the requester can
-    -- become, nor (superusers aside, who belong to every role) a role that
-    -- can become the requester.  Session users are not compared: behind
-    -- PostgREST every request has the same one.
+    -- four eyes, by login: not the session user that asked (whatever
+    -- roles it SET ROLE to in between), unless that is an authenticator
+    -- serving many people (apikeys.authenticators): then not the api key
+    -- that asked, and only with a key (a keyless request through it, a JWT
+    -- one say, cannot be told apart from the approver's).  A superuser's
+    -- session is exempt: it can write the tables directly, no rule binds it.
+    PERFORM apikeys_internal._check_four_eyes(r);
+    -- four eyes, by role: not the requesting role, nor a role the requester
+    -- can become, nor (superusers aside, who belong to every role) a role
+    -- that can become the requester.
     IF r.requested_by = p_caller::regrole
        OR pg_has_role(r.requested_by::oid, p_caller, 'MEMBER')
        OR (pg_has_role(p_caller, r.requested_by::oid, 'MEMBER')
@@ -2563,6 +2590,8 @@ BEGIN
             changes := changes || jsonb_build_object('scopes', jsonb_build_object('requested', r.scopes, 'approved', v_scopes));
         END IF;
     END IF;
+    -- a key that manages keys is granted by an admin only
+    PERFORM apikeys_internal._check_manage_grant(p_caller, v_scopes);
     v_expiry := r.expires_at;
     IF p_expires_at = 'infinity' AND r.expires_at IS NOT NULL THEN
         RAISE EXCEPTION 'approved expiry must not be later than the requested expiry'
@@ -2917,6 +2946,7 @@ BEGIN
     END IF;
     p_role := COALESCE(p_role, p_caller::regrole);
     PERFORM apikeys_internal._check_role_grant(p_caller, p_role);
+    PERFORM apikeys_internal._check_manage_grant(p_caller, p_scopes);
 
     IF new_id IS NOT NULL AND EXISTS (SELECT 1 FROM apikeys_internal.key_requests q WHERE q.key_id = new_id) THEN
         RAISE EXCEPTION 'api key already exists'
@@ -3233,3 +3263,169 @@ COMMENT ON FUNCTION @extschema@.request_log_stats() IS
     'the request log''s queue in shared memory, for the whole server since it started: aggregates queued and the most it holds (apikeys.audit_request_queue_size), requests waiting for the worker, requests recorded, of those kept only as a count because the queue was full, requests written, and requests not recorded (on a hot standby, in a database other than apikeys.database, or where the extension is not installed); raises 55000 without shared_preload_libraries; admins only';
 REVOKE ALL ON FUNCTION @extschema@.request_log_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.request_log_stats() TO apikeys_admin;
+
+-------------------------------------------------------------------------------
+-- Key sessions: a key never manages keys (src/lifecycle.c, src/request.c).
+--
+-- While a transaction has logged in with a key (apikey_login, pre_request),
+-- every lifecycle and management entry point refuses (42501) in C, whatever
+-- role the transaction acts as by then, and the listings below show that
+-- key's rows alone.  A key holding the scope apikeys:manage by name (no
+-- wildcard holds it), which only admins give, is exempt from both.  Four
+-- eyes compares logins too: the session user that requested a key may not
+-- approve it, except through an authenticator named in
+-- apikeys.authenticators, where the api keys must differ.
+-------------------------------------------------------------------------------
+CREATE FUNCTION apikeys_internal._key_session()
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_key_session'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION apikeys_internal._key_session() IS
+    'key id this transaction logged in with (whatever role it acts as now), unless that key holds apikeys:manage; null otherwise: the listings show this key''s rows alone';
+
+CREATE FUNCTION apikeys_internal._logged_in_key()
+RETURNS pg_catalog.text
+AS 'MODULE_PATHNAME', 'apikeys_logged_in_key'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION apikeys_internal._logged_in_key() IS
+    'key id this transaction logged in with, whatever role it acts as now and whatever its scopes, or null; for four eyes through an authenticator';
+
+CREATE FUNCTION apikeys_internal._session_user()
+RETURNS pg_catalog.oid
+AS 'MODULE_PATHNAME', 'apikeys_session_user'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION apikeys_internal._session_user() IS
+    'the session user (the login) as an oid, without a round trip through its name';
+
+CREATE FUNCTION apikeys_internal._is_authenticator(who pg_catalog.oid)
+RETURNS pg_catalog.bool
+AS 'MODULE_PATHNAME', 'apikeys_is_authenticator'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION apikeys_internal._is_authenticator(pg_catalog.oid) IS
+    'is the role named in apikeys.authenticators (a login serving many people, such as PostgREST''s authenticator)?';
+
+-- Route scopes are configuration a key must not change either: the view
+-- writes through to the table, whose statement trigger refuses.
+CREATE FUNCTION apikeys_internal._refuse_key_session()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'apikeys_refuse_key_session_trigger'
+LANGUAGE C;
+COMMENT ON FUNCTION apikeys_internal._refuse_key_session() IS
+    'internal: statement trigger raising 42501 while an api key without apikeys:manage is logged in';
+REVOKE ALL ON FUNCTION apikeys_internal._refuse_key_session() FROM PUBLIC;
+CREATE TRIGGER route_scopes_key_session
+    BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON apikeys_internal.route_scopes
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._refuse_key_session();
+
+-- Raise 42501 when a role that is not an admin would give a key the scope
+-- apikeys:manage (create, update, rotate, enable, import, approve).
+CREATE FUNCTION apikeys_internal._check_manage_grant(p_caller pg_catalog.oid, p_scopes pg_catalog.text[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF 'apikeys:manage' COLLATE "C" = ANY (p_scopes) AND NOT apikeys_internal._is_admin(p_caller) THEN
+        RAISE EXCEPTION 'permission denied to grant the scope apikeys:manage'
+            USING ERRCODE = '42501',
+                  DETAIL = format('Role %s is not a member of apikeys_admin; a key holding apikeys:manage may manage keys while logged in.',
+                                  quote_ident(pg_get_userbyid(p_caller))),
+                  HINT = 'Only admins create, re-scope, rotate, enable or approve keys that hold apikeys:manage.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_manage_grant(pg_catalog.oid, pg_catalog.text[]) IS
+    'internal: raises 42501 unless the role is an admin or the scopes do not name apikeys:manage';
+REVOKE ALL ON FUNCTION apikeys_internal._check_manage_grant(pg_catalog.oid, pg_catalog.text[]) FROM PUBLIC;
+
+-- Four eyes by login (apikey_approve): raise 42501 when the approving
+-- session user made the request, unless it is a superuser; through an
+-- authenticator, when the request and the approval were not made with two
+-- different api keys.
+CREATE FUNCTION apikeys_internal._check_four_eyes(r apikeys_internal.key_requests)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    me oid := apikeys_internal._session_user();
+    approving_key text := apikeys_internal._logged_in_key();
+BEGIN
+    IF r.requested_session::oid <> me OR (SELECT a.rolsuper FROM pg_roles a WHERE a.oid = me) THEN
+        RETURN;
+    END IF;
+    IF NOT apikeys_internal._is_authenticator(me) THEN
+        RAISE EXCEPTION 'cannot approve an api key request made by the same login'
+            USING ERRCODE = '42501',
+                  DETAIL = format('Session user %s made the request; whatever roles it sets, one login may not both request and approve a key.',
+                                  quote_ident(pg_get_userbyid(me))),
+                  HINT = 'Another person approves, connected as themselves.';
+    END IF;
+    IF r.requested_key IS NULL OR approving_key IS NULL THEN
+        RAISE EXCEPTION 'cannot approve an api key request through authenticator % without api keys', quote_ident(pg_get_userbyid(me))
+            USING ERRCODE = '42501',
+                  DETAIL = 'Requests and approvals through an authenticator named in apikeys.authenticators are told apart by the api keys they are made with, and this one has none on one side.',
+                  HINT = 'Request and approve with two different keys holding apikeys:manage, or approve connected as yourself.';
+    END IF;
+    IF r.requested_key = approving_key COLLATE "C" THEN
+        RAISE EXCEPTION 'cannot approve an api key request made with the same api key'
+            USING ERRCODE = '42501',
+                  DETAIL = format('Api key %s made the request through authenticator %s.', approving_key,
+                                  quote_ident(pg_get_userbyid(me))),
+                  HINT = 'Another approver approves, with a key of their own.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys_internal._check_four_eyes(apikeys_internal.key_requests) IS
+    'internal: raises 42501 when the approving login (session user; through an authenticator, api key) is the requesting one';
+REVOKE ALL ON FUNCTION apikeys_internal._check_four_eyes(apikeys_internal.key_requests) FROM PUBLIC;
+
+-- The listings during a key session: the key's own rows.  Restrictive, so
+-- they hold on top of every other policy (admins' included, for a key whose
+-- role is an admin); for SELECT, which UPDATE and DELETE also obey for the
+-- rows they read.
+CREATE POLICY key_session_only ON apikeys_internal.key_catalog AS RESTRICTIVE FOR SELECT
+    USING (apikeys_internal._key_session() IS NULL
+           OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
+COMMENT ON POLICY key_session_only ON apikeys_internal.key_catalog IS
+    'while an api key is logged in (without apikeys:manage), only that key''s row is visible';
+CREATE POLICY key_session_only ON apikeys_internal.audit_log AS RESTRICTIVE FOR SELECT
+    USING (apikeys_internal._key_session() IS NULL
+           OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
+COMMENT ON POLICY key_session_only ON apikeys_internal.audit_log IS
+    'while an api key is logged in (without apikeys:manage), only that key''s audit rows are visible';
+CREATE POLICY key_session_only ON apikeys_internal.usage AS RESTRICTIVE FOR SELECT
+    USING (apikeys_internal._key_session() IS NULL
+           OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
+COMMENT ON POLICY key_session_only ON apikeys_internal.usage IS
+    'while an api key is logged in (without apikeys:manage), only that key''s usage is visible';
+CREATE POLICY key_session_only ON apikeys_internal.usage_hourly AS RESTRICTIVE FOR SELECT
+    USING (apikeys_internal._key_session() IS NULL
+           OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
+COMMENT ON POLICY key_session_only ON apikeys_internal.usage_hourly IS
+    'while an api key is logged in (without apikeys:manage), only that key''s usage is visible';
+CREATE POLICY key_session_only ON apikeys_internal.quota_state AS RESTRICTIVE FOR SELECT
+    USING (apikeys_internal._key_session() IS NULL
+           OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
+COMMENT ON POLICY key_session_only ON apikeys_internal.quota_state IS
+    'while an api key is logged in (without apikeys:manage), only that key''s quota state is visible';
+CREATE POLICY key_session_only ON apikeys_internal.key_requests AS RESTRICTIVE FOR SELECT
+    USING (apikeys_internal._key_session() IS NULL
+           OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
+COMMENT ON POLICY key_session_only ON apikeys_internal.key_requests IS
+    'while an api key is logged in (without apikeys:manage), only the request of that key is visible';
+CREATE POLICY key_session_only ON apikeys_internal.request_log AS RESTRICTIVE FOR SELECT
+    USING (apikeys_internal._key_session() IS NULL
+           OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
+COMMENT ON POLICY key_session_only ON apikeys_internal.request_log IS
+    'while an api key is logged in (without apikeys:manage), only that key''s requests are visible';
+CREATE POLICY key_session_only ON apikeys_internal.revealable_secrets AS RESTRICTIVE FOR SELECT
+    USING (apikeys_internal._key_session() IS NULL
+           OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
+COMMENT ON POLICY key_session_only ON apikeys_internal.revealable_secrets IS
+    'while an api key is logged in (without apikeys:manage), only that key''s row is visible';
+CREATE POLICY key_session_only ON apikeys_internal.imported_keys AS RESTRICTIVE FOR SELECT
+    USING (apikeys_internal._key_session() IS NULL
+           OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
+COMMENT ON POLICY key_session_only ON apikeys_internal.imported_keys IS
+    'while an api key is logged in (without apikeys:manage), only that key''s row is visible';

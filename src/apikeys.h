@@ -374,6 +374,10 @@ apikey_request_log_wanted(ApiKeyStatus status)
 			apikey_request_log_note((key_id), (e), (req), (v), (now)); \
 	} while (0)
 
+/* lifecycle.c: a key never manages keys (refused while one is logged in) */
+#define APIKEY_MANAGE_SCOPE		"apikeys:manage"
+extern void apikeys_refuse_key_session(const char *what);
+
 /* lifecycle.c: calling an internal function from another file's entry point */
 extern Datum apikeys_call_internal(const char *name, int nargs,
 								   const Oid *argtypes,
@@ -409,6 +413,7 @@ extern const char *apikey_pepper_id_of(text *t);
 
 /* session.c: apikey_login, the key context, pre_request, their settings */
 extern void apikeys_session_init(void);
+extern const char *apikey_session_login(ArrayType **scopes);
 
 /*
  * limits.c: rate limits and quotas of a key, parsed from its catalog row.

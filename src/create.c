@@ -150,6 +150,10 @@ plain_scopes(ArrayType *scopes)
 				(c == '*' && j != len - 1))
 				return false;
 		}
+		/* only an admin grants it: _apikey_create decides */
+		if (len == strlen(APIKEY_MANAGE_SCOPE) &&
+			memcmp(p, APIKEY_MANAGE_SCOPE, len) == 0)
+			return false;
 	}
 	return true;
 }

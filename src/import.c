@@ -309,6 +309,8 @@ apikey_import(PG_FUNCTION_ARGS)
 
 	if (PG_NARGS() != A_nargs)
 		elog(ERROR, "apikey_import called with %d arguments", PG_NARGS());
+	/* a logged-in key imports no keys (lifecycle.c) */
+	apikeys_refuse_key_session("apikey_import");
 	if (PG_ARGISNULL(A_token) == PG_ARGISNULL(A_token_sha256))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -12,6 +12,16 @@
  * and makes every privilege decision with it, so no caller can forge
  * another identity, and the audit trigger reads the same caller through
  * apikeys_internal._actor().
+ *
+ * A key never manages keys: while the transaction has logged in with a key
+ * (apikey_login, pre_request), every entry point here refuses (42501),
+ * whatever role the transaction acts as by then.  The test is on the key
+ * context itself, not on current_user, so a SECURITY DEFINER wrapper of the
+ * user's own, RESET ROLE or a function's SET role clause does not get past
+ * it: a transaction that logged in with a key has handed itself to the
+ * key's holder, and nothing the holder sends afterwards should mint, widen
+ * or revoke keys.  The one exception is a key holding the scope
+ * apikeys:manage by name (no wildcard holds it), which only admins give.
  */
 #include "postgres.h"
 
@@ -22,6 +32,9 @@
 #include "miscadmin.h"
 #include "nodes/value.h"
 #include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "utils/array.h"
+#include "utils/rel.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/lsyscache.h"
@@ -39,6 +52,7 @@ typedef struct InternalCall
 {
 	FmgrInfo	flinfo;
 	int			nargs;
+	char		name[NAMEDATALEN];	/* the public function's name */
 } InternalCall;
 
 /*
@@ -86,6 +100,7 @@ internal_call_for(FunctionCallInfo fcinfo)
 	ic = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(InternalCall));
 	fmgr_info_cxt(internal_oid, &ic->flinfo, fcinfo->flinfo->fn_mcxt);
 	ic->nargs = nargs;
+	strlcpy(ic->name, internal_name + 1, NAMEDATALEN);
 	fcinfo->flinfo->fn_extra = ic;
 	return ic;
 }
@@ -99,6 +114,8 @@ call_internal(FunctionCallInfo fcinfo, bool *isnull)
 	Oid			caller = GetUserId();
 	Oid			saved_actor = current_actor;
 	Datum		result;
+
+	apikeys_refuse_key_session(ic->name);
 
 	/*
 	 * The caller's collation is not passed on: the internal functions compare
@@ -195,6 +212,7 @@ apikeys_create(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		nulls[2];
 
+	apikeys_refuse_key_session("apikey_create");
 	materialize_result(fcinfo);
 
 	/* the common call, decided and written in C (create.c) */
@@ -401,4 +419,103 @@ apikeys_call_internal(const char *name, int nargs, const Oid *argtypes,
 
 	*isnull = inner->isnull;
 	return result;
+}
+
+/*
+ * Does the array hold the scope apikeys:manage by name?  Walked in place;
+ * a wildcard ('*', 'apikeys:*') does not count.
+ */
+static bool
+scopes_name_manage(ArrayType *scopes)
+{
+	int			n = ArrayGetNItems(ARR_NDIM(scopes), ARR_DIMS(scopes));
+	bits8	   *nullmap = ARR_NULLBITMAP(scopes);
+	const char *ptr;
+	const int	want_len = strlen(APIKEY_MANAGE_SCOPE);
+
+	ptr = (const char *) scopes +
+		(ARR_HASNULL(scopes) ? (Size) scopes->dataoffset :
+		 ARR_OVERHEAD_NONULLS(ARR_NDIM(scopes)));
+	for (int i = 0; i < n; i++)
+	{
+		if (nullmap != NULL && !(nullmap[i / 8] & (1 << (i % 8))))
+			continue;
+		ptr = (const char *) att_align_pointer(ptr, TYPALIGN_INT, -1, ptr);
+		if (VARSIZE_ANY_EXHDR(ptr) == want_len &&
+			memcmp(VARDATA_ANY(ptr), APIKEY_MANAGE_SCOPE, want_len) == 0)
+			return true;
+		ptr += VARSIZE_ANY(ptr);
+	}
+	return false;
+}
+
+/*
+ * The key whose rows alone the listings show, and which manages no keys:
+ * the key this transaction logged in with (whatever role it acts as now),
+ * unless that key holds apikeys:manage; NULL otherwise.
+ */
+static const char *
+restricted_session_key(void)
+{
+	ArrayType  *scopes;
+	const char *key_id = apikey_session_login(&scopes);
+
+	if (key_id == NULL || scopes_name_manage(scopes))
+		return NULL;
+	return key_id;
+}
+
+/* Refuse (42501) to run what while a key without apikeys:manage is logged in. */
+void
+apikeys_refuse_key_session(const char *what)
+{
+	const char *key_id = restricted_session_key();
+
+	if (key_id == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("%s is not allowed while an api key is logged in", what),
+			 errdetail("This transaction logged in with api key %s, and a key never manages keys, not even after RESET ROLE.",
+					   key_id),
+			 errhint("Manage keys in a transaction that has not logged in with a key; to let a key manage keys, an admin gives it the scope %s.",
+					 APIKEY_MANAGE_SCOPE)));
+}
+
+/* SQL function: apikeys_internal._key_session() returns text */
+PG_FUNCTION_INFO_V1(apikeys_key_session);
+Datum
+apikeys_key_session(PG_FUNCTION_ARGS)
+{
+	const char *key_id = restricted_session_key();
+
+	if (key_id == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN));
+}
+
+/* SQL function: apikeys_internal._logged_in_key() returns text */
+PG_FUNCTION_INFO_V1(apikeys_logged_in_key);
+Datum
+apikeys_logged_in_key(PG_FUNCTION_ARGS)
+{
+	const char *key_id = apikey_session_login(NULL);
+
+	if (key_id == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN));
+}
+
+/* SQL function: apikeys_internal._refuse_key_session() returns trigger */
+PG_FUNCTION_INFO_V1(apikeys_refuse_key_session_trigger);
+Datum
+apikeys_refuse_key_session_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "apikeys_internal._refuse_key_session must be called as a trigger");
+	apikeys_refuse_key_session(psprintf("changing %s",
+										RelationGetRelationName(trigdata->tg_relation)));
+	return PointerGetDatum(NULL);
 }

@@ -23,10 +23,12 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/varlena.h"
 
 #include "apikeys.h"
 
 static char *approver_role = NULL;
+static char *authenticators = NULL;
 
 /* Define apikeys.approver_role; called from _PG_init. */
 void
@@ -40,6 +42,52 @@ apikeys_request_init(void)
 							   PGC_SUSET,
 							   0,
 							   NULL, NULL, NULL);
+	DefineCustomStringVariable("apikeys.authenticators",
+							   "Login roles serving many people (PostgREST's authenticator), for four eyes in the approval workflow.",
+							   "A comma-separated list of role names. A request made by one of them may be approved in another session of the same login, but not with the api key it was made with. Empty (the default): one login never both requests and approves a key.",
+							   &authenticators,
+							   "",
+							   PGC_SUSET,
+							   GUC_LIST_INPUT,
+							   NULL, NULL, NULL);
+}
+
+/* SQL function: apikeys_internal._session_user() returns oid */
+PG_FUNCTION_INFO_V1(apikeys_session_user);
+Datum
+apikeys_session_user(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_OID(GetSessionUserId());
+}
+
+/* SQL function: apikeys_internal._is_authenticator(oid) returns boolean */
+PG_FUNCTION_INFO_V1(apikeys_is_authenticator);
+Datum
+apikeys_is_authenticator(PG_FUNCTION_ARGS)
+{
+	Oid			who = PG_GETARG_OID(0);
+	char	   *copy;
+	List	   *names;
+	ListCell   *lc;
+	bool		found = false;
+
+	if (authenticators == NULL || authenticators[0] == '\0')
+		PG_RETURN_BOOL(false);
+	copy = pstrdup(authenticators);
+	if (!SplitIdentifierString(copy, ',', &names))
+		PG_RETURN_BOOL(false);	/* unparsable: names no one */
+	foreach(lc, names)
+	{
+		/* the role itself, not its members: a login is named, not a group */
+		if (get_role_oid((const char *) lfirst(lc), true) == who)
+		{
+			found = true;
+			break;
+		}
+	}
+	list_free(names);
+	pfree(copy);
+	PG_RETURN_BOOL(found);
 }
 
 /* SQL function: apikeys_internal._may_approve(oid) returns boolean */

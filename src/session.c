@@ -162,6 +162,21 @@ current_key(void)
 	return key_context;
 }
 
+/*
+ * The key this transaction last logged in with, whatever role it acts as
+ * now (NULL if none), and its scopes: a transaction that logged in with a
+ * key manages no keys, even after RESET ROLE (lifecycle.c).
+ */
+const char *
+apikey_session_login(ArrayType **scopes)
+{
+	if (key_context == NULL || key_context_lxid != APIKEYS_CURRENT_LXID())
+		return NULL;
+	if (scopes != NULL)
+		*scopes = key_context->scopes;
+	return key_context->key_id;
+}
+
 /* Record a login, replacing one made earlier in the same subtransaction. */
 static void
 key_context_push(const ApiKeyVerdict *v)
