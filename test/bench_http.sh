@@ -12,13 +12,16 @@
 #   limited   the same with a key that has a rate limit (never reached)
 #
 # Each configuration gets a PostgREST of its own, a warm-up of its pool,
-# then one measured wrk run; every response must be a 200.  Nothing here is
+# then one measured wrk run; every response must be a 200.  With
+# BENCH_HTTP_ROUNDS above 1, the configurations run in interleaved rounds
+# and each figure is the median of its rounds (a shared machine is noisy).  Nothing here is
 # an assertion: the figures go to the README's Performance section.
 #
 #   BENCH_HTTP_SECONDS      seconds of each measured run          (default 20)
 #   BENCH_HTTP_WARMUP       seconds of each warm-up               (default 3)
 #   BENCH_HTTP_CONNECTIONS  wrk connections (and PostgREST's db-pool) (default 8)
 #   BENCH_HTTP_THREADS      wrk threads                            (default 2)
+#   BENCH_HTTP_ROUNDS       interleaved rounds, median of each     (default 1)
 #   BENCH_HTTP_ONLY         configurations to run, in order   (default all five)
 
 cd "$(dirname "$0")/.."
@@ -28,6 +31,8 @@ DURATION=${BENCH_HTTP_SECONDS:-20}
 WARMUP=${BENCH_HTTP_WARMUP:-3}
 CONNS=${BENCH_HTTP_CONNECTIONS:-8}
 THREADS=${BENCH_HTTP_THREADS:-2}
+ROUNDS=${BENCH_HTTP_ROUNDS:-1}
+# shellcheck disable=SC2206
 CONFIGS=(${BENCH_HTTP_ONLY:-floor noop jwt apikeys limited})
 
 ensure_deps
@@ -126,12 +131,22 @@ run_config() {
         echo "$out" >&2
         exit 1
     fi
-    RPS[$name]=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
-    P50[$name]=$(awk '$1 == "50%" { print $2 }' <<<"$out" | to_ms)
-    P99[$name]=$(awk '$1 == "99%" { print $2 }' <<<"$out" | to_ms)
+    RPS[$name]+=" $(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")"
+    P50[$name]+=" $(awk '$1 == "50%" { print $2 }' <<<"$out" | to_ms)"
+    P99[$name]+=" $(awk '$1 == "99%" { print $2 }' <<<"$out" | to_ms)"
     stop_postgrest
 }
-for c in "${CONFIGS[@]}"; do run_config "$c"; done
+median() { printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+for _ in $(seq 1 "$ROUNDS"); do
+    for c in "${CONFIGS[@]}"; do run_config "$c"; done
+done
+declare -A ALL
+for c in "${CONFIGS[@]}"; do
+    ALL[$c]=${RPS[$c]# }
+    RPS[$c]=$(median "${RPS[$c]}")
+    P50[$c]=$(median "${P50[$c]}")
+    P99[$c]=$(median "${P99[$c]}")
+done
 ratio() {
     if [ -n "${RPS[$1]:-}" ] && [ -n "${RPS[$2]:-}" ]; then
         awk -v a="${RPS[$1]}" -v b="${RPS[$2]}" 'BEGIN { printf "%.3f", a / b }'
@@ -145,10 +160,11 @@ COUNTED=$(q -c "SELECT uses || ' uses, ' || rate_limited || ' rate limited' FROM
 cat <<EOF
 
 PostgREST benchmark: $("$POSTGREST_BIN" --version), PostgreSQL $("$PG_CONFIG" --version | awk '{print $2}'), $(nproc) cores shared by PostgREST, the server and wrk
-(make bench-http; BENCH_HTTP_SECONDS=$DURATION BENCH_HTTP_WARMUP=$WARMUP BENCH_HTTP_CONNECTIONS=$CONNS BENCH_HTTP_THREADS=$THREADS)
-GET /items?id=eq.1, wrk -t $THREADS -c $CONNS, db-pool = $CONNS, one ${DURATION}s run each after a ${WARMUP}s warm-up:
+(make bench-http; BENCH_HTTP_SECONDS=$DURATION BENCH_HTTP_WARMUP=$WARMUP BENCH_HTTP_CONNECTIONS=$CONNS BENCH_HTTP_THREADS=$THREADS BENCH_HTTP_ROUNDS=$ROUNDS)
+GET /items?id=eq.1, wrk -t $THREADS -c $CONNS, db-pool = $CONNS, ${DURATION}s runs after a ${WARMUP}s warm-up each,
+$ROUNDS interleaved round(s), the median of each (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)):
 
-  configuration                          req/s    p50 ms   p99 ms
+  configuration                          req/s    p50 ms   p99 ms   every round's req/s
 EOF
 for c in "${CONFIGS[@]}"; do
     case $c in
@@ -158,7 +174,7 @@ for c in "${CONFIGS[@]}"; do
         apikeys) label='apikeys.pre_request, a key' ;;
         limited) label='apikeys, rate-limited key' ;;
     esac
-    printf '  %-36s %7s %9s %8s\n' "$label" "${RPS[$c]}" "${P50[$c]}" "${P99[$c]}"
+    printf '  %-36s %7s %9s %8s   %s\n' "$label" "${RPS[$c]}" "${P50[$c]}" "${P99[$c]}" "${ALL[$c]}"
 done
 cat <<EOF
 
