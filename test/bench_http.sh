@@ -107,10 +107,22 @@ stop_postgrest() {
     PGRST_PID=
 }
 
+# CPU time (clock ticks, user and system) used so far by processes, by pid;
+# gone ones count 0.
+cpu_ticks() {
+    local total=0 pid t
+    for pid in "$@"; do
+        t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null || echo 0)
+        total=$((total + t))
+    done
+    echo "$total"
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
 # wrk's latency as milliseconds (it prints us, ms or s).
 to_ms() { awk '{ v = $1 + 0; if ($1 ~ /us$/) v /= 1000; else if ($1 ~ /[0-9]s$/ && $1 !~ /ms$/) v *= 1000; printf "%.2f\n", v }'; }
 
-declare -A RPS P50 P99
+declare -A RPS P50 P99 BCPU PCPU
 run_config() {
     local name=$1 header=()
     case $name in
@@ -125,7 +137,18 @@ run_config() {
     status=$(curl -s -o /dev/null -w '%{http_code}' "${header[@]}" "$url")
     [ "$status" = 200 ] || { echo "bench_http: $name: GET /items?id=eq.1 answered $status" >&2; exit 1; }
     wrk -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" "${header[@]}" "$url" >/dev/null
+    # the server sessions of PostgREST's pool, warm now, and PostgREST: the
+    # CPU they use per request is steadier than req/s on a shared machine
+    local backends b0 b1 p0 p1 n
+    backends=$(q -c "SELECT pid FROM pg_stat_activity WHERE usename = 'authenticator'")
+    # shellcheck disable=SC2086
+    b0=$(cpu_ticks $backends)
+    p0=$(cpu_ticks "$PGRST_PID")
     out=$(wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency "${header[@]}" "$url")
+    # shellcheck disable=SC2086
+    b1=$(cpu_ticks $backends)
+    p1=$(cpu_ticks "$PGRST_PID")
+    n=$(awk '/requests in/ { print $1 }' <<<"$out")
     if grep -q 'Non-2xx' <<<"$out"; then
         echo "bench_http: $name: responses other than 200:" >&2
         echo "$out" >&2
@@ -134,6 +157,8 @@ run_config() {
     RPS[$name]+=" $(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")"
     P50[$name]+=" $(awk '$1 == "50%" { print $2 }' <<<"$out" | to_ms)"
     P99[$name]+=" $(awk '$1 == "99%" { print $2 }' <<<"$out" | to_ms)"
+    BCPU[$name]+=" $(awk -v t=$((b1 - b0)) -v u="$TICK_US" -v n="$n" 'BEGIN { printf "%.1f", t * u / n }')"
+    PCPU[$name]+=" $(awk -v t=$((p1 - p0)) -v u="$TICK_US" -v n="$n" 'BEGIN { printf "%.1f", t * u / n }')"
     stop_postgrest
 }
 median() { printf '%s\n' $1 | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -146,6 +171,8 @@ for c in "${CONFIGS[@]}"; do
     RPS[$c]=$(median "${RPS[$c]}")
     P50[$c]=$(median "${P50[$c]}")
     P99[$c]=$(median "${P99[$c]}")
+    BCPU[$c]=$(median "${BCPU[$c]}")
+    PCPU[$c]=$(median "${PCPU[$c]}")
 done
 ratio() {
     if [ -n "${RPS[$1]:-}" ] && [ -n "${RPS[$2]:-}" ]; then
@@ -164,7 +191,7 @@ PostgREST benchmark: $("$POSTGREST_BIN" --version), PostgreSQL $("$PG_CONFIG" --
 GET /items?id=eq.1, wrk -t $THREADS -c $CONNS, db-pool = $CONNS, ${DURATION}s runs after a ${WARMUP}s warm-up each,
 $ROUNDS interleaved round(s), the median of each (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)):
 
-  configuration                          req/s    p50 ms   p99 ms   every round's req/s
+  configuration                          req/s    p50 ms   p99 ms  server us/req  PostgREST us/req  every round's req/s
 EOF
 for c in "${CONFIGS[@]}"; do
     case $c in
@@ -174,9 +201,13 @@ for c in "${CONFIGS[@]}"; do
         apikeys) label='apikeys.pre_request, a key' ;;
         limited) label='apikeys, rate-limited key' ;;
     esac
-    printf '  %-36s %7s %9s %8s   %s\n' "$label" "${RPS[$c]}" "${P50[$c]}" "${P99[$c]}" "${ALL[$c]}"
+    printf '  %-36s %7s %9s %8s  %13s  %16s  %s\n' "$label" "${RPS[$c]}" "${P50[$c]}" "${P99[$c]}" \
+        "${BCPU[$c]}" "${PCPU[$c]}" "${ALL[$c]}"
 done
 cat <<EOF
+
+(server us/req: CPU time of PostgREST's server sessions per request, user and system; PostgREST us/req:
+PostgREST's own. Both medians of the rounds.)
 
   no-op hook / floor                     $(ratio noop floor)
   apikeys / no-op hook                   $(ratio apikeys noop)   (goal: 0.97 or more)
