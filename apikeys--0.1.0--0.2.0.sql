@@ -3243,3 +3243,48 @@ COMMENT ON FUNCTION @extschema@.request_log_stats() IS
     'the request log''s queue in shared memory, for the whole server since it started: aggregates queued and the most it holds (apikeys.audit_request_queue_size), requests waiting for the worker, requests recorded, of those kept only as a count because the queue was full, requests written, requests not recorded (on a hot standby, in a database other than apikeys.database, or where the extension is not installed), and of the overflowed those counted against a role past apikeys.audit_request_rows_per_role; raises 55000 without shared_preload_libraries; admins only';
 REVOKE ALL ON FUNCTION @extschema@.request_log_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.request_log_stats() TO apikeys_admin;
+
+-------------------------------------------------------------------------------
+-- Events: NOTIFY apikeys names no key (src/note.c, README "Events").
+--
+-- PostgreSQL has no privilege on LISTEN: any role can listen on any channel,
+-- so a payload is public.  Payloads therefore carry only the event and the
+-- seq of a row to read ({"event": "audit", "seq": 42} for apikeys.audit_log,
+-- {"event": "quota", "seq": 7} for apikeys.quota_events); what a row says is
+-- read through row-level security, as the listings are.  The worker writes
+-- the quota events here and keeps them 7 days.  Not dumped: they are
+-- notices, not history (the audit log is).
+-------------------------------------------------------------------------------
+CREATE TABLE apikeys_internal.quota_events (
+    seq       pg_catalog.int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at        pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    event     pg_catalog.text NOT NULL
+              CHECK (event OPERATOR(pg_catalog.=) ANY (ARRAY['quota_low', 'quota_exhausted'])),
+    key_id    pg_catalog.text COLLATE "C" NOT NULL,
+    remaining pg_catalog.int8
+);
+COMMENT ON TABLE apikeys_internal.quota_events IS
+    'quota warnings written by the apikeys worker, each announced by NOTIFY apikeys with its seq only; kept 7 days; read it through apikeys.quota_events';
+COMMENT ON COLUMN apikeys_internal.quota_events.seq IS 'the number NOTIFY apikeys carries ({"event": "quota", "seq": N})';
+COMMENT ON COLUMN apikeys_internal.quota_events.event IS
+    'quota_low (remaining fell below apikeys.quota_notify_percent of the value last set or refilled) or quota_exhausted (none left)';
+COMMENT ON COLUMN apikeys_internal.quota_events.remaining IS 'uses left when the worker saw it';
+ALTER TABLE apikeys_internal.quota_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.quota_events FORCE ROW LEVEL SECURITY;
+-- as usage_hourly: the events of the keys one can see; admins all of them
+CREATE POLICY quota_events_visible ON apikeys_internal.quota_events
+    FOR SELECT
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role())
+           OR EXISTS (SELECT 1 FROM apikeys_internal.key_catalog k
+                       WHERE k.key_id OPERATOR(pg_catalog.=) quota_events.key_id));
+COMMENT ON POLICY quota_events_visible ON apikeys_internal.quota_events IS
+    'a role sees the events of the keys apikeys.keys shows it; admins all';
+REVOKE ALL ON apikeys_internal.quota_events FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.quota_events TO PUBLIC;
+
+CREATE VIEW @extschema@.quota_events WITH (security_invoker = true) AS
+SELECT e.seq, e.at, e.event, e.key_id, e.remaining
+  FROM apikeys_internal.quota_events e;
+COMMENT ON VIEW @extschema@.quota_events IS
+    'quota warnings of the keys visible to the current role (admins: all), the last 7 days; NOTIFY apikeys announces each with {"event": "quota", "seq": N} and nothing else';
+GRANT SELECT ON @extschema@.quota_events TO PUBLIC;
