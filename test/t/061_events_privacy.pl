@@ -135,5 +135,20 @@ is(as('alice', qq{SELECT count(*) FROM apikeys.audit_log WHERE seq = ANY($audit_
 	q1(qq{SELECT count(*) FROM apikeys.audit_log WHERE seq = ANY($audit_seqs) AND key_role = 'svc_a'::regrole}),
 	'and every audit event of its keys');
 
+# the README's Events block, as written, with this run's numbers
+my $readme = slurp_file("$ENV{TESTDIR}/README.md");
+my ($block) = $readme =~ /^### Events\n.*?^```sql\n(.*?)^```/ms;
+ok(defined $block, 'README: the Events block');
+my $last_audit = $audit[-1];
+(my $sql = $block) =~ s/seq = 1042/seq = $last_audit/;
+$sql =~ s/seq = 7;/seq = $quota[0];/;
+$sql =~ s/seq > 6 /seq > $quota[0] - 1 /;
+is($sql =~ tr/\n//, $block =~ tr/\n//, 'README block: only its numbers changed');
+my $r = as('alice', $sql);
+like($r, qr/^\w+\|\w{12}\|\d+\|\d{4}-.*\n\Q$q\E\|quota_low\|1\n\d+\|.*\|quota_low\|\Q$q\E\|1\n\d+\|.*\|quota_exhausted\|\Q$q\E\|0$/s,
+	'README block as the key\'s role: the audit row, the low key, the events since');
+$r = as('mallory', $sql);
+is($r, '', 'README block as the unrelated role: nothing');
+
 $node->stop;
 done_testing();
