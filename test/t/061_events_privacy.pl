@@ -145,7 +145,7 @@ $sql =~ s/seq = 7;/seq = $quota[0];/;
 $sql =~ s/seq > 6 /seq > $quota[0] - 1 /;
 is($sql =~ tr/\n//, $block =~ tr/\n//, 'README block: only its numbers changed');
 my $r = as('alice', $sql);
-like($r, qr/^\w+\|\w{12}\|\d+\|\d{4}-.*\n\Q$q\E\|quota_low\|1\n\d+\|.*\|quota_low\|\Q$q\E\|1\n\d+\|.*\|quota_exhausted\|\Q$q\E\|0$/s,
+like($r, qr/^\w+\|\w{12}\|svc_a\|\d{4}-.*\n\Q$q\E\|quota_low\|1\n\d+\|.*\|quota_low\|\Q$q\E\|1\n\d+\|.*\|quota_exhausted\|\Q$q\E\|0$/s,
 	'README block as the key\'s role: the audit row, the low key, the events since');
 $r = as('mallory', $sql);
 is($r, '', 'README block as the unrelated role: nothing');
