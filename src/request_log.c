@@ -174,7 +174,7 @@ typedef struct RoleShare
 typedef struct RequestLogShared
 {
 	int			tranche;
-	LWLock		lock;			/* protects nslots, the table and the cells */
+	LWLock		lock;			/* protects the counts, both tables and the cells */
 	int			capacity;		/* apikeys.audit_request_queue_size at start */
 	int			nslots;
 	int			nshares;		/* entries of the role share table */
