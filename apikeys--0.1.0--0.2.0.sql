@@ -3491,12 +3491,13 @@ CREATE FUNCTION @extschema@.usage_shares(OUT kind pg_catalog.text,
                                          OUT tracked pg_catalog.int4,
                                          OUT share pg_catalog.int4,
                                          OUT refused pg_catalog.int8,
-                                         OUT untracked pg_catalog.int8)
+                                         OUT untracked pg_catalog.int8,
+                                         OUT borrowed pg_catalog.int4)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'apikeys_usage_shares'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.usage_shares() IS
-    'the shares of shared memory, for the whole server: every role (its keys) and database holding entries, how many, its share (apikeys.tracked_share_per_role or _per_database of apikeys.max_tracked_keys), and the limited requests refused and verifications not counted because it was full, since it last held none; raises 55000 without shared_preload_libraries; admins only';
+    'the shares of shared memory, for the whole server: every role (its keys) and database holding entries, how many, its share (apikeys.tracked_share_per_role or _per_database of apikeys.max_tracked_keys), the limited requests refused and verifications not counted because it was full, since it last held none, and how many of its entries it borrowed past a share (while one role''s share of the table stays free); raises 55000 without shared_preload_libraries; admins only';
 REVOKE ALL ON FUNCTION @extschema@.usage_shares() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.usage_shares() TO apikeys_admin;
 

@@ -328,6 +328,29 @@ apikeys_share_cap(char kind, bool limited)
 	return (int) Max(cap, 1);
 }
 
+/*
+ * May a role or database past its share borrow a free entry?  Only while,
+ * with it, at least one role's share of the table stays free, below the
+ * 90% that keys without limits may fill: a role alone
+ * in the table (every key of a PostgREST service on one role) may use it
+ * nearly whole, and still a role that holds less than its share finds room
+ * next to a role that borrowed all it could.  A borrowed entry is never
+ * taken back (its rate-limit state would be lost); the worker frees it
+ * when it is idle, as any other.
+ */
+static bool
+may_borrow(void)
+{
+	int64		cap = apikeys_shmem->max_entries;
+	int64		free_entries;
+
+	/* below the line keys without limits stop at (see entry_enter) */
+	cap -= cap / 10;
+	free_entries = cap - (int64) pg_atomic_read_u32(&apikeys_shmem->nentries);
+
+	return free_entries >= apikeys_share_cap(APIKEYS_ACCOUNT_ROLE, true);
+}
+
 /* Find, or create with nothing held, an account; under the accounts lock. */
 static ApiKeysAccount *
 account_get(char kind, Oid oid, bool create)
@@ -345,6 +368,7 @@ account_get(char kind, Oid oid, bool create)
 	if (a != NULL && create && !found)
 	{
 		a->held = 0;
+		a->lent = 0;
 		a->refused = 0;
 		a->untracked = 0;
 		a->warned_at = 0;
@@ -354,45 +378,67 @@ account_get(char kind, Oid oid, bool create)
 
 /* Give back an entry's charge to an account; under the accounts lock. */
 static void
-account_release(char kind, Oid oid)
+account_release(char kind, Oid oid, bool borrowed)
 {
 	ApiKeysAccount *a = account_get(kind, oid, false);
 
 	if (a == NULL)
 		return;
+	if (borrowed && a->lent > 0)
+		a->lent--;
 	if (--a->held <= 0)
 		hash_search(apikeys_accounts, &a->key, HASH_REMOVE, NULL);
 }
 
 /*
  * Charge a new entry to its database and its owner role (none for owner
- * 0), if both are within their shares (enforce), or whatever they hold (an
- * entry read back from the dump file).  Returns why not, or APIKEYS_ROOM.
+ * 0), if both are within their shares or it may borrow (enforce; then
+ * *borrowed says which), or whatever they hold (an entry read back from
+ * the dump file, never borrowed).  A database's share counts the entries
+ * its roles hold within their own shares: a role that borrowed does not
+ * fill its database's share for the other roles there.  Returns why not,
+ * or APIKEYS_ROOM.
  */
 static ApiKeysNoRoom
-account_charge(Oid dboid, Oid owner, bool limited, bool enforce)
+account_charge(Oid dboid, Oid owner, bool limited, bool enforce, bool *borrowed)
 {
 	ApiKeysAccount *d,
 			   *r = NULL;
 	ApiKeysNoRoom why = APIKEYS_ROOM;
 
+	*borrowed = false;
 	LWLockAcquire(accounts_lock(), LW_EXCLUSIVE);
 	d = account_get(APIKEYS_ACCOUNT_DATABASE, dboid, true);
 	if (OidIsValid(owner))
 		r = account_get(APIKEYS_ACCOUNT_ROLE, owner, true);
 	if (d == NULL || (OidIsValid(owner) && r == NULL))
 		why = APIKEYS_NO_ROOM_TABLE;	/* can't happen: sized for the table */
-	else if (enforce && r != NULL &&
-			 r->held >= apikeys_share_cap(APIKEYS_ACCOUNT_ROLE, limited))
-		why = APIKEYS_NO_ROOM_ROLE;
-	else if (enforce &&
-			 d->held >= apikeys_share_cap(APIKEYS_ACCOUNT_DATABASE, limited))
-		why = APIKEYS_NO_ROOM_DATABASE;
+	else if (enforce)
+	{
+		bool		role_over = r != NULL &&
+			r->held >= apikeys_share_cap(APIKEYS_ACCOUNT_ROLE, limited);
+		bool		db_over = d->held - d->lent >=
+			apikeys_share_cap(APIKEYS_ACCOUNT_DATABASE, limited);
+
+		if (role_over || db_over)
+		{
+			if (may_borrow())
+				*borrowed = true;
+			else
+				why = role_over ? APIKEYS_NO_ROOM_ROLE : APIKEYS_NO_ROOM_DATABASE;
+		}
+	}
 	if (why == APIKEYS_ROOM)
 	{
 		d->held++;
 		if (r != NULL)
 			r->held++;
+		if (*borrowed)
+		{
+			d->lent++;
+			if (r != NULL)
+				r->lent++;
+		}
 	}
 	else
 	{
@@ -438,6 +484,7 @@ entry_enter(const ApiKeysEntryKey *k, uint32 hash, bool limited, Oid owner,
 {
 	ApiKeysEntry *e;
 	bool		found;
+	bool		borrowed;
 	uint32		cap = (uint32) apikeys_shmem->max_entries;
 
 	*why = APIKEYS_ROOM;
@@ -453,7 +500,7 @@ entry_enter(const ApiKeysEntryKey *k, uint32 hash, bool limited, Oid owner,
 		found_full();
 		return NULL;
 	}
-	*why = account_charge(k->dboid, owner, limited, enforce);
+	*why = account_charge(k->dboid, owner, limited, enforce, &borrowed);
 	if (*why != APIKEYS_ROOM)
 	{
 		pg_atomic_fetch_sub_u32(&apikeys_shmem->nentries, 1);
@@ -465,9 +512,9 @@ entry_enter(const ApiKeysEntryKey *k, uint32 hash, bool limited, Oid owner,
 	if (e == NULL)
 	{
 		LWLockAcquire(accounts_lock(), LW_EXCLUSIVE);
-		account_release(APIKEYS_ACCOUNT_DATABASE, k->dboid);
+		account_release(APIKEYS_ACCOUNT_DATABASE, k->dboid, borrowed);
 		if (OidIsValid(owner))
-			account_release(APIKEYS_ACCOUNT_ROLE, owner);
+			account_release(APIKEYS_ACCOUNT_ROLE, owner, borrowed);
 		LWLockRelease(accounts_lock());
 		pg_atomic_fetch_sub_u32(&apikeys_shmem->nentries, 1);
 		*why = APIKEYS_NO_ROOM_TABLE;
@@ -483,6 +530,7 @@ entry_enter(const ApiKeysEntryKey *k, uint32 hash, bool limited, Oid owner,
 	pg_atomic_init_u64(&e->last_used, 0);
 	pg_atomic_init_u64(&e->last_active, 0);
 	e->owner = owner;
+	e->borrowed = borrowed;
 	if (hint != NULL)
 		hint->entry = e;		/* (the count was read under this lock) */
 	return e;
@@ -506,12 +554,13 @@ apikeys_entry_remove(ApiKeysEntry *e)
 {
 	ApiKeysEntryKey k = e->key;
 	Oid			owner = e->owner;
+	bool		borrowed = e->borrowed;
 
 	hash_search(apikeys_entries, &k, HASH_REMOVE, NULL);
 	LWLockAcquire(accounts_lock(), LW_EXCLUSIVE);
-	account_release(APIKEYS_ACCOUNT_DATABASE, k.dboid);
+	account_release(APIKEYS_ACCOUNT_DATABASE, k.dboid, borrowed);
 	if (OidIsValid(owner))
-		account_release(APIKEYS_ACCOUNT_ROLE, owner);
+		account_release(APIKEYS_ACCOUNT_ROLE, owner, borrowed);
 	LWLockRelease(accounts_lock());
 	pg_atomic_fetch_sub_u32(&apikeys_shmem->nentries, 1);
 	pg_atomic_fetch_add_u64(&apikeys_shmem->removals, 1);
@@ -763,6 +812,7 @@ load_entries(void)
 				   (char *) &buf + sizeof(ApiKeysEntryKey),
 				   sizeof(ApiKeysEntry) - sizeof(ApiKeysEntryKey));
 			e->owner = buf.owner;	/* (as charged) */
+			e->borrowed = false;	/* (likewise) */
 			sanitize_entry(e, now);
 			loaded++;
 		}

@@ -63,6 +63,8 @@ typedef struct ApiKeysEntry
 	bool		counted;		/* usage of this entry is counted */
 	bool		gone;			/* its key was deleted or revoked: freed
 								 * as soon as its counts are written */
+	bool		borrowed;		/* taken past its role's or database's
+								 * share (may_borrow in shmem.c) */
 	pg_atomic_uint64 uses;
 	pg_atomic_uint64 failures;
 	pg_atomic_uint64 rate_limited;
@@ -110,6 +112,7 @@ typedef struct ApiKeysAccount
 {
 	ApiKeysAccountKey key;		/* hash key: must be first */
 	int32		held;			/* entries charged to it */
+	int32		lent;			/* of which taken past a share, borrowed */
 	int64		refused;		/* limited requests refused at its share */
 	int64		untracked;		/* verifications not counted at its share */
 	TimestampTz warned_at;		/* last WARNING that its share is full */

@@ -493,11 +493,12 @@ apikeys_usage_stats(PG_FUNCTION_ARGS)
 }
 
 /*
- * SQL function: apikeys.usage_shares() returns setof record(kind text, name text, tracked int4, share int4, refused int8, untracked int8)
+ * SQL function: apikeys.usage_shares() returns setof record(kind text, name text, tracked int4, share int4, refused int8, untracked int8, borrowed int4)
  *
  * Every role and database holding entries of the shared table: how many,
- * its share (for keys with limits), and what its full share refused or
- * left uncounted since it last held none.
+ * its share (for keys with limits), what its full share refused or left
+ * uncounted since it last held none, and how many of its entries were
+ * borrowed past a share.
  */
 PG_FUNCTION_INFO_V1(apikeys_usage_shares);
 Datum
@@ -527,8 +528,8 @@ apikeys_usage_shares(PG_FUNCTION_ARGS)
 
 	for (int i = 0; i < n; i++)
 	{
-		Datum		values[6];
-		bool		nulls[6] = {false, false, false, false, false, false};
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
 		bool		role = copy[i].key.kind == APIKEYS_ACCOUNT_ROLE;
 		char	   *name = role ? GetUserNameFromId(copy[i].key.oid, true) :
 			get_database_name(copy[i].key.oid);
@@ -542,6 +543,7 @@ apikeys_usage_shares(PG_FUNCTION_ARGS)
 		values[3] = Int32GetDatum(apikeys_share_cap(copy[i].key.kind, true));
 		values[4] = Int64GetDatum(copy[i].refused);
 		values[5] = Int64GetDatum(copy[i].untracked);
+		values[6] = Int32GetDatum(copy[i].lent);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

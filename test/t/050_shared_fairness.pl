@@ -44,17 +44,17 @@ my ($ret, $out, $err) = $node->psql('postgres', q{
       (SELECT v.status AS s, count(*) AS n
          FROM mine m, LATERAL apikeys.apikey_verify(m.token) v GROUP BY 1) x;
 }, extra_params => ['-U', 'mallory']);
-is($out, 'rate_limited 230, valid 20',
-	'the attacker gets its share (20 entries), its other keys are refused');
+is($out, 'rate_limited 90, valid 160',
+	'the attacker gets its share (20 entries) and borrows free ones while a share (20) stays free below the 90% line (180); its other keys are refused');
 like($err, qr/WARNING:  apikeys shared memory: the share of role "mallory" is full/,
 	'with a WARNING naming the role');
-is(tracked(), '20', 'it holds 20 entries of 200');
+is(tracked(), '160', 'it holds 160 entries of 200');
 my $shares = q{
-    SELECT string_agg(format('%s %s: %s of %s, %s refused', kind, name, tracked, share, refused),
+    SELECT string_agg(format('%s %s: %s of %s, %s refused, %s borrowed', kind, name, tracked, share, refused, borrowed),
                       '; ' ORDER BY kind, name)
       FROM apikeys.usage_shares()};
 is($node->safe_psql('postgres', $shares),
-	'database postgres: 20 of 100, 0 refused; role mallory: 20 of 20, 230 refused',
+	'database postgres: 160 of 100, 0 refused, 140 borrowed; role mallory: 160 of 20, 90 refused, 140 borrowed',
 	'usage_shares() shows its share full, and what it refused');
 
 # the admin's new keys for another role, with a limit: all valid
@@ -88,10 +88,12 @@ $node->safe_psql('postgres', q{
     SELECT count(apikeys.apikey_delete(m.key_id)) FROM mine m;
     DROP TABLE mine;
 }, extra_params => ['-U', 'mallory']);
-is(tracked(), '10', 'the entries of the deleted keys are freed at once');
-is($node->safe_psql('postgres', $shares),
-	'database postgres: 10 of 100, 0 refused; role tenant: 10 of 20, 0 refused',
-	'and given back to the role\'s and the database\'s shares');
+# (the worker may meanwhile have freed the victims' idle entries: the
+# table was crowded, and theirs are written and their buckets full)
+ok(tracked() <= 10, 'the entries of the deleted keys are freed at once');
+is($node->safe_psql('postgres', q{
+    SELECT count(*) FROM apikeys.usage_shares() WHERE name = 'mallory' OR borrowed > 0}),
+	'0', 'and given back to the role\'s and the database\'s shares, borrowed ones included');
 
 # and mallory's new keys get entries again
 is($node->safe_psql('postgres', q{
@@ -104,17 +106,20 @@ my $rk = $node->safe_psql('postgres', q{SELECT key_id FROM apikeys.keys WHERE na
 $node->poll_query_until('postgres', qq{
     SELECT coalesce(sum(u.unflushed), 0) = 0 FROM apikeys.usage u WHERE key_id = '$rk'})
 	or die 'the worker did not flush';
-is(tracked(), '11', 'its entry is there');
+is($node->safe_psql('postgres', q{SELECT tracked FROM apikeys.usage_shares() WHERE name = 'mallory'}),
+	'1', 'its entry is there');
 $node->safe_psql('postgres', qq{SELECT apikeys.apikey_revoke('$rk')}, extra_params => ['-U', 'mallory']);
-is(tracked(), '10', 'a revoked key\'s entry is freed at once');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM apikeys.usage_shares() WHERE name = 'mallory'}),
+	'0', 'a revoked key\'s entry is freed at once');
 
 # a key deleted before the worker wrote what it counted: its entry goes
 # right after the worker has, and nothing it counted is lost
+my $before = tracked();
 my $gk = $node->safe_psql('postgres', q{
     SELECT k.key_id FROM apikeys.apikey_create('gone', role => 'tenant', rate_limit => '1/day') k,
                          LATERAL apikeys.apikey_verify(k.token) v WHERE v.valid});
 $node->safe_psql('postgres', qq{SELECT apikeys.apikey_delete('$gk')});
-ok($node->poll_query_until('postgres', 'SELECT tracked = 10 FROM apikeys.usage_stats()'),
+ok($node->poll_query_until('postgres', "SELECT tracked = $before FROM apikeys.usage_stats()"),
 	'a deleted key\'s entry holding unwritten counts is freed after the next flush');
 is($node->safe_psql('postgres', qq{SELECT uses FROM apikeys_internal.usage WHERE key_id = '$gk'}),
 	'1', 'which wrote its use first');
