@@ -1874,6 +1874,13 @@ DECLARE
     known       bytea := decode(known_hash, 'hex');
     known_found bool := false;
 BEGIN
+    IF apikeys_internal._key_session() IS NOT NULL THEN
+        RAISE EXCEPTION 'audit_verify_detail is not allowed while an api key is logged in'
+            USING ERRCODE = '42501',
+                  DETAIL = format('This transaction logged in with api key %s, and a key never reads the audit chain, not even after RESET ROLE.',
+                                  apikeys_internal._key_session()),
+                  HINT = 'Read the chain in a transaction that has not logged in with a key.';
+    END IF;
     ok := false;
     rows_checked := 0;
     PERFORM apikeys_internal._audit_chain_flush();
@@ -1970,6 +1977,13 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF apikeys_internal._key_session() IS NOT NULL THEN
+        RAISE EXCEPTION 'audit_head is not allowed while an api key is logged in'
+            USING ERRCODE = '42501',
+                  DETAIL = format('This transaction logged in with api key %s, and a key never reads the audit chain, not even after RESET ROLE.',
+                                  apikeys_internal._key_session()),
+                  HINT = 'Read the chain in a transaction that has not logged in with a key.';
+    END IF;
     PERFORM apikeys_internal._audit_chain_flush();
     SELECT c.seq, encode(c.hash, 'hex'), (SELECT a.at FROM apikeys_internal.audit_log a WHERE a.seq = c.seq)
       INTO seq, hash, at
