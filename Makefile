@@ -15,7 +15,7 @@ PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
           restrictions bad_input renewal limits hardening leak requests reveal import \
           plpgsql_check limits_usage audit_chain create_fast cache pepper request_log \
-          key_session four_eyes
+          key_session four_eyes matching_edges cache_time
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke rate_limit_verify \
             leak_race request_claim audit_chain_writers cache_invalidation
