@@ -79,7 +79,7 @@ bench-scan:
 	bash test/bench_scan.sh
 
 # Long-running checks, not part of `make test` (see README, Contributing).
-.PHONY: test-valgrind test-ubsan test-asan fuzz
+.PHONY: test-valgrind test-ubsan test-asan fuzz mutation
 test-valgrind:
 	bash test/valgrind.sh
 test-ubsan:
@@ -88,6 +88,8 @@ test-asan:
 	bash test/asan.sh
 fuzz:
 	bash test/fuzz/run.sh $${FUZZ_SECONDS:-600}
+mutation:
+	bash test/mutation.sh $(MUTANTS)
 
 .PHONY: bench-import
 bench-import:

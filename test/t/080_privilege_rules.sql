@@ -24,6 +24,7 @@ GRANT SELECT ON pr.rules, pr.clauses TO PUBLIC;
 -- roles
 CREATE ROLE pr_svc NOLOGIN;                              -- the keys' role
 CREATE ROLE pr_member LOGIN IN ROLE pr_svc;              -- a member of it
+CREATE ROLE pr_noinh LOGIN NOINHERIT IN ROLE pr_svc;     -- a member that does not inherit its rights
 CREATE ROLE pr_creator LOGIN IN ROLE pr_svc;             -- creates keys, stays a member
 CREATE ROLE pr_left LOGIN IN ROLE pr_svc;                -- creates keys, then leaves the role
 CREATE ROLE pr_team NOLOGIN IN ROLE pr_svc;              -- a group inside the role
@@ -136,6 +137,7 @@ CREATE TABLE pr.cases (
 INSERT INTO pr.cases (rule, clause, expect, actor, via, login, wrap, key, cmd) VALUES
 -- create: members of the role (directly or through a group), admins, superusers
 ('create', 'member',      'ok',    'pr_member',  NULL, NULL, NULL, NULL, $$SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
+('create', 'member',      'ok',    'pr_noinh',   NULL, NULL, NULL, NULL, $$SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
 ('create', 'member',      '42501', 'pr_out',     NULL, NULL, NULL, NULL, $$SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
 ('create', 'creator',     'ok',    'pr_creator', NULL, NULL, NULL, NULL, $$SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
 ('create', 'creator',     '42501', 'pr_left',    NULL, NULL, NULL, NULL, $$SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
@@ -153,6 +155,7 @@ INSERT INTO pr.cases (rule, clause, expect, actor, via, login, wrap, key, cmd) V
 ('create', 'key session', '42501', 'postgres',   NULL, 'plain',  NULL, NULL, $$SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
 -- rotate (renewal): visible, and a current member of the key's role or an admin
 ('rotate', 'member',      'ok',    'pr_member',  NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_rotate($K)$$),
+('rotate', 'member',      'ok',    'pr_noinh',   NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_rotate($K)$$),
 ('rotate', 'member',      '42704', 'pr_out',     NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_rotate($K)$$),
 ('rotate', 'creator',     'ok',    'pr_creator', NULL, NULL, NULL, 'creator', $$SELECT apikeys.apikey_rotate($K)$$),
 ('rotate', 'creator',     '42704', 'pr_creator', NULL, NULL, NULL, 'adm_plain', $$SELECT apikeys.apikey_rotate($K)$$),
@@ -187,6 +190,7 @@ INSERT INTO pr.cases (rule, clause, expect, actor, via, login, wrap, key, cmd) V
 ('update', 'key session', '42501', 'postgres',   NULL, 'plain',  NULL, 'svc', $$SELECT apikeys.apikey_update($K, name => 'u')$$),
 -- disable: visible is enough (the creator, members, admins)
 ('disable', 'member',     'ok',    'pr_member',  NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_disable($K)$$),
+('disable', 'member',     'ok',    'pr_noinh',   NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_disable($K)$$),
 ('disable', 'member',     '42704', 'pr_out',     NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_disable($K)$$),
 ('disable', 'creator',    'ok',    'pr_left',    NULL, NULL, NULL, 'left', $$SELECT apikeys.apikey_disable($K)$$),
 ('disable', 'creator',    '42704', 'pr_left',    NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_disable($K)$$),
