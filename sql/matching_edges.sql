@@ -134,3 +134,26 @@ SELECT what, right(t, 6) = right(:'tok', 6) AS is_the_tokens,
        split_part(regress.try(format('SELECT %L::apikeys.apikey', t)), ':', 1) AS as_apikey,
        (apikey_verify(t)).status AS verify, apikey_is_valid(t) AS is_valid
   FROM me_sums ORDER BY what;
+-- A checksum digit 0 replaced by a byte that is no base62 digit (a parser
+-- that reads such a byte as 0 would accept it): a token whose checksum has
+-- a 0 digit, found among generated ones.
+DO $$
+DECLARE
+    head text;
+    sum text;
+    bad text[];
+BEGIN
+    FOR i IN 1..500 LOOP
+        head := 'me_' || substr(md5(i::text), 1, 12) || '_' || substr(md5('s' || i), 1, 32);
+        sum := regress.base62(regress.crc32(head));
+        EXIT WHEN strpos(sum, '0') > 0;
+    END LOOP;
+    SELECT array_agg(c.b || ' ' || split_part(regress.try(format('SELECT %L::apikeys.apikey',
+                     head || overlay(sum PLACING c.b FROM strpos(sum, '0') FOR 1))), ':', 1)
+                     || ' ' || (apikeys.apikey_verify(head || overlay(sum PLACING c.b FROM strpos(sum, '0') FOR 1))).status
+                     ORDER BY c.b)
+      INTO bad
+      FROM (VALUES ('!'), ('-'), ('/'), (':'), ('@'), ('['), ('`'), ('{'), ('~'), ('_')) AS c(b);
+    RAISE NOTICE 'the right checksum: %', split_part(regress.try(format('SELECT %L::apikeys.apikey', head || sum)), ':', 1);
+    RAISE NOTICE 'a 0 digit replaced: %', bad;
+END $$;

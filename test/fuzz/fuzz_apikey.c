@@ -418,9 +418,10 @@ repair_checksum(unsigned char *s, size_t len)
  * Rewrite only the checksum digits of a repaired token, as how says: bit 4
  * set, the CRC plus k * 2^32 (k from 1 to 13 by bits 0-3, fewer where six
  * base62 digits cannot hold it); clear, the CRC plus a delta from -8 to 7
- * (bits 0-3; 0 becomes +2^32 too).  These are the values an integer-width
- * or off-by-one mistake in summing the digits would take for the CRC, and
- * the reference rejects every one of them.
+ * (bits 0-3; 0 becomes +2^32 too; 15 keeps the right digits but puts a
+ * byte that is not a base62 digit in place of each 0 digit).  These are the
+ * values an integer-width or off-by-one mistake in summing or reading the
+ * digits would take for the CRC, and the reference rejects every one.
  */
 static void
 mutate_checksum(unsigned char *s, size_t len, unsigned int how)
@@ -431,6 +432,15 @@ mutate_checksum(unsigned char *s, size_t len, unsigned int how)
 	if (len < 7)
 		return;
 	v = ref_crc32(s, len - 6);
+	if ((how & 0x1F) == 0x0F)
+	{
+		/* the right digits, each 0 among them replaced by a non-digit */
+		repair_checksum(s, len);
+		for (size_t i = len - 6; i < len; i++)
+			if (s[i] == '0')
+				s[i] = "!-/:@[`{~_"[(i + len) % 10];
+		return;
+	}
 	if ((how & 0x10) || (how & 0x0F) == 8)
 	{
 		v += (uint64) (1 + (how & 0x0F) % 13) << 32;

@@ -19,6 +19,7 @@ $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'apikeys'
 apikeys.database = 'postgres'
 apikeys.kek_file = 'pr_kek'
+apikeys.audit_queue_limit = 64
 });
 open my $fh, '>', $node->data_dir . '/pr_kek' or die $!;
 print $fh join('', map { sprintf('%02x', int(rand(256))) } 1 .. 32), "\n";

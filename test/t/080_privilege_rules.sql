@@ -14,8 +14,8 @@ GRANT USAGE ON SCHEMA pr TO PUBLIC;
 CREATE TABLE pr.rules (rule text PRIMARY KEY);
 INSERT INTO pr.rules VALUES ('create'), ('rotate'), ('rotate@0.1.0'), ('update'), ('disable'),
     ('enable'), ('revoke'), ('delete'), ('reveal'), ('approve'), ('claim'), ('reject'), ('cancel'),
-    ('import'), ('route scopes'), ('role limits'), ('listing'), ('audit purge'), ('key session'),
-    ('apikeys:manage');
+    ('import'), ('route scopes'), ('role limits'), ('listing'), ('audit purge'), ('audit queue'),
+    ('key session'), ('apikeys:manage');
 CREATE TABLE pr.clauses (clause text PRIMARY KEY);
 INSERT INTO pr.clauses VALUES ('member'), ('creator'), ('admin'), ('superuser'), ('group'),
     ('definer'), ('departed'), ('key session');
@@ -75,7 +75,8 @@ INSERT INTO pr.keys SELECT 'dis', * FROM apikeys.apikey_create('dis', role => 'p
 SELECT apikeys.apikey_disable(key_id) FROM pr.keys WHERE label = 'dis';
 REVOKE pr_svc FROM pr_left;
 -- requests: pending by pr_member; pending by pr_fe_req acting as its group;
--- approved for pr_member
+-- pending by pr_fe_both (an approver too) acting as that group; approved
+-- for pr_member
 SET SESSION AUTHORIZATION pr_member;
 INSERT INTO pr.keys SELECT 'rq_member', apikeys.apikey_request('rq member', role => 'pr_svc'), NULL;
 INSERT INTO pr.keys SELECT 'rq_appr', apikeys.apikey_request('rq approved', role => 'pr_svc'), NULL;
@@ -83,6 +84,10 @@ RESET SESSION AUTHORIZATION;
 SET SESSION AUTHORIZATION pr_fe_req;
 SET ROLE pr_fe_group;
 INSERT INTO pr.keys SELECT 'rq_group', apikeys.apikey_request('rq group'), NULL;
+RESET SESSION AUTHORIZATION;
+SET SESSION AUTHORIZATION pr_fe_both;
+SET ROLE pr_fe_group;
+INSERT INTO pr.keys SELECT 'rq_both', apikeys.apikey_request('rq both'), NULL;
 RESET SESSION AUTHORIZATION;
 SET SESSION AUTHORIZATION pr_approver;
 SELECT apikeys.apikey_approve(key_id) FROM pr.keys WHERE label = 'rq_appr';
@@ -281,6 +286,8 @@ INSERT INTO pr.cases (rule, clause, expect, actor, via, login, wrap, key, cmd) V
 ('approve', 'creator',    '42501', 'pr_member',  NULL, NULL, NULL, 'rq_member', $$SELECT apikeys.apikey_approve($K)$$),
 ('approve', 'group',      'ok',    'pr_approver',NULL, NULL, NULL, 'rq_group', $$SELECT apikeys.apikey_approve($K)$$),
 ('approve', 'group',      '42501', 'pr_fe_both', NULL, NULL, NULL, 'rq_group', $$SELECT apikeys.apikey_approve($K)$$),
+('approve', 'group',      '42501', 'pr_fe_both', 'pr_approvers', NULL, NULL, 'rq_both', $$SELECT apikeys.apikey_approve($K)$$),
+('approve', 'group',      'ok',    'pr_fe_req',  NULL, NULL, 'admin', 'rq_both', $$SELECT apikeys.apikey_approve($K)$$),
 ('approve', 'admin',      'ok',    'pr_admin',   NULL, NULL, NULL, 'rq_group', $$SELECT apikeys.apikey_approve($K)$$),
 ('approve', 'admin',      '42501', 'pr_out',     NULL, NULL, NULL, 'rq_group', $$SELECT apikeys.apikey_approve($K)$$),
 ('approve', 'superuser',  'ok',    'postgres',   NULL, NULL, NULL, 'rq_group', $$SELECT apikeys.apikey_approve($K)$$),
@@ -387,6 +394,16 @@ INSERT INTO pr.cases (rule, clause, expect, actor, via, login, wrap, key, cmd) V
 ('audit purge', 'definer',     '42501', 'pr_admin', NULL, NULL, 'member', NULL, $$SELECT apikeys.audit_purge('100 years')$$),
 ('audit purge', 'key session', 'ok',    'postgres', NULL, 'adm_manage', NULL, NULL, $$SELECT apikeys.audit_purge('100 years')$$),
 ('audit purge', 'key session', '42501', 'postgres', NULL, 'adm_plain',  NULL, NULL, $$SELECT apikeys.audit_purge('100 years')$$),
+-- audit queue: past apikeys.audit_queue_limit (64kB in this cluster) of
+-- audited changes in one transaction, only an admin's transaction goes on
+('audit queue', 'admin',       'ok',    'pr_admin', NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_update($K, name => 'n' || i) FROM generate_series(1, 400) i$$),
+('audit queue', 'admin',       '54000', 'pr_member',NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_update($K, name => 'n' || i) FROM generate_series(1, 400) i$$),
+('audit queue', 'superuser',   'ok',    'postgres', NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_update($K, name => 'n' || i) FROM generate_series(1, 400) i$$),
+('audit queue', 'superuser',   '54000', 'pr_grp',   NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_update($K, name => 'n' || i) FROM generate_series(1, 400) i$$),
+('audit queue', 'member',      'ok',    'pr_member',NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_update($K, name => 'n' || i) FROM generate_series(1, 10) i$$),
+('audit queue', 'member',      '54000', 'pr_member',NULL, NULL, NULL, 'svc', $$SELECT apikeys.apikey_update($K, name => 'n' || i) FROM generate_series(1, 400) i$$),
+('audit queue', 'definer',     'ok',    'pr_member',NULL, NULL, NULL, 'svc', $$SELECT pr.wrap_admin('SELECT apikeys.apikey_update(' || quote_literal($K) || $q$, name => 'n' || i) FROM generate_series(1, 400) i$q$)$$),
+('audit queue', 'definer',     '54000', 'pr_admin', NULL, NULL, 'member', 'svc', $$SELECT apikeys.apikey_update($K, name => 'n' || i) FROM generate_series(1, 400) i$$),
 -- the key-session rule itself: it holds whatever role the transaction
 -- switches to after the login; reporting a leak is not management
 ('key session', 'superuser',   'ok',    'postgres', NULL, 'plain', NULL, 'plain', $$SELECT apikeys.apikey_report_leak((SELECT token FROM pr.keys WHERE label = 'plain'))$$),
@@ -457,6 +474,10 @@ INSERT INTO pr.not_applicable VALUES
 ('key session', 'group', 'the key-session rule does not look at roles'),
 ('key session', 'departed', 'the key-session rule does not look at creators'),
 ('approve', 'departed', 'a request has a requester, not a creator'),
+('audit queue', 'creator', 'the bound is on the transaction, whoever created the key'),
+('audit queue', 'group', 'admin membership through a group is the admin clause'),
+('audit queue', 'departed', 'the bound is on the transaction, whoever created the key'),
+('audit queue', 'key session', 'a key session manages no keys (key session rule); one with apikeys:manage is its role'),
 ('apikeys:manage', 'departed', 'the scope rule does not look at creators'),
 ('rotate@0.1.0', 'member', 'covered at 0.2.0; 0.1.0 rows test only the departed creator'),
 ('rotate@0.1.0', 'creator', 'covered at 0.2.0'),

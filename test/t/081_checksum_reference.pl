@@ -3,7 +3,7 @@
 # the regression suites).  Over generated tokens of every prefix length the
 # server accepts exactly what the reference accepts: the right checksum,
 # never the CRC plus a multiple of 2^32 (which six base62 digits hold up to
-# 13 times), off by one, or another token's digits.  Tokens the server mints
+# 13 times), off by one, another token's digits, or a non-digit for a 0.  Tokens the server mints
 # carry the checksum the reference computes.
 use strict;
 use warnings;
@@ -76,6 +76,17 @@ for my $i (1 .. 200)
 		my $t = $head . base62_6($variants{$what});
 		push @tokens, $t;
 		$want{$t} = ($variants{$what} == $crc) ? 'true' : 'false';
+	}
+	# the right digits with a byte that is no base62 digit for each 0
+	my $sum = base62_6($crc);
+	if ($sum =~ /0/)
+	{
+		for my $c ('!', '-', ':', '@', '[', '{')
+		{
+			my $t = $head . ($sum =~ s/0/$c/gr);
+			push @tokens, $t;
+			$want{$t} = 'false';
+		}
 	}
 }
 my $values = join(",\n", map { "('$_')" } @tokens);
