@@ -2,7 +2,8 @@
 -- alone.  The keys are verified once (their entries are cached in this
 -- backend), then the session waits, with no change to any key and so no
 -- invalidation in between (the cache counters show it), and verifies again:
--- the end of a rotation's grace period, the expiry, a rate-limit window.
+-- the end of a rotation's grace period, the expiry, a rate-limit window
+-- (refilled, yet never holding more than its burst).
 -- The last_used_at of a verification reaches the catalog through the
 -- worker's flush, with no statement of this session in between.  (A quota
 -- refill is at least hourly: no short wait reaches it.)
@@ -17,6 +18,8 @@ INSERT INTO regress.ct_keys SELECT 'expiring', * FROM apikey_create('ct expiring
 INSERT INTO regress.ct_keys SELECT 'limited', * FROM apikey_create('ct limited', role => 'regress_ct_svc',
     rate_limit => '1/second');
 INSERT INTO regress.ct_keys SELECT 'used', * FROM apikey_create('ct used', role => 'regress_ct_svc');
+INSERT INTO regress.ct_keys SELECT 'burst', * FROM apikey_create('ct burst', role => 'regress_ct_svc',
+    rate_limit => '2/second');
 
 -- before: all valid, the limited key's second use refused; entries cached
 SELECT label, (apikey_verify(token)).status FROM regress.ct_keys ORDER BY label;
@@ -41,6 +44,8 @@ SELECT pg_sleep(2.2);
 
 -- after: the grace is over, the key expired, the window has room again
 SELECT label, (apikey_verify(token)).status FROM regress.ct_keys ORDER BY label;
+-- a cost above the burst never fits, not even in a window idle since
+SELECT status, retry_after FROM regress.ct_keys, apikey_verify(token, cost => 3) WHERE label = 'burst';
 SELECT invalidations - :inval_before AS invalidations_between, hits > :hits_before AS answered_from_cache
   FROM apikey_cache_stats();
 -- the listing agrees

@@ -414,6 +414,8 @@ INSERT INTO pr.cases (rule, clause, expect, actor, via, login, wrap, key, cmd) V
 ('key session', 'definer',     '42501', 'postgres', NULL, 'plain', 'member', 'svc', $$SELECT apikeys.apikey_disable($K)$$),
 ('key session', 'key session', 'ok',    'postgres', NULL, 'plain', NULL, 'plain', $$SELECT 1 / count(*) FROM apikeys.apikey_verify((SELECT token FROM pr.keys WHERE label = 'svc')) WHERE status = 'valid'$$),
 ('key session', 'key session', '42501', 'postgres', NULL, 'plain', NULL, NULL, $$SELECT apikeys.apikey_create('k', role => 'pr_svc')$$),
+-- a rolled-back subtransaction takes its login with it
+('key session', 'key session', 'ok',    'postgres', NULL, NULL, NULL, 'svc', $c$DO $d$ BEGIN BEGIN PERFORM apikeys.apikey_login((SELECT token FROM pr.keys WHERE label = 'plain')); RAISE EXCEPTION 'undo'; EXCEPTION WHEN raise_exception THEN NULL; END; PERFORM apikeys.apikey_disable($K); END $d$$c$),
 ('key session', 'member',      'ok',    'pr_member',NULL, NULL,    NULL, 'svc', $$SELECT apikeys.apikey_disable($K)$$),
 ('key session', 'member',      '42501', 'pr_member',NULL, 'plain', NULL, 'svc', $$SELECT apikeys.apikey_disable($K)$$),
 -- apikeys:manage: only admins give it; only the exact scope makes a key a manager
