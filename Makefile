@@ -70,9 +70,13 @@ print-regress:
 print-isolation:
 	@echo $(ISOLATION)
 
-.PHONY: bench
+.PHONY: bench bench-http
 bench:
 	bash test/bench.sh
+	bash test/bench_http.sh
+# only the requests per second through PostgREST (test/bench_http.sh)
+bench-http:
+	bash test/bench_http.sh
 
 .PHONY: bench-scan
 bench-scan:
