@@ -387,6 +387,9 @@ extern Datum apikeys_call_internal(const char *name, int nargs,
 /* note.c: what the audit trigger records for the change under way */
 extern void apikeys_audit_note_set(const char *action, const char *changes_json);
 extern void apikeys_audit_note_clear(void);
+/* NOTIFY apikeys: an event names only a row to read, never a key or role */
+#define APIKEYS_EVENT_CHANNEL	"apikeys"
+extern void apikeys_notify_event(const char *event, int64 seq);
 
 /* import.c: imported keys, verified where the native format ends */
 extern bool apikey_verify_imported(const char *s, size_t len,

@@ -12,7 +12,8 @@
  *             boundary: write pending usage into apikeys_internal.usage
  *             (totals, and the current hour's counts in the same row,
  *             moved to usage_hourly once the hour is over), quota state
- *             into quota_state, send the queued NOTIFY apikeys events,
+ *             into quota_state, record the quota events (apikeys.quota_events)
+ *             and NOTIFY apikeys of them,
  *             then subtract what was written from shared memory;
  *   maintain  once an hour: drop hourly buckets older than
  *             apikeys.usage_retention, and usage and quota rows of deleted
@@ -331,9 +332,9 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 	bool	   *lu_null = palloc(n * sizeof(bool));
 	FlushItem  *q = palloc(n * sizeof(FlushItem));
 	int			nq = 0;
-	StringInfoData payload;
-	Datum		notes_d[2];
 	Datum	   *notes = palloc(2 * n * sizeof(Datum) + sizeof(Datum));
+	Datum	   *note_ids = palloc(2 * n * sizeof(Datum) + sizeof(Datum));
+	int64	   *note_rem = palloc(2 * n * sizeof(int64) + sizeof(int64));
 	int			nnotes = 0;
 	Oid			types[7];
 	Datum		values[7];
@@ -437,8 +438,11 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 			4, types, values);
 	}
 
-	/* NOTIFY apikeys, '{"event": ..., "key_id": ..., "remaining": ...}' */
-	initStringInfo(&payload);
+	/*
+	 * The events go to apikeys.quota_events, read through its row-level
+	 * security; NOTIFY apikeys names only the row (note.c): any role can
+	 * LISTEN, and the key ids are not everyone's to know.
+	 */
 	for (int i = 0; i < n; i++)
 	{
 		for (int bit = 0; bit < 2; bit++)
@@ -447,23 +451,35 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 
 			if (!(items[i].notify & flag))
 				continue;
-			resetStringInfo(&payload);
-			appendStringInfo(&payload,
-							 "{\"event\": \"%s\", \"key_id\": \"%.*s\", \"remaining\": " INT64_FORMAT "}",
-							 flag == APIKEYS_NOTIFY_LOW ? "quota_low" : "quota_exhausted",
-							 APIKEY_KEY_ID_LEN, items[i].key.id,
-							 items[i].quota ? items[i].remaining : (int64) -1);
-			notes[nnotes++] = CStringGetTextDatum(payload.data);
+			notes[nnotes] = CStringGetTextDatum(flag == APIKEYS_NOTIFY_LOW ?
+												"quota_low" : "quota_exhausted");
+			note_ids[nnotes] = PointerGetDatum(cstring_to_text_with_len(items[i].key.id,
+																		 APIKEY_KEY_ID_LEN));
+			note_rem[nnotes] = items[i].quota ? items[i].remaining : (int64) -1;
+			nnotes++;
 		}
 	}
 	if (nnotes > 0)
 	{
-		types[0] = TEXTARRAYOID;
+		types[0] = types[1] = TEXTARRAYOID;
 		values[0] = PointerGetDatum(construct_array(notes, nnotes, TEXTOID, -1, false, TYPALIGN_INT));
-		run("SELECT pg_catalog.pg_notify('apikeys', p) FROM pg_catalog.unnest($1) AS p",
-			1, types, values);
+		values[1] = PointerGetDatum(construct_array(note_ids, nnotes, TEXTOID, -1, false, TYPALIGN_INT));
+		types[2] = INT8ARRAYOID;
+		values[2] = int8_array(note_rem, nnotes);
+		run("WITH old AS (DELETE FROM apikeys_internal.quota_events o"
+			"              WHERE o.at OPERATOR(pg_catalog.<)"
+			"                    (pg_catalog.now() OPERATOR(pg_catalog.-) '7 days'::pg_catalog.interval)),"
+			"     e AS (INSERT INTO apikeys_internal.quota_events (event, key_id, remaining)"
+			"           SELECT t.e, t.k, NULLIF(t.r, -1)"
+			"             FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+			"                             pg_catalog.unnest($3)) AS t(e, k, r)"
+			"           RETURNING seq)"
+			" SELECT pg_catalog.pg_notify('" APIKEYS_EVENT_CHANNEL "',"
+			"        '{\"event\": \"quota\", \"seq\": ' OPERATOR(pg_catalog.||) e.seq::pg_catalog.text"
+			"        OPERATOR(pg_catalog.||) '}')"
+			"   FROM e ORDER BY e.seq",
+			3, types, values);
 	}
-	(void) notes_d;
 }
 
 /*
