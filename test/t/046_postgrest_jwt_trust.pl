@@ -51,7 +51,7 @@ my @dup = (
 	[ 'Bearer then ApiKey' => 'Authorization' => "Bearer $jwt", 'Authorization' => 'ApiKey x' ],
 );
 
-sub code { (PostgrestHttp::json($_[0]) // {})->{code} // '' }
+sub code { my $j = PostgrestHttp::json($_[0]); ref $j eq 'HASH' ? $j->{code} // '' : $_[0]->{body} }
 
 for my $extra ({}, { 'jwt-secret' => $secret })
 {
