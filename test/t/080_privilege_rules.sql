@@ -15,7 +15,7 @@ CREATE TABLE pr.rules (rule text PRIMARY KEY);
 INSERT INTO pr.rules VALUES ('create'), ('rotate'), ('rotate@0.1.0'), ('update'), ('disable'),
     ('enable'), ('revoke'), ('delete'), ('reveal'), ('approve'), ('claim'), ('reject'), ('cancel'),
     ('import'), ('route scopes'), ('role limits'), ('listing'), ('audit purge'), ('audit queue'),
-    ('key session'), ('apikeys:manage');
+    ('key session'), ('apikeys:manage'), ('key count');
 CREATE TABLE pr.clauses (clause text PRIMARY KEY);
 INSERT INTO pr.clauses VALUES ('member'), ('creator'), ('admin'), ('superuser'), ('group'),
     ('definer'), ('departed'), ('key session');
@@ -449,6 +449,40 @@ CREATE FUNCTION pr.wrap_admin(cmd text) RETURNS void LANGUAGE plpgsql SECURITY D
     AS $$ BEGIN EXECUTE cmd; END $$;
 ALTER FUNCTION pr.wrap_admin(text) OWNER TO pr_admin;
 
+-- key count: pr.bound(role, n) sets apikeys.max_keys_per_role (superuser-only)
+-- for the rest of the case to the keys the role has now plus n: 0 leaves no
+-- room, 1 room for one more.  Past the bound a non-admin gets 54000 on every
+-- path that makes a key or gives it a role; admins and superusers go past it.
+-- (No SET clause: it would undo the setting when the function returns.)
+CREATE FUNCTION pr.bound(r regrole, n int) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+    AS $$ BEGIN
+        PERFORM pg_catalog.set_config('apikeys.max_keys_per_role',
+            ((SELECT pg_catalog.count(*) FROM apikeys_internal.key_catalog k WHERE k.role OPERATOR(pg_catalog.=) r::oid) + n)::text, true);
+    END $$;
+INSERT INTO pr.cases (rule, clause, expect, actor, via, login, wrap, key, cmd) VALUES
+('key count', 'member',      'ok',    'pr_member',  NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 1); SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
+('key count', 'member',      '54000', 'pr_member',  NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
+('key count', 'member',      'ok',    'pr_member',  NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 1); SELECT apikeys.apikey_create('c', role => 'pr_svc', rate_limit => '10/second')$$),
+('key count', 'member',      '54000', 'pr_member',  NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_create('c', role => 'pr_svc', rate_limit => '10/second')$$),
+('key count', 'member',      'ok',    'pr_noinh',   NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 1); SELECT apikeys.apikey_import('c', role => 'pr_svc', token => 'sk_live_prkc1xxxxxxxxxxxxxxxxxxxxxx')$$),
+('key count', 'member',      '54000', 'pr_noinh',   NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_import('c', role => 'pr_svc', token => 'sk_live_prkc1xxxxxxxxxxxxxxxxxxxxxx')$$),
+('key count', 'member',      'ok',    'pr_member',  NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 1); SELECT apikeys.apikey_request('r', role => 'pr_svc')$$),
+('key count', 'member',      '54000', 'pr_member',  NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_request('r', role => 'pr_svc')$$),
+('key count', 'member',      'ok',    'pr_member',  NULL, NULL, NULL, 'rq_appr', $$SELECT pr.bound('pr_svc', 1); SELECT apikeys.apikey_claim($K)$$),
+('key count', 'member',      '54000', 'pr_member',  NULL, NULL, NULL, 'rq_appr', $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_claim($K)$$),
+('key count', 'group',       'ok',    'pr_grp',     NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 1); SELECT apikeys.apikey_update((SELECT key_id FROM apikeys.apikey_create('t', role => 'pr_team')), role => 'pr_svc')$$),
+('key count', 'group',       '54000', 'pr_grp',     NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_update((SELECT key_id FROM apikeys.apikey_create('t', role => 'pr_team')), role => 'pr_svc')$$),
+('key count', 'admin',       'ok',    'pr_admin',   NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_create('c', role => 'pr_svc', rate_limit => '10/second')$$),
+('key count', 'admin',       'ok',    'pr_admin',   NULL, NULL, NULL, 'adm_plain', $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_update($K, role => 'pr_svc')$$),
+('key count', 'admin',       '54000', 'pr_member',  'pr_svc', NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_create('c', role => 'pr_svc', rate_limit => '10/second')$$),
+('key count', 'superuser',   'ok',    'postgres',   NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
+('key count', 'superuser',   'ok',    'postgres',   NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_import('c', role => 'pr_svc', token => 'sk_live_prkc1xxxxxxxxxxxxxxxxxxxxxx')$$),
+('key count', 'superuser',   '54000', 'pr_creator', NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
+('key count', 'definer',     'ok',    'pr_member',  NULL, NULL, NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT pr.wrap_admin($q$SELECT apikeys.apikey_create('c', role => 'pr_svc')$q$)$$),
+('key count', 'definer',     '54000', 'pr_admin',   NULL, NULL, 'member', NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
+('key count', 'key session', 'ok',    'postgres',   NULL, 'adm_manage', NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_create('c', role => 'pr_svc')$$),
+('key count', 'key session', '54000', 'postgres',   NULL, 'manage',     NULL, NULL, $$SELECT pr.bound('pr_svc', 0); SELECT apikeys.apikey_create('c', role => 'pr_svc')$$);
+
 -- Clauses with no meaning for a rule, and why.
 CREATE TABLE pr.not_applicable (rule text REFERENCES pr.rules, clause text REFERENCES pr.clauses,
     reason text NOT NULL, PRIMARY KEY (rule, clause));
@@ -481,6 +515,8 @@ INSERT INTO pr.not_applicable VALUES
 ('audit queue', 'departed', 'the bound is on the transaction, whoever created the key'),
 ('audit queue', 'key session', 'a key session manages no keys (key session rule); one with apikeys:manage is its role'),
 ('apikeys:manage', 'departed', 'the scope rule does not look at creators'),
+('key count', 'creator', 'the bound counts a role''s keys, whoever created them: who made a key is not asked'),
+('key count', 'departed', 'the bound counts a role''s keys, whoever created them; a departed creator makes none (create rule)'),
 ('rotate@0.1.0', 'member', 'covered at 0.2.0; 0.1.0 rows test only the departed creator'),
 ('rotate@0.1.0', 'creator', 'covered at 0.2.0'),
 ('rotate@0.1.0', 'group', 'covered at 0.2.0'),
