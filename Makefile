@@ -18,7 +18,7 @@ REGRESS = setup type_io create_verify rotate lifecycle privileges audit login po
           key_session four_eyes
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke rate_limit_verify \
-            leak_race request_claim audit_chain_writers cache_invalidation
+            leak_race request_claim audit_chain_writers cache_invalidation chain_revoke_stall
 
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS += -I$(srcdir)/src

@@ -575,7 +575,11 @@ REVOKE ALL ON FUNCTION apikeys_internal._audit_note() FROM PUBLIC;
 -- transaction and is chained and written just before commit (src/chain.c):
 -- the transaction then takes the chain head's lock (SHARE ROW EXCLUSIVE on
 -- audit_chain, so appends are serialised in commit order), links each row
--- to the head, hashes it, and writes the rows and the new head once.  A row
+-- to the head, hashes it, and writes the rows and the new head once.  No
+-- transaction of a role that is not an apikeys admin takes the lock any
+-- earlier: past apikeys.audit_queue_limit of waiting rows its change fails
+-- with 54000 (an admin's writes them at once, and then holds the lock), and
+-- a transaction that appended cannot be prepared.  A row
 -- that arrives with its place already set (pg_restore, a logical
 -- replication subscriber) is accepted if its hash matches its content; the
 -- head and the anchor follow the rows loaded, and audit_verify checks that

@@ -40,6 +40,7 @@ _PG_init(void)
 	apikeys_request_init();		/* apikeys.approver_role */
 	apikeys_reveal_init();		/* apikeys.kek_file */
 	apikeys_pepper_init();		/* apikeys.pepper_file */
+	apikeys_chain_init();		/* apikeys.audit_queue_limit */
 
 	/* Define every apikeys.* setting above this line. */
 	MarkGUCPrefixReserved("apikeys");

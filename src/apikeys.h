@@ -165,6 +165,7 @@ struct RelationData;
 extern bool apikeys_audit_chain_row(struct RelationData *rel, Datum *values,
 									bool *isnull);
 extern bool apikeys_is_chain_trigger(Oid funcid);
+extern void apikeys_chain_init(void);	/* apikeys.audit_queue_limit */
 
 /* lifecycle.c, create.c, audit.c */
 extern Oid	apikeys_current_actor(void);

@@ -19,12 +19,23 @@
  * changed a key holds back no other, and n rows cost O(n) (updating the
  * head row per append left a row version per append for the next read to
  * step over).  Rows queued by a subtransaction that rolls back are dropped.
- * Past QUEUE_MAX waiting rows, or when something reads the chain in the
- * same transaction (apikeys_internal._audit_chain_flush(), called by
- * audit_verify, audit_head and audit_purge), the rows are written at once
- * and the lock is held from then on; rows written inside a subtransaction
- * that then rolls back wait again, and the head it began with is restored
- * (and forgotten, with the lock, if the lock was taken inside it).
+ *
+ * The lock is never taken while user code of a transaction can still run,
+ * unless an admin asked for it: the queue is bounded by
+ * apikeys.audit_queue_limit (bytes of waiting rows), and a row past it
+ * whose acting role (actor_role) is not an apikeys admin or a superuser
+ * fails with 54000, so that no unprivileged transaction can write its rows
+ * early and hold every revocation back until it ends.  The bound also
+ * bounds the work done under the lock at commit (a few tenths of a second
+ * at the 8 MB default).  An admin's row past it writes the queue at once
+ * (memory stays bounded) and the lock is held from then on, as it is when
+ * something reads the chain in the same transaction
+ * (apikeys_internal._audit_chain_flush(), called by audit_verify,
+ * audit_head and audit_purge, all admin-only); rows written inside a
+ * subtransaction that then rolls back wait again, and the head it began
+ * with is restored (and forgotten, with the lock, if the lock was taken
+ * inside it).  A transaction that appended cannot be prepared (two-phase
+ * commit): it would hold the lock until COMMIT PREPARED.
  *
  * A row that arrives with its place already set (pg_restore, a logical
  * replication subscriber) is accepted if its hash matches its content; the
@@ -49,9 +60,11 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/inval.h"
@@ -95,8 +108,11 @@ typedef struct QueuedRow
 									 * committed into) it; Invalid: waiting */
 } QueuedRow;
 
-/* past this many waiting rows, a transaction writes them at once */
-#define QUEUE_MAX	10000
+/*
+ * apikeys.audit_queue_limit, in kB: past this many bytes of waiting rows a
+ * transaction writes them at once (an admin's) or fails (anyone else's).
+ */
+static int	queue_limit_kb = 8192;
 
 static ChainHead head;
 static bool locked = false;		/* this transaction holds the head's lock */
@@ -105,6 +121,7 @@ static SubTransactionId locked_subid = InvalidSubTransactionId;
 static QueuedRow *queue = NULL;
 static int	nqueued = 0;		/* entries, written ones included */
 static int	npending = 0;		/* entries waiting */
+static Size pending_bytes = 0;	/* their tuples' size */
 static int	queue_cap = 0;
 static Oid	queue_relid = InvalidOid;	/* the audit log they go into */
 static SavedHead *saved = NULL;
@@ -521,6 +538,7 @@ drain_queue(void)
 	{
 		/* the audit log they were meant for is gone (DROP EXTENSION) */
 		nqueued = npending = 0;
+		pending_bytes = 0;
 		return;
 	}
 	load_head(false);
@@ -555,6 +573,7 @@ drain_queue(void)
 	if (pushed)
 		PopActiveSnapshot();
 	npending = 0;
+	pending_bytes = 0;
 	/* written by the top transaction itself: nothing to take back */
 	if (cur == TopSubTransactionId)
 	{
@@ -578,6 +597,7 @@ forget_all(void)
 	/* the rows themselves are in TopTransactionContext, gone with it */
 	queue = NULL;
 	nqueued = npending = queue_cap = 0;
+	pending_bytes = 0;
 	queue_relid = InvalidOid;
 }
 
@@ -586,9 +606,17 @@ chain_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_PREPARE:
+			/* the lock would be held until COMMIT PREPARED */
+			if (nqueued > 0 || locked)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that wrote to the apikeys audit log"),
+						 errdetail("A prepared transaction would hold the audit chain's lock until COMMIT PREPARED or ROLLBACK PREPARED, and every audited change would wait for it."),
+						 errhint("Commit the transaction instead of preparing it.")));
+			break;
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PARALLEL_PRE_COMMIT:
-		case XACT_EVENT_PRE_PREPARE:
 			drain_queue();
 			if (head.loaded && head.dirty &&
 				apikey_cached_relation_oid(&chain_rel) == locked_relid)
@@ -636,9 +664,13 @@ chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			}
 			nqueued = n;
 			npending = 0;
+			pending_bytes = 0;
 			for (int i = 0; i < nqueued; i++)
 				if (queue[i].drained_at == InvalidSubTransactionId)
+				{
 					npending++;
+					pending_bytes += queue[i].tup->t_len;
+				}
 			break;
 		case SUBXACT_EVENT_COMMIT_SUB:
 			/* the parent inherits what it began with, unless it kept its own */
@@ -705,7 +737,11 @@ queue_row(Relation rel, Datum *values, bool *isnull)
 
 	register_callbacks();
 	if (nqueued > 0 && queue_relid != RelationGetRelid(rel))
-		nqueued = npending = 0; /* for an audit log dropped since */
+	{
+		/* for an audit log dropped since */
+		nqueued = npending = 0;
+		pending_bytes = 0;
+	}
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	if (nqueued == queue_cap)
 	{
@@ -716,6 +752,7 @@ queue_row(Relation rel, Datum *values, bool *isnull)
 	queue[nqueued].tup = heap_form_tuple(RelationGetDescr(rel), values, isnull);
 	queue[nqueued].subid = GetCurrentSubTransactionId();
 	queue[nqueued].drained_at = InvalidSubTransactionId;
+	pending_bytes += queue[nqueued].tup->t_len;
 	nqueued++;
 	npending++;
 	queue_relid = RelationGetRelid(rel);
@@ -723,12 +760,34 @@ queue_row(Relation rel, Datum *values, bool *isnull)
 }
 
 /*
+ * Is the role the row names as acting (actor_role) an apikeys admin or a
+ * superuser?  The extension's functions fill it in with their caller.
+ */
+static bool
+acted_by_admin(Datum *values, bool *isnull)
+{
+	Oid			role;
+	Oid			admin;
+
+	if (isnull[cols.actor_role - 1])
+		return false;
+	role = get_role_oid(NameStr(*DatumGetName(values[cols.actor_role - 1])), true);
+	if (!OidIsValid(role))
+		return false;
+	if (superuser_arg(role))
+		return true;
+	admin = get_role_oid("apikeys_admin", true);
+	return OidIsValid(admin) && is_member_of_role(role, admin);
+}
+
+/*
  * An audit row (all its columns, in the current memory context) on its way
  * into the log.  A new row is queued until the transaction commits (true:
  * the caller must not insert it), and then chained and written under the
  * head's lock: the lock is held for the commit only, and no open
- * transaction holds back other audited changes.  Past QUEUE_MAX queued
- * rows they are written at once, and the lock is held from then on.  A new
+ * transaction holds back other audited changes.  Past
+ * apikeys.audit_queue_limit, a row an admin made writes the queue at once
+ * (the lock is held from then on); anyone else's fails with 54000.  A new
  * row the current role may insert only under row-level security is
  * chained now (false: values are filled in, the caller inserts them), as
  * is a row that comes with its place (a restore), which is checked against
@@ -744,8 +803,18 @@ apikeys_audit_chain_row(Relation rel, Datum *values, bool *isnull)
 		check_enable_rls(RelationGetRelid(rel), InvalidOid, true) != RLS_ENABLED)
 	{
 		queue_row(rel, values, isnull);
-		if (npending >= QUEUE_MAX)
+		if (pending_bytes > (Size) queue_limit_kb * 1024)
+		{
+			/* (the row just queued goes with the subtransaction) */
+			if (!acted_by_admin(values, isnull))
+				ereport(ERROR,
+						(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						 errmsg("too many audited changes in one transaction"),
+						 errdetail("The audit rows this transaction would write at commit take more than apikeys.audit_queue_limit (%d kB), and only an apikeys admin's transaction may go past it.",
+								   queue_limit_kb),
+						 errhint("Make the changes in several smaller transactions, or ask a superuser to raise apikeys.audit_queue_limit for this role.")));
 			drain_queue();
+		}
 		return true;
 	}
 
@@ -882,4 +951,17 @@ apikeys_is_chain_trigger(Oid funcid)
 		chain_fn_valid = true;
 	}
 	return OidIsValid(funcid) && funcid == chain_fn;
+}
+
+/* Define apikeys.audit_queue_limit (at library load). */
+void
+apikeys_chain_init(void)
+{
+	DefineCustomIntVariable("apikeys.audit_queue_limit",
+							"Audit rows a transaction keeps in memory until it commits.",
+							"Past it, a transaction of a role that is not an apikeys admin fails; an admin's rows are written at once, and the audit chain's lock is then held until the transaction ends.",
+							&queue_limit_kb,
+							8192, 64, MAX_KILOBYTES,
+							PGC_SUSET, GUC_UNIT_KB,
+							NULL, NULL, NULL);
 }
