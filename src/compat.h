@@ -34,6 +34,16 @@
 #define APIKEYS_CURRENT_LXID() (MyProc->lxid)
 #endif
 
+/*
+ * appendBinaryStringInfo() and pq_sendbytes() take their bytes as const
+ * void * from 16 on (test/fuzz/fuzz_apikey.c defines both).
+ */
+#if PG_VERSION_NUM >= 160000
+#define APIKEYS_BYTES_ARG const void *
+#else
+#define APIKEYS_BYTES_ARG const char *
+#endif
+
 /* MarkGUCPrefixReserved() was EmitWarningsOnPlaceholders() before 15. */
 #if PG_VERSION_NUM < 150000
 #define MarkGUCPrefixReserved(className) EmitWarningsOnPlaceholders(className)
