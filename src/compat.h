@@ -44,6 +44,19 @@
 #define APIKEYS_BYTES_ARG const char *
 #endif
 
+/*
+ * 18 replaced the suffix pg_attribute_noreturn() with the prefix pg_noreturn;
+ * the old name, as 15 to 17 define it, keeps the declarations as they are
+ * (GCC and clang accept the attribute in both places).
+ */
+#ifndef pg_attribute_noreturn
+#if defined(__GNUC__) || defined(__SUNPRO_C)
+#define pg_attribute_noreturn() __attribute__((noreturn))
+#else
+#define pg_attribute_noreturn()
+#endif
+#endif
+
 /* MarkGUCPrefixReserved() was EmitWarningsOnPlaceholders() before 15. */
 #if PG_VERSION_NUM < 150000
 #define MarkGUCPrefixReserved(className) EmitWarningsOnPlaceholders(className)
@@ -148,6 +161,38 @@
 #else
 #define APIKEYS_INSERT_INDEX_TUPLES(rri, slot, estate) \
 	ExecInsertIndexTuples((rri), (slot), (estate), false, false, NULL, NIL)
+#endif
+
+/*
+ * 18 renamed ri_ConstraintExprs (the CHECK constraints' expression states
+ * of a result relation) to ri_CheckConstraintExprs.
+ */
+#if PG_VERSION_NUM >= 180000
+#define APIKEYS_RRI_CHECK_EXPRS(rri) ((rri)->ri_CheckConstraintExprs)
+#else
+#define APIKEYS_RRI_CHECK_EXPRS(rri) ((rri)->ri_ConstraintExprs)
+#endif
+
+/* CHECK constraints can be NOT ENFORCED from 18 on (ConstrCheck.ccenforced). */
+#if PG_VERSION_NUM >= 180000
+#define APIKEYS_CHECK_ENFORCED(check) ((check)->ccenforced)
+#else
+#define APIKEYS_CHECK_ENFORCED(check) true
+#endif
+
+/*
+ * 18 gave RelationGetPrimaryKeyIndex() deferrable_ok (false: a deferrable
+ * primary key does not count, as before) and index_beginscan() the
+ * instrumentation to fill (NULL: none).
+ */
+#if PG_VERSION_NUM >= 180000
+#define APIKEYS_PRIMARY_KEY_INDEX(rel) RelationGetPrimaryKeyIndex((rel), false)
+#define APIKEYS_INDEX_BEGINSCAN(heap, index, snapshot, nkeys, norderbys) \
+	index_beginscan((heap), (index), (snapshot), NULL, (nkeys), (norderbys))
+#else
+#define APIKEYS_PRIMARY_KEY_INDEX(rel) RelationGetPrimaryKeyIndex(rel)
+#define APIKEYS_INDEX_BEGINSCAN(heap, index, snapshot, nkeys, norderbys) \
+	index_beginscan((heap), (index), (snapshot), (nkeys), (norderbys))
 #endif
 
 #endif							/* APIKEYS_COMPAT_H */

@@ -185,7 +185,9 @@ prepare(DirectInsert *di, Relation rel)
 		Expr	   *e = stringToNode(desc->constr->check[i].ccbin);
 
 		pc->ccbin[i] = pstrdup(desc->constr->check[i].ccbin);
-		pc->checks[i] = ExecInitExpr(expression_planner(e), NULL);
+		/* NULL: a constraint that is not enforced, as the executor has it */
+		pc->checks[i] = APIKEYS_CHECK_ENFORCED(&desc->constr->check[i]) ?
+			ExecInitExpr(expression_planner(e), NULL) : NULL;
 	}
 	pc->adbin = palloc0(desc->natts * sizeof(char *));
 	pc->defaults = palloc0(desc->natts * sizeof(ExprState *));
@@ -319,7 +321,7 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 	ExecOpenIndices(rri, false);
 	/* the prepared constraints, instead of preparing them again */
 	if (prepared->ncheck > 0)
-		rri->ri_ConstraintExprs = prepared->checks;
+		APIKEYS_RRI_CHECK_EXPRS(rri) = prepared->checks;
 
 	slot = ExecInitExtraTupleSlot(estate, desc, table_slot_callbacks(rel));
 	econtext = GetPerTupleExprContext(estate);
