@@ -111,19 +111,20 @@ pg18_config() {
     # it was built from is in its directory name).
     prefix=$(ls -d "$MAJORS_CACHE"/postgresql-18-*/ 2>/dev/null | sort -V | tail -n 1 || true)
     prefix=${prefix%/}
-    if [ -n "$prefix" ] && [ -f "$prefix/.complete" ] && [ -z "${MAJORS_REFRESH:-}" ]; then
+    if [ -n "$prefix" ] && [ -f "$prefix/.complete" ] && [ -z "${MAJORS_REFRESH:-}" ] \
+            && [ "$(cut -d' ' -f2- "$prefix/.complete")" = "$(pg18_recipe any | cut -d' ' -f2-)" ]; then
         flock -u 9
         echo "$prefix/bin/pg_config"
         return 0
     fi
-    host_packages bison flex gcc make libssl-dev libreadline-dev zlib1g-dev pkg-config \
+    host_packages bison flex gcc make libssl-dev libreadline-dev zlib1g-dev libicu-dev pkg-config \
         libipc-run-perl perl
     sid_apt_update
     ver=$(sid_version postgresql-18)
     [ -n "$ver" ] || { echo "majors: postgresql-18 not found in sid" >&2; return 1; }
     up=${ver#*:}; up=${up%-*}
     prefix=$MAJORS_CACHE/postgresql-18-$up
-    if [ -f "$prefix/.complete" ]; then
+    if [ -f "$prefix/.complete" ] && [ "$(cat "$prefix/.complete")" = "$(pg18_recipe "$ver")" ]; then
         flock -u 9
         echo "$prefix/bin/pg_config"
         return 0
@@ -137,6 +138,12 @@ pg18_config() {
     echo "$prefix/bin/pg_config"
 }
 
+# How 18 is configured (ICU: sql/hardening.sql uses ICU collations; no
+# LLVM: no JIT, so PGXS builds no bitcode), and what a cached build records
+# in its .complete: a build of another recipe is redone.
+PG18_CONFIGURE=(--enable-tap-tests --enable-debug --with-openssl --with-icu --without-llvm)
+pg18_recipe() { echo "$1 ${PG18_CONFIGURE[*]} plpgsql_check"; }
+
 # The steps of the PostgreSQL 18 build (in $1, logs there): the server with
 # TAP support, the contrib modules and test tools the suites use, then
 # plpgsql_check.  Each step's failure ends it.
@@ -146,8 +153,8 @@ pg18_build() {
     cd "$build" || return 1
     sid_source postgresql-18 "$ver" || return 1
     cd "postgresql-$up" || return 1
-    "${NICE[@]}" ./configure --prefix="$prefix" --enable-tap-tests --enable-debug \
-        --with-openssl --without-llvm --without-icu >"$build/configure.log" 2>&1 \
+    "${NICE[@]}" ./configure --prefix="$prefix" \
+        "${PG18_CONFIGURE[@]}" >"$build/configure.log" 2>&1 \
         || { tail -n 40 "$build/configure.log" >&2; return 1; }
     "${NICE[@]}" make -s -j"$JOBS" >"$mlog" 2>&1 || { tail -n 60 "$mlog" >&2; return 1; }
     as_root rm -rf "$prefix" || return 1
@@ -169,7 +176,7 @@ pg18_build() {
         "$("$prefix/bin/pg_config" --pkglibdir)/" || return 1
     as_root install -m 644 plpgsql_check/usr/share/postgresql/18/extension/plpgsql_check* \
         "$("$prefix/bin/pg_config" --sharedir)/extension/" || return 1
-    echo "$ver" | as_root tee "$prefix/.complete" >/dev/null
+    pg18_recipe "$ver" | as_root tee "$prefix/.complete" >/dev/null
 }
 
 # The Debian trixie chroot with PostgreSQL 17: prints its path, bootstrapping
