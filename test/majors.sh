@@ -8,7 +8,9 @@
 #   test/majors.sh run MAJOR CMD..  run CMD (e.g. `make test`, `make bench`) in a
 #                                   fresh copy of the sources against MAJOR
 #   test/majors.sh all              `make test` on 15, 18 and 17, one after the
-#                                   other (what `make test-all` and CI run)
+#                                   other (what `make test-all` and CI run; 15
+#                                   is PG_CONFIG when that is a 15, else
+#                                   Debian's); MAJORS="18 17" picks
 #
 # Only PostgreSQL 15 is packaged for Debian 12.  The others come from Debian's
 # own archive (the one /etc/apt/sources.list.d/debian.sources names; no host
@@ -131,9 +133,11 @@ pg18_config() {
     fi
     log "building PostgreSQL $up (sid source package postgresql-18 $ver) into $prefix"
     build=$(mktemp -d "${TMPDIR:-/tmp}/apikeys-pg18.XXXXXX")
+    local t0=$SECONDS
     (pg18_build "$build" "$ver" "$up" "$prefix") \
         || { echo "majors: the PostgreSQL 18 build failed (logs in $build)" >&2; return 1; }
     rm -rf "$build"
+    log "PostgreSQL $up built in $((SECONDS - t0)) s"
     flock -u 9
     echo "$prefix/bin/pg_config"
 }
@@ -196,6 +200,7 @@ pg17_chroot() {
     tmp=$root.tmp
     as_root rm -rf "$tmp"
     log "bootstrapping Debian trixie into $root"
+    local t0=$SECONDS
     as_root "${NICE[@]}" debootstrap --variant=minbase trixie "$tmp" "$mirror" >"$MAJORS_CACHE/trixie-debootstrap.log" 2>&1 \
         || { tail -n 40 "$MAJORS_CACHE/trixie-debootstrap.log"; return 1; }
     # No service starts inside, and installing postgresql-17 creates no cluster.
@@ -213,6 +218,7 @@ pg17_chroot() {
     in_chroot "$tmp" apt-get clean
     as_root touch "$tmp/.complete"
     as_root mv "$tmp" "$root"
+    log "trixie with PostgreSQL 17 ready in $((SECONDS - t0)) s"
     flock -u 8
     echo "$root"
 }
@@ -249,7 +255,11 @@ run_on() {
     shift
     case $major in
         15)
-            cfg=${PG_CONFIG_15:-/usr/lib/postgresql/15/bin/pg_config}
+            # PG_CONFIG when it is a 15 (a developer's private copy), else
+            # Debian's
+            cfg=/usr/lib/postgresql/15/bin/pg_config
+            [ "$PG_MAJOR" != 15 ] || cfg=$PG_CONFIG
+            cfg=${PG_CONFIG_15:-$cfg}
             # lib.sh installs a missing Debian 15 on first use
             work=$(mktemp -d "${TMPDIR:-/tmp}/apikeys-pg15.XXXXXX")
             copy_sources "$work/src"
@@ -296,38 +306,44 @@ run_on() {
     return $rc
 }
 
-case ${1:-all} in
-    pg_config)
-        [ "${2:-}" = 18 ] || { echo "usage: $0 pg_config 18" >&2; exit 2; }
-        pg18_config
-        ;;
-    chroot)
-        [ "${2:-}" = 17 ] || { echo "usage: $0 chroot 17" >&2; exit 2; }
-        pg17_chroot
-        ;;
-    run)
-        [ $# -ge 3 ] || { echo "usage: $0 run MAJOR CMD..." >&2; exit 2; }
-        shift
-        run_on "$@"
-        ;;
-    all)
-        start=$SECONDS
-        results=()
-        rc=0
-        for major in ${MAJORS:-15 18 17}; do
-            t0=$SECONDS
-            log "PostgreSQL $major: make test"
-            r=0
-            run_on "$major" make test || r=$?
-            results+=("PostgreSQL $major: $([ $r -eq 0 ] && echo passed || echo FAILED) in $((SECONDS - t0)) s")
-            [ $r -eq 0 ] || rc=1
-        done
-        printf '%s\n' "${results[@]}"
-        echo "majors: $((SECONDS - start)) s in all"
-        exit $rc
-        ;;
-    *)
-        sed -n '2,12p' "$0" >&2
-        exit 2
-        ;;
-esac
+# (a function, called on the script's last line, so that a run is not
+# disturbed when the script is edited under it)
+main() {
+    case ${1:-all} in
+        pg_config)
+            [ "${2:-}" = 18 ] || { echo "usage: $0 pg_config 18" >&2; exit 2; }
+            pg18_config
+            ;;
+        chroot)
+            [ "${2:-}" = 17 ] || { echo "usage: $0 chroot 17" >&2; exit 2; }
+            pg17_chroot
+            ;;
+        run)
+            [ $# -ge 3 ] || { echo "usage: $0 run MAJOR CMD..." >&2; exit 2; }
+            shift
+            run_on "$@"
+            ;;
+        all)
+            start=$SECONDS
+            results=()
+            rc=0
+            for major in ${MAJORS:-15 18 17}; do
+                t0=$SECONDS
+                log "PostgreSQL $major: make test"
+                r=0
+                run_on "$major" make test || r=$?
+                results+=("PostgreSQL $major: $([ $r -eq 0 ] && echo passed || echo FAILED) in $((SECONDS - t0)) s")
+                [ $r -eq 0 ] || rc=1
+            done
+            printf '%s\n' "${results[@]}"
+            echo "majors: $((SECONDS - start)) s in all"
+            exit $rc
+            ;;
+        *)
+            sed -n '2,12p' "$0" >&2
+            exit 2
+            ;;
+    esac
+}
+
+main "$@"; exit $?
