@@ -57,6 +57,7 @@ ensure_deps() {
         for f in "$("$PG_CONFIG" --includedir-server)/postgres.h" "$("$PG_CONFIG" --bindir)/postgres" \
                  "$("$PG_CONFIG" --sharedir)/extension/pgcrypto.control" \
                  "$("$PG_CONFIG" --sharedir)/extension/plpgsql_check.control" \
+                 "$("$PG_CONFIG" --pkglibdir)/auto_explain.so" \
                  "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress" \
                  "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/perl/PostgreSQL/Test/Cluster.pm"; do
             [ -e "$f" ] || { echo "ensure_deps: $f is missing from the installation of $PG_CONFIG (test/majors.sh builds complete ones)" >&2; return 1; }

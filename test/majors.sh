@@ -18,6 +18,7 @@
 #   18: the pristine upstream tree of the sid source package postgresql-18
 #       (version resolved at run time), built into
 #       $MAJORS_CACHE/postgresql-18-<version> with pgcrypto, pg_stat_statements,
+#       auto_explain,
 #       the TAP test modules and plpgsql_check (sid source package plpgsql-check).
 #   17: trixie's binaries need a newer glibc, so a minimal Debian trixie system
 #       is bootstrapped into $MAJORS_CACHE/trixie-pg17 with postgresql-17 and
@@ -146,7 +147,9 @@ pg18_config() {
 # LLVM: no JIT, so PGXS builds no bitcode), and what a cached build records
 # in its .complete: a build of another recipe is redone.
 PG18_CONFIGURE=(--enable-tap-tests --enable-debug --with-openssl --with-icu --without-llvm)
-pg18_recipe() { echo "$1 ${PG18_CONFIGURE[*]} plpgsql_check"; }
+# The contrib modules the suites load (CREATE EXTENSION, shared_preload_libraries).
+PG18_MODULES=(contrib/pgcrypto contrib/pg_stat_statements contrib/auto_explain)
+pg18_recipe() { echo "$1 ${PG18_CONFIGURE[*]} ${PG18_MODULES[*]} plpgsql_check"; }
 
 # The steps of the PostgreSQL 18 build (in $1, logs there): the server with
 # TAP support, the contrib modules and test tools the suites use, then
@@ -163,7 +166,7 @@ pg18_build() {
     "${NICE[@]}" make -s -j"$JOBS" >"$mlog" 2>&1 || { tail -n 60 "$mlog" >&2; return 1; }
     as_root rm -rf "$prefix" || return 1
     as_root make -s install >>"$mlog" 2>&1 || { tail -n 60 "$mlog" >&2; return 1; }
-    for d in contrib/pgcrypto contrib/pg_stat_statements src/test/isolation src/test/perl; do
+    for d in "${PG18_MODULES[@]}" src/test/isolation src/test/perl; do
         "${NICE[@]}" make -s -j"$JOBS" -C "$d" >>"$mlog" 2>&1 || { tail -n 60 "$mlog" >&2; return 1; }
         as_root make -s -C "$d" install >>"$mlog" 2>&1 || { tail -n 60 "$mlog" >&2; return 1; }
     done
