@@ -18,8 +18,8 @@
 #   18: the pristine upstream tree of the sid source package postgresql-18
 #       (version resolved at run time), built into
 #       $MAJORS_CACHE/postgresql-18-<version> with pgcrypto, pg_stat_statements,
-#       auto_explain,
-#       the TAP test modules and plpgsql_check (sid source package plpgsql-check).
+#       auto_explain, the TAP test modules and plpgsql_check (sid's binary
+#       package postgresql-18-plpgsql-check).
 #   17: trixie's binaries need a newer glibc, so a minimal Debian trixie system
 #       is bootstrapped into $MAJORS_CACHE/trixie-pg17 with postgresql-17 and
 #       the test dependencies, and the suites run inside it (chroot, in a
