@@ -15,7 +15,7 @@ PGFILEDESC = "apikeys - API keys inside PostgreSQL"
 REGRESS = setup type_io create_verify rotate lifecycle privileges audit login postgrest \
           restrictions bad_input renewal limits hardening leak requests reveal import \
           plpgsql_check limits_usage audit_chain create_fast cache pepper request_log \
-          key_session four_eyes
+          key_session four_eyes key_count matching_edges cache_time
 # isolation specs (test/specs/NAME.spec, test/expected/NAME.out)
 ISOLATION = revoke_verify rotate_verify catalog_recreate hostile_locks login_revoke rate_limit_verify \
             leak_race request_claim audit_chain_writers cache_invalidation chain_revoke_stall
@@ -76,16 +76,20 @@ print-regress:
 print-isolation:
 	@echo $(ISOLATION)
 
-.PHONY: bench
+.PHONY: bench bench-http
 bench:
 	bash test/bench.sh
+	bash test/bench_http.sh
+# only the requests per second through PostgREST (test/bench_http.sh)
+bench-http:
+	bash test/bench_http.sh
 
 .PHONY: bench-scan
 bench-scan:
 	bash test/bench_scan.sh
 
 # Long-running checks, not part of `make test` (see README, Contributing).
-.PHONY: test-valgrind test-ubsan test-asan fuzz
+.PHONY: test-valgrind test-ubsan test-asan fuzz mutation
 test-valgrind:
 	bash test/valgrind.sh
 test-ubsan:
@@ -94,6 +98,8 @@ test-asan:
 	bash test/asan.sh
 fuzz:
 	bash test/fuzz/run.sh $${FUZZ_SECONDS:-600}
+mutation:
+	bash test/mutation.sh $(MUTANTS)
 
 .PHONY: bench-import
 bench-import:

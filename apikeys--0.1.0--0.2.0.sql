@@ -948,10 +948,12 @@ BEGIN
                                   quote_ident(pg_get_userbyid(p_caller)), p_role),
                   HINT = 'A key never exceeds its creator: only members of a role, members of apikeys_admin and superusers can issue keys for it.';
     END IF;
+    -- apikeys.max_keys_per_role (54000), for non-admins (see "Fair shares")
+    PERFORM apikeys_internal._check_key_count(p_caller, p_role::oid);
 END
 $$;
 COMMENT ON FUNCTION apikeys_internal._check_role_grant(pg_catalog.oid, pg_catalog.regrole) IS
-    'internal: raises unless the role exists and the caller is a member of it or an admin';
+    'internal: raises unless the role exists and the caller is a member of it or an admin, and (54000) unless a non-admin caller leaves the role within apikeys.max_keys_per_role keys';
 REVOKE ALL ON FUNCTION apikeys_internal._check_role_grant(pg_catalog.oid, pg_catalog.regrole) FROM PUBLIC;
 
 -- Lock and return the key row the caller may manage, or raise 42704.
@@ -1846,7 +1848,7 @@ RETURNS record
 AS 'MODULE_PATHNAME', 'apikeys_usage_stats'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.usage_stats() IS
-    'shared memory of limits and usage, for the whole server: keys and roles tracked, capacity (apikeys.max_tracked_keys), verifications not counted and limited requests refused because it was full, entries freed, flushes and failed flushes of the worker, its last flush, the database it serves and whether it runs';
+    'shared memory of limits and usage, for the whole server: keys and roles tracked, capacity (apikeys.max_tracked_keys), verifications not counted and limited requests refused because it (or the share of the key''s role or database) was full, entries freed, flushes and failed flushes of the worker, its last flush, the database it serves and whether it runs';
 
 -------------------------------------------------------------------------------
 -- 10b. Proving the audit log (README, "Audit"): verify the chain from its
@@ -1872,6 +1874,13 @@ DECLARE
     known       bytea := decode(known_hash, 'hex');
     known_found bool := false;
 BEGIN
+    IF apikeys_internal._key_session() IS NOT NULL THEN
+        RAISE EXCEPTION 'audit_verify_detail is not allowed while an api key is logged in'
+            USING ERRCODE = '42501',
+                  DETAIL = format('This transaction logged in with api key %s, and a key never reads the audit chain, not even after RESET ROLE.',
+                                  apikeys_internal._key_session()),
+                  HINT = 'Read the chain in a transaction that has not logged in with a key.';
+    END IF;
     ok := false;
     rows_checked := 0;
     PERFORM apikeys_internal._audit_chain_flush();
@@ -1968,6 +1977,13 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF apikeys_internal._key_session() IS NOT NULL THEN
+        RAISE EXCEPTION 'audit_head is not allowed while an api key is logged in'
+            USING ERRCODE = '42501',
+                  DETAIL = format('This transaction logged in with api key %s, and a key never reads the audit chain, not even after RESET ROLE.',
+                                  apikeys_internal._key_session()),
+                  HINT = 'Read the chain in a transaction that has not logged in with a key.';
+    END IF;
     PERFORM apikeys_internal._audit_chain_flush();
     SELECT c.seq, encode(c.hash, 'hex'), (SELECT a.at FROM apikeys_internal.audit_log a WHERE a.seq = c.seq)
       INTO seq, hash, at
@@ -3185,7 +3201,7 @@ GRANT EXECUTE ON FUNCTION @extschema@.pepper_status() TO apikeys_admin;
 CREATE TABLE apikeys_internal.request_log (
     first_at    pg_catalog.timestamptz NOT NULL,
     last_at     pg_catalog.timestamptz NOT NULL,
-    kind        pg_catalog.text NOT NULL
+    kind        pg_catalog.text
                 CHECK (kind OPERATOR(pg_catalog.=) ANY (ARRAY['verify', 'login', 'leak_report'])),
     status      pg_catalog.text NOT NULL,
     key_id      pg_catalog.text COLLATE "C",
@@ -3195,7 +3211,10 @@ CREATE TABLE apikeys_internal.request_log (
     db_user     pg_catalog.name,
     client_addr pg_catalog.inet,
     requests    pg_catalog.int8 NOT NULL CHECK (requests OPERATOR(pg_catalog.>) 0),
-    overflow    pg_catalog.bool NOT NULL DEFAULT false
+    overflow    pg_catalog.bool NOT NULL DEFAULT false,
+    charged_role pg_catalog.name,
+    -- only a role's overflow row may mix kinds
+    CHECK (kind IS NOT NULL OR status OPERATOR(pg_catalog.=) 'overflow')
 );
 CREATE INDEX request_log_last_at ON apikeys_internal.request_log (last_at);
 CREATE INDEX request_log_key_id ON apikeys_internal.request_log (key_id, last_at);
@@ -3204,8 +3223,9 @@ COMMENT ON TABLE apikeys_internal.request_log IS
 COMMENT ON COLUMN apikeys_internal.request_log.first_at IS 'first request of the row';
 COMMENT ON COLUMN apikeys_internal.request_log.last_at IS 'last request of the row';
 COMMENT ON COLUMN apikeys_internal.request_log.kind IS
-    'verify (apikey_verify, apikey_is_valid), login (apikey_login, pre_request) or leak_report (apikey_report_leak)';
-COMMENT ON COLUMN apikeys_internal.request_log.status IS 'outcome of the verification, as apikeys.verification reports it';
+    'verify (apikey_verify, apikey_is_valid), login (apikey_login, pre_request) or leak_report (apikey_report_leak); null: a role''s overflow row counting several kinds';
+COMMENT ON COLUMN apikeys_internal.request_log.status IS
+    'outcome of the verification, as apikeys.verification reports it; overflow: the requests of charged_role past apikeys.audit_request_rows_per_role in one flush';
 COMMENT ON COLUMN apikeys_internal.request_log.key_id IS
     'the key; for ids that name no key, the id given when every request of the row gave the same one, else null; never more of the token';
 COMMENT ON COLUMN apikeys_internal.request_log.key_exists IS 'the key id named a key (null: not known, overflow rows)';
@@ -3217,7 +3237,9 @@ COMMENT ON COLUMN apikeys_internal.request_log.client_addr IS
     'the client_ip given, else the connection''s address (null: unknown, a Unix socket, or several)';
 COMMENT ON COLUMN apikeys_internal.request_log.requests IS 'how many requests the row stands for';
 COMMENT ON COLUMN apikeys_internal.request_log.overflow IS
-    'the queue was full: only kind, status, times and the count were kept';
+    'only the count was kept: the queue was full (kind, status and times kept too), or charged_role was past its bound (status overflow)';
+COMMENT ON COLUMN apikeys_internal.request_log.charged_role IS
+    'the role the row counts against under apikeys.audit_request_rows_per_role: the key''s role, or the session user for input that names no key (null: rows of a full queue)';
 SELECT pg_catalog.pg_extension_config_dump('apikeys_internal.request_log', '');
 ALTER TABLE apikeys_internal.request_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys_internal.request_log FORCE ROW LEVEL SECURITY;
@@ -3230,15 +3252,16 @@ GRANT SELECT ON apikeys_internal.request_log TO apikeys_admin;
 
 CREATE VIEW @extschema@.request_log WITH (security_invoker = true) AS
 SELECT r.first_at, r.last_at, r.kind, r.status, r.key_id, r.key_exists, r.key_name,
-       r.key_role, r.db_user, r.client_addr, r.requests, r.overflow
+       r.key_role, r.db_user, r.client_addr, r.requests, r.overflow, r.charged_role
   FROM apikeys_internal.request_log r;
 COMMENT ON VIEW @extschema@.request_log IS
     'requests made with a key, as the worker wrote them (apikeys.audit_requests: failures by default, or all): one row per aggregate of requests, written every apikeys.usage_flush_interval; admins only; request_log_stats() shows what is still queued';
 COMMENT ON COLUMN @extschema@.request_log.first_at IS 'first request of the row';
 COMMENT ON COLUMN @extschema@.request_log.last_at IS 'last request of the row';
 COMMENT ON COLUMN @extschema@.request_log.kind IS
-    'verify (apikey_verify, apikey_is_valid), login (apikey_login, pre_request) or leak_report (apikey_report_leak)';
-COMMENT ON COLUMN @extschema@.request_log.status IS 'outcome of the verification';
+    'verify (apikey_verify, apikey_is_valid), login (apikey_login, pre_request) or leak_report (apikey_report_leak); null: a role''s overflow row counting several kinds';
+COMMENT ON COLUMN @extschema@.request_log.status IS
+    'outcome of the verification; overflow: the requests of charged_role past apikeys.audit_request_rows_per_role in one flush';
 COMMENT ON COLUMN @extschema@.request_log.key_id IS
     'the key; for ids that name no key, the id given when every request of the row gave the same one, else null';
 COMMENT ON COLUMN @extschema@.request_log.key_exists IS 'the key id named a key (null for overflow rows)';
@@ -3249,7 +3272,9 @@ COMMENT ON COLUMN @extschema@.request_log.client_addr IS
     'the client_ip given, else the connection''s address (null: unknown, a Unix socket, or several)';
 COMMENT ON COLUMN @extschema@.request_log.requests IS 'how many requests the row stands for';
 COMMENT ON COLUMN @extschema@.request_log.overflow IS
-    'the queue was full: only kind, status, times and the count were kept';
+    'only the count was kept: the queue was full (kind, status and times kept too), or charged_role was past its bound (status overflow)';
+COMMENT ON COLUMN @extschema@.request_log.charged_role IS
+    'the role the row counts against under apikeys.audit_request_rows_per_role: the key''s role, or the session user for input that names no key (null: rows of a full queue)';
 REVOKE ALL ON @extschema@.request_log FROM PUBLIC;
 GRANT SELECT ON @extschema@.request_log TO apikeys_admin;
 
@@ -3259,12 +3284,13 @@ CREATE FUNCTION @extschema@.request_log_stats(OUT queued pg_catalog.int4,
                                               OUT recorded pg_catalog.int8,
                                               OUT overflowed pg_catalog.int8,
                                               OUT written pg_catalog.int8,
-                                              OUT not_recorded pg_catalog.int8)
+                                              OUT not_recorded pg_catalog.int8,
+                                              OUT role_capped pg_catalog.int8)
 RETURNS record
 AS 'MODULE_PATHNAME', 'apikeys_request_log_stats'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.request_log_stats() IS
-    'the request log''s queue in shared memory, for the whole server since it started: aggregates queued and the most it holds (apikeys.audit_request_queue_size), requests waiting for the worker, requests recorded, of those kept only as a count because the queue was full, requests written, and requests not recorded (on a hot standby, in a database other than apikeys.database, or where the extension is not installed); raises 55000 without shared_preload_libraries; admins only';
+    'the request log''s queue in shared memory, for the whole server since it started: aggregates queued and the most it holds (apikeys.audit_request_queue_size), requests waiting for the worker, requests recorded, of those kept only as a count because the queue was full, requests written, requests not recorded (on a hot standby, in a database other than apikeys.database, or where the extension is not installed), and of the overflowed those counted against a role past apikeys.audit_request_rows_per_role; raises 55000 without shared_preload_libraries; admins only';
 REVOKE ALL ON FUNCTION @extschema@.request_log_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.request_log_stats() TO apikeys_admin;
 
@@ -3433,3 +3459,102 @@ CREATE POLICY key_session_only ON apikeys_internal.imported_keys AS RESTRICTIVE 
            OR key_id OPERATOR(pg_catalog.=) apikeys_internal._key_session());
 COMMENT ON POLICY key_session_only ON apikeys_internal.imported_keys IS
     'while an api key is logged in (without apikeys:manage), only that key''s row is visible';
+-- Fair shares of shared memory (README, "Shared memory, the worker,
+-- settings"): a bound on the keys of a role, checked by every path that makes
+-- a key or gives it a role (through _check_role_grant; create's C fast path
+-- calls the same C check), the index that check reads, and the triggers that
+-- free the shared-memory entries of deleted and revoked keys when that
+-- commits.  The shares themselves are in shared memory (src/shmem.c).
+-------------------------------------------------------------------------------
+CREATE INDEX key_catalog_role_idx ON apikeys_internal.key_catalog (role);
+
+CREATE FUNCTION apikeys_internal._check_key_count(p_caller pg_catalog.oid, p_role pg_catalog.oid)
+RETURNS void
+AS 'MODULE_PATHNAME', 'apikeys_check_key_count_sql'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION apikeys_internal._check_key_count(pg_catalog.oid, pg_catalog.oid) IS
+    'internal: raises 54000 when the role has apikeys.max_keys_per_role keys (revoked ones included) and the caller is no admin';
+REVOKE ALL ON FUNCTION apikeys_internal._check_key_count(pg_catalog.oid, pg_catalog.oid) FROM PUBLIC;
+
+CREATE FUNCTION apikeys_internal._key_untracked()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'apikeys_key_untracked'
+LANGUAGE C;
+COMMENT ON FUNCTION apikeys_internal._key_untracked() IS
+    'trigger: lists a deleted or revoked key (or, on TRUNCATE, every key) so that its entry in shared memory is freed when the transaction commits';
+REVOKE ALL ON FUNCTION apikeys_internal._key_untracked() FROM PUBLIC;
+
+CREATE TRIGGER key_catalog_untrack_delete
+    AFTER DELETE ON apikeys_internal.key_catalog
+    FOR EACH ROW EXECUTE FUNCTION apikeys_internal._key_untracked();
+CREATE TRIGGER key_catalog_untrack_revoke
+    AFTER UPDATE OF state ON apikeys_internal.key_catalog
+    FOR EACH ROW
+    WHEN (NEW.state OPERATOR(pg_catalog.=) 'revoked' AND OLD.state OPERATOR(pg_catalog.<>) 'revoked')
+    EXECUTE FUNCTION apikeys_internal._key_untracked();
+CREATE TRIGGER key_catalog_untrack_truncate
+    AFTER TRUNCATE ON apikeys_internal.key_catalog
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys_internal._key_untracked();
+-- (a logical replication subscriber frees them too)
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_untrack_delete;
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_untrack_revoke;
+ALTER TABLE apikeys_internal.key_catalog ENABLE ALWAYS TRIGGER key_catalog_untrack_truncate;
+
+CREATE FUNCTION @extschema@.usage_shares(OUT kind pg_catalog.text,
+                                         OUT name pg_catalog.text,
+                                         OUT tracked pg_catalog.int4,
+                                         OUT share pg_catalog.int4,
+                                         OUT refused pg_catalog.int8,
+                                         OUT untracked pg_catalog.int8,
+                                         OUT borrowed pg_catalog.int4)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'apikeys_usage_shares'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION @extschema@.usage_shares() IS
+    'the shares of shared memory, for the whole server: every role (its keys) and database holding entries, how many, its share (apikeys.tracked_share_per_role or _per_database of apikeys.max_tracked_keys), the limited requests refused and verifications not counted because it was full, since it last held none, and how many of its entries it borrowed past a share (while one role''s share of the table stays free); raises 55000 without shared_preload_libraries; admins only';
+REVOKE ALL ON FUNCTION @extschema@.usage_shares() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.usage_shares() TO apikeys_admin;
+
+-- Events: NOTIFY apikeys names no key (src/note.c, README "Events").
+--
+-- PostgreSQL has no privilege on LISTEN: any role can listen on any channel,
+-- so a payload is public.  Payloads therefore carry only the event and the
+-- seq of a row to read ({"event": "audit", "seq": 42} for apikeys.audit_log,
+-- {"event": "quota", "seq": 7} for apikeys.quota_events); what a row says is
+-- read through row-level security, as the listings are.  The worker writes
+-- the quota events here and keeps them 7 days.  Not dumped: they are
+-- notices, not history (the audit log is).
+-------------------------------------------------------------------------------
+CREATE TABLE apikeys_internal.quota_events (
+    seq       pg_catalog.int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at        pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    event     pg_catalog.text NOT NULL
+              CHECK (event OPERATOR(pg_catalog.=) ANY (ARRAY['quota_low', 'quota_exhausted'])),
+    key_id    pg_catalog.text COLLATE "C" NOT NULL,
+    remaining pg_catalog.int8
+);
+COMMENT ON TABLE apikeys_internal.quota_events IS
+    'quota warnings written by the apikeys worker, each announced by NOTIFY apikeys with its seq only; kept 7 days; read it through apikeys.quota_events';
+COMMENT ON COLUMN apikeys_internal.quota_events.seq IS 'the number NOTIFY apikeys carries ({"event": "quota", "seq": N})';
+COMMENT ON COLUMN apikeys_internal.quota_events.event IS
+    'quota_low (remaining fell below apikeys.quota_notify_percent of the value last set or refilled) or quota_exhausted (none left)';
+COMMENT ON COLUMN apikeys_internal.quota_events.remaining IS 'uses left when the worker saw it';
+ALTER TABLE apikeys_internal.quota_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys_internal.quota_events FORCE ROW LEVEL SECURITY;
+-- as usage_hourly: the events of the keys one can see; admins all of them
+CREATE POLICY quota_events_visible ON apikeys_internal.quota_events
+    FOR SELECT
+    USING (apikeys_internal._is_admin(apikeys_internal._current_role())
+           OR EXISTS (SELECT 1 FROM apikeys_internal.key_catalog k
+                       WHERE k.key_id OPERATOR(pg_catalog.=) quota_events.key_id));
+COMMENT ON POLICY quota_events_visible ON apikeys_internal.quota_events IS
+    'a role sees the events of the keys apikeys.keys shows it; admins all';
+REVOKE ALL ON apikeys_internal.quota_events FROM PUBLIC;
+GRANT SELECT ON apikeys_internal.quota_events TO PUBLIC;
+
+CREATE VIEW @extschema@.quota_events WITH (security_invoker = true) AS
+SELECT e.seq, e.at, e.event, e.key_id, e.remaining
+  FROM apikeys_internal.quota_events e;
+COMMENT ON VIEW @extschema@.quota_events IS
+    'quota warnings of the keys visible to the current role (admins: all), the last 7 days; NOTIFY apikeys announces each with {"event": "quota", "seq": N} and nothing else';
+GRANT SELECT ON @extschema@.quota_events TO PUBLIC;

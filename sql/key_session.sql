@@ -90,6 +90,10 @@ BEGIN;
 SELECT status FROM apikey_login(:'adm_tok');
 SELECT regress.ks_try($$SELECT apikey_set_role_limit('regress_ks_client', '10/second')$$, :'adm_id') AS set_role_limit;
 SELECT regress.ks_try($$SELECT audit_purge('100 years')$$, :'adm_id') AS audit_purge;
+-- reading the chain takes its lock and sees every key's rows: refused too
+SELECT regress.ks_try($$SELECT audit_head()$$, :'adm_id') AS audit_head;
+SELECT regress.ks_try($$SELECT audit_verify_detail()$$, :'adm_id') AS audit_verify_detail;
+SELECT regress.ks_try($$SELECT audit_verify()$$, :'adm_id') AS audit_verify;
 -- (an admin decides requests: refused as a key all the same)
 SELECT regress.ks_try(format('SELECT apikey_approve(%L)', :'req_id'), :'adm_id') AS approve;
 SELECT regress.ks_try(format('SELECT apikey_reject(%L)', :'req_id'), :'adm_id') AS reject;

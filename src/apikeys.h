@@ -173,6 +173,8 @@ extern void apikeys_chain_init(void);	/* apikeys.audit_queue_limit */
 extern Oid	apikeys_current_actor(void);
 extern bool apikey_create_fast(FunctionCallInfo fcinfo, Oid caller,
 							   Datum *key_id, Datum *token);
+extern void apikeys_check_key_count(Oid caller, Oid role);
+extern void apikeys_create_define_settings(void);
 
 /* reveal.c */
 extern bool apikey_decode_hex(const char *src, int n, uint8 *dst);
@@ -389,6 +391,9 @@ extern Datum apikeys_call_internal(const char *name, int nargs,
 /* note.c: what the audit trigger records for the change under way */
 extern void apikeys_audit_note_set(const char *action, const char *changes_json);
 extern void apikeys_audit_note_clear(void);
+/* NOTIFY apikeys: an event names only a row to read, never a key or role */
+#define APIKEYS_EVENT_CHANNEL	"apikeys"
+extern void apikeys_notify_event(const char *event, int64 seq);
 
 /* import.c: imported keys, verified where the native format ends */
 extern bool apikey_verify_imported(const char *s, size_t len,

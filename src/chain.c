@@ -40,7 +40,7 @@
  * A row that arrives with its place already set (pg_restore, a logical
  * replication subscriber) is accepted if its hash matches its content; the
  * head and the anchor follow the rows loaded.  Each new row queues NOTIFY
- * apikeys with a JSON payload (never a secret).
+ * apikeys naming its seq, nothing else (note.c).
  *
  * The trigger function needs no SECURITY DEFINER: the head is read and
  * written below the executor, and only roles allowed to insert into the
@@ -693,40 +693,11 @@ chain_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
-/* NOTIFY apikeys, '{"action" : ..., "key_id" : ..., "role" : ..., "at" : ...}' */
+/* NOTIFY apikeys, '{"event": "audit", "seq": ...}' (note.c: no key, no role) */
 static void
 notify_row(Datum *values, bool *isnull)
 {
-	StringInfoData buf;
-	char		ts[MAXDATELEN + 1];
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"action\" : ");
-	if (isnull[cols.action - 1])
-		appendStringInfoString(&buf, "null");
-	else
-		escape_json(&buf, TextDatumGetCString(values[cols.action - 1]));
-	appendStringInfoString(&buf, ", \"key_id\" : ");
-	if (isnull[cols.key_id - 1])
-		appendStringInfoString(&buf, "null");
-	else
-		escape_json(&buf, TextDatumGetCString(values[cols.key_id - 1]));
-	appendStringInfoString(&buf, ", \"role\" : ");
-	if (isnull[cols.key_role_name - 1])
-		appendStringInfoString(&buf, "null");
-	else
-		escape_json(&buf, NameStr(*DatumGetName(values[cols.key_role_name - 1])));
-	appendStringInfoString(&buf, ", \"at\" : ");
-	if (isnull[cols.at - 1])
-		appendStringInfoString(&buf, "null");
-	else
-	{
-		JsonEncodeDateTime(ts, values[cols.at - 1], TIMESTAMPTZOID, NULL);
-		appendStringInfo(&buf, "\"%s\"", ts);
-	}
-	appendStringInfoChar(&buf, '}');
-	Async_Notify("apikeys", buf.data);
-	pfree(buf.data);
+	apikeys_notify_event("audit", DatumGetInt64(values[cols.seq - 1]));
 }
 
 /* Queue a new row (all its columns) until commit. */

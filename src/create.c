@@ -19,13 +19,20 @@
  * test below is a strict subset of what _apikey_create accepts, so both
  * paths accept and store exactly the same keys.
  *
+ * Both paths bound the keys of a role (apikeys.max_keys_per_role) by the
+ * same C check, apikeys_check_key_count(), also called by the other ways a
+ * key is made or given a role (request, claim, import, a change of role).
+ *
  * No plan ever holds the hash as a constant (the rule of apikeys_internal's
  * plan_cache_mode settings): the direct insert has no plan, and the saved
  * INSERT takes it as a parameter of a generic plan.
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -42,6 +49,11 @@
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/array.h"
+#include "catalog/pg_am_d.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/snapmgr.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -86,6 +98,8 @@ static const char insert_sql[] =
 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 static SPIPlanPtr insert_plan = NULL;
+
+int			apikeys_max_keys_per_role = 10000;
 
 static const char *const insert_columns[INSERT_NARGS] = {
 	"key_id", "name", "prefix", "role", "scopes", "expires_at", "metadata",
@@ -348,6 +362,7 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 	role = PG_ARGISNULL(Arg_role) ? caller : PG_GETARG_OID(Arg_role);
 	if (!may_issue_for(caller, role))
 		return false;
+	apikeys_check_key_count(caller, role);
 
 	relid = apikey_cached_relation_oid(&catalog_rel);
 	owner = catalog_owner(relid);
@@ -395,6 +410,132 @@ apikey_create_fast(FunctionCallInfo fcinfo, Oid caller, Datum *key_id,
 	*token = PointerGetDatum(cstring_to_text_with_len(tok, tok_len));
 	explicit_bzero(tok, sizeof(tok));
 	return true;
+}
+
+/*
+ * An index of the catalog on role alone (btree, valid, no predicate), or
+ * InvalidOid.  The install script creates key_catalog_role_idx; found by
+ * its shape, as the direct insert finds the catalog's indexes.
+ */
+static Oid
+role_index(Relation rel)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	Oid			found = InvalidOid;
+
+	foreach(lc, indexes)
+	{
+		Relation	ind = index_open(lfirst_oid(lc), AccessShareLock);
+
+		if (ind->rd_rel->relam == BTREE_AM_OID &&
+			ind->rd_index->indisvalid && ind->rd_index->indnatts >= 1 &&
+			ind->rd_index->indkey.values[0] == Anum_key_role &&
+			heap_attisnull(ind->rd_indextuple, Anum_pg_index_indpred, NULL))
+			found = RelationGetRelid(ind);
+		index_close(ind, AccessShareLock);
+		if (OidIsValid(found))
+			break;
+	}
+	list_free(indexes);
+	return found;
+}
+
+/*
+ * The last count of this transaction: role, and how many keys it had then
+ * plus those this transaction has been allowed to add since.
+ */
+static LocalTransactionId counted_lxid = InvalidLocalTransactionId;
+static Oid	counted_role = InvalidOid;
+static int64 counted_keys = 0;
+
+/*
+ * Raise 54000 if role has apikeys.max_keys_per_role keys already and the
+ * caller is no admin (admins may go past it: the setting is theirs).  The
+ * count takes every row of the catalog for the role (revoked keys too: they
+ * stay for audit until deleted), committed or being written by a
+ * transaction in progress (a dirty snapshot, as a unique check reads), the
+ * caller's own included.  It reads an index on role: its cost follows the
+ * role's keys, and only non-admins pay it.  Within a transaction the count
+ * is taken once per role and then followed (each check that passes is a
+ * key about to be made), and taken again only when that says the bound is
+ * reached: so one statement making many keys costs one count, not one per
+ * key, and what is refused is refused on a fresh count.
+ */
+void
+apikeys_check_key_count(Oid caller, Oid role)
+{
+	Oid			admin;
+	Oid			relid;
+	Relation	rel;
+	Oid			indexid;
+	SnapshotData dirty;
+	ScanKeyData skey;
+	SysScanDesc scan;
+	int64		n = 0;
+
+	admin = get_role_oid("apikeys_admin", true);
+	if (superuser_arg(caller) ||
+		(OidIsValid(admin) && is_member_of_role(caller, admin)))
+		return;
+	if (counted_lxid == APIKEYS_CURRENT_LXID() && counted_role == role &&
+		counted_keys + 1 < apikeys_max_keys_per_role)
+	{
+		counted_keys++;
+		return;
+	}
+	relid = apikey_cached_relation_oid(&catalog_rel);
+	if (!OidIsValid(relid))
+		return;
+	rel = table_open(relid, AccessShareLock);
+	indexid = role_index(rel);
+	InitDirtySnapshot(dirty);
+	ScanKeyInit(&skey, Anum_key_role, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(role));
+	scan = systable_beginscan(rel, indexid, OidIsValid(indexid), &dirty, 1, &skey);
+	while (n < apikeys_max_keys_per_role && HeapTupleIsValid(systable_getnext(scan)))
+		n++;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	counted_lxid = APIKEYS_CURRENT_LXID();
+	counted_role = role;
+	counted_keys = n + 1;		/* (the key about to be made) */
+	if (n >= apikeys_max_keys_per_role)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("role \"%s\" has too many api keys",
+						GetUserNameFromId(role, false)),
+				 errdetail("A role may have at most %d keys (apikeys.max_keys_per_role), revoked keys included, unless an admin creates them.",
+						   apikeys_max_keys_per_role),
+				 errhint("Delete keys the role no longer uses (revoked keys stay until deleted), or ask an admin.")));
+}
+
+/*
+ * SQL function: apikeys_internal._check_key_count(caller oid, role oid) returns void
+ *
+ * apikeys_check_key_count() for the PL/pgSQL paths that make a key or give
+ * it a role.
+ */
+PG_FUNCTION_INFO_V1(apikeys_check_key_count_sql);
+Datum
+apikeys_check_key_count_sql(PG_FUNCTION_ARGS)
+{
+	if (!PG_ARGISNULL(0) && !PG_ARGISNULL(1))
+		apikeys_check_key_count(PG_GETARG_OID(0), PG_GETARG_OID(1));
+	PG_RETURN_VOID();
+}
+
+/* Define apikeys.max_keys_per_role (from _PG_init, through shmem.c). */
+void
+apikeys_create_define_settings(void)
+{
+	DefineCustomIntVariable("apikeys.max_keys_per_role",
+							"Most api keys a role may have, unless an admin creates them.",
+							"Revoked keys count until they are deleted; 0: only admins create keys.",
+							&apikeys_max_keys_per_role,
+							10000, 0, INT_MAX,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
 }
 
 /*

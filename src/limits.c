@@ -918,18 +918,21 @@ quota_warnings(ApiKeysEntry *e)
 }
 
 /*
- * Shared memory full: refuse a limited request (never let it through).
+ * Shared memory full, or the share of the key's role or database: refuse a
+ * limited request (never let it through).
  * Returns whether to warn (at most once a minute), which the caller does
  * once it holds no lock.
  */
 static bool
-refuse_untracked(ApiKeyVerdict *v, TimestampTz now)
+refuse_untracked(ApiKeyVerdict *v, ApiKeysNoRoom why, TimestampTz now)
 {
 	bool		warn = false;
 
 	pg_atomic_fetch_add_u64(&apikeys_shmem->refused, 1);
 	SpinLockAcquire(&apikeys_shmem->mutex);
-	if (now - apikeys_shmem->last_full_warning >= USECS_PER_MINUTE)
+	/* (a full share warns of itself: apikeys_share_warning) */
+	if (why == APIKEYS_NO_ROOM_TABLE &&
+		now - apikeys_shmem->last_full_warning >= USECS_PER_MINUTE)
 	{
 		apikeys_shmem->last_full_warning = now;
 		warn = true;
@@ -990,10 +993,11 @@ apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
 	bool		never = false;
 	bool		ok;
 	bool		warn_full = false;
+	ApiKeysNoRoom why = APIKEYS_ROOM;
 
 	if (v->status != APIKEY_VALID || lim == NULL)
 	{
-		apikeys_usage_count(key_id, hint, v->status, now);
+		apikeys_usage_count(key_id, hint, v->role, v->status, now);
 		return;
 	}
 	/* (cost is within 0 .. APIKEY_MAX_COST: verify.c checks every request's) */
@@ -1002,7 +1006,7 @@ apikey_limits_apply(const char *key_id, ApiKeySharedHint *hint,
 		rl = &role_limit;
 	if (lim->nwindows == 0 && !lim->has_quota && rl == NULL)
 	{
-		apikeys_usage_count(key_id, hint, v->status, now);
+		apikeys_usage_count(key_id, hint, v->role, v->status, now);
 		return;
 	}
 
@@ -1099,14 +1103,15 @@ relock:
 		}
 	}
 
-	ke = apikeys_entry_enter(&kk, kh, true, hint);
+	/* a new entry takes room from the shares of the key's role and database */
+	ke = apikeys_entry_enter(&kk, kh, true, v->role, hint, &why);
 	if (ke != NULL)
 		ke->counted = apikeys_database_served();
 	if (ke != NULL && rl != NULL)
-		re = apikeys_entry_enter(&rk, rh, true, NULL);
+		re = apikeys_entry_enter(&rk, rh, true, rl->role, NULL, &why);
 	if (ke == NULL || (rl != NULL && re == NULL))
 	{
-		warn_full = refuse_untracked(v, now);
+		warn_full = refuse_untracked(v, why, now);
 		if (ke != NULL)
 			apikeys_usage_count_locked(ke, v->status, now);
 		else
@@ -1176,6 +1181,8 @@ relock:
 		LWLockRelease(rlock);
 	LWLockRelease(klock);
 
+	if (why != APIKEYS_ROOM && why != APIKEYS_NO_ROOM_TABLE)
+		apikeys_share_warning(why, v->role, true);
 	if (warn_full)
 		ereport(WARNING,
 				(errmsg("apikeys shared memory is full: requests of keys with rate limits or quotas are refused"),

@@ -11,9 +11,22 @@
  * (and clears it however the call ends); the trigger reads it through
  * apikeys_internal._audit_note().  The note lives in backend memory and is
  * set only from C, so no client can forge what the audit log says.
+ *
+ * Also the events on channel apikeys.  PostgreSQL has no privilege on
+ * LISTEN: any role can listen on any channel, so a payload is public.  It
+ * therefore names no key and no role, only where to look:
+ *
+ *     {"event": "audit", "seq": 42}    the audit row with seq 42
+ *     {"event": "quota", "seq": 7}     the row with seq 7 of apikeys.quota_events
+ *
+ * and the detail is read there, through the row-level security that
+ * decides what each role may see (apikeys.audit_log, apikeys.quota_events):
+ * a listener learns nothing the listings would not show it, apart from the
+ * numbering, which its own rows show too.
  */
 #include "postgres.h"
 
+#include "commands/async.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -68,4 +81,18 @@ apikeys_audit_note(PG_FUNCTION_ARGS)
 	copy = palloc(VARSIZE(note));
 	memcpy(copy, note, VARSIZE(note));
 	PG_RETURN_JSONB_P(copy);
+}
+
+/*
+ * Queue NOTIFY apikeys for the row seq of the table named by event ("audit":
+ * the audit log), sent at commit; the payload holds nothing else.
+ */
+void
+apikeys_notify_event(const char *event, int64 seq)
+{
+	char		payload[64];
+
+	snprintf(payload, sizeof(payload), "{\"event\": \"%s\", \"seq\": " INT64_FORMAT "}",
+			 event, seq);
+	Async_Notify(APIKEYS_EVENT_CHANNEL, payload);
 }

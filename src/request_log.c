@@ -27,10 +27,20 @@
  *   - failed requests whose key id names no key (guessing): one per kind
  *     and status (the id tried, kept while every request gave the same).
  *
- * When the queue is full, a request that has no aggregate yet is added to a
- * fixed cell per kind and status, written as a row without key, user or
- * address: counted, never dropped.  Once the queue is three quarters full
- * the worker is woken.  Each flush (worker.c, every
+ * Every aggregate is charged to a role: the key's role, or the session user
+ * for an id that names no key and for input that is no token.  A role may
+ * hold at most apikeys.audit_request_rows_per_role aggregates per flush
+ * (its share, counted in a second hash table of the area); past that, its
+ * requests that have no aggregate yet are counted in the share itself and
+ * written as ONE row per role (status 'overflow', no key, user or
+ * address).  So no role can write more than that many rows plus one per
+ * flush, nor fill the queue and push another role's requests out of it:
+ * filling it takes audit_request_queue_size / (rows_per_role + 1) roles.
+ *
+ * When the queue is full all the same, a request that has no aggregate yet
+ * is added to a fixed cell per kind and status, written as a row without
+ * key, user or address: counted, never dropped.  Once the queue is three
+ * quarters full the worker is woken.  Each flush (worker.c, every
  * apikeys.usage_flush_interval) takes the whole queue, writes one row per
  * aggregate and cell, and puts everything back if the write fails.
  *
@@ -73,7 +83,7 @@
 
 #define REQUEST_LOG_TABLE		"request_log"
 #define REQUEST_LOG_FILE		"pg_stat/apikeys_requests.stat"
-#define REQUEST_LOG_LAYOUT		0x414b5201	/* bump when a struct changes */
+#define REQUEST_LOG_LAYOUT		0x414b5202	/* bump when a struct changes */
 
 #define NKINDS					(APIKEY_REQUEST_LEAK_REPORT + 1)
 #define NSTATUSES				(APIKEY_QUOTA_EXCEEDED + 1)
@@ -81,6 +91,7 @@
 /* settings */
 int			apikeys_audit_requests = APIKEYS_AUDIT_REQUESTS_FAILURES;
 static int	request_queue_size = 4096;
+static int	request_rows_per_role = 200;
 static int	request_retention = 90 * 24 * 60;	/* minutes, 0: forever */
 
 static const struct config_enum_entry audit_requests_options[] = {
@@ -102,6 +113,7 @@ typedef struct RequestAddr
 typedef struct RequestKey
 {
 	Oid			dboid;
+	Oid			charged;		/* the role it counts against (see above) */
 	Oid			db_user;		/* valid requests only, else 0 */
 	uint8		kind;			/* ApiKeyRequestKind */
 	uint8		status;			/* ApiKeyStatus */
@@ -140,17 +152,37 @@ typedef struct RequestCell
 	TimestampTz last_at;
 } RequestCell;
 
+/* A role's share of the queue: its aggregates, and what went past them. */
+typedef struct RoleShareKey
+{
+	Oid			dboid;
+	Oid			role;
+} RoleShareKey;
+
+typedef struct RoleShare
+{
+	RoleShareKey key;			/* hash key: must be first */
+	int32		nrows;			/* aggregates of the role in the queue */
+	uint8		kind;			/* of the requests counted here ... */
+	bool		kind_mixed;		/* ... unless they were of several kinds */
+	int64		count;			/* requests past the role's bound */
+	TimestampTz first_at;
+	TimestampTz last_at;
+} RoleShare;
+
 /* The area's header, in the extension's segment. */
 typedef struct RequestLogShared
 {
 	int			tranche;
-	LWLock		lock;			/* protects nslots, the table and the cells */
+	LWLock		lock;			/* protects the counts, both tables and the cells */
 	int			capacity;		/* apikeys.audit_request_queue_size at start */
 	int			nslots;
+	int			nshares;		/* entries of the role share table */
 	RequestCell overflow[NKINDS][NSTATUSES];
 	pg_atomic_uint32 wake_sent; /* the worker was woken since its last flush */
 	pg_atomic_uint64 recorded;	/* requests queued since the server started */
-	pg_atomic_uint64 overflowed;	/* of which into a cell: the queue was full */
+	pg_atomic_uint64 overflowed;	/* of which only counted: a cell or a share */
+	pg_atomic_uint64 role_capped;	/* of which in a share: past the role's bound */
 	pg_atomic_uint64 written;	/* requests the worker wrote */
 	pg_atomic_uint64 not_recorded;	/* requests where nothing can be written */
 	pg_atomic_uint64 in_flight; /* taken by the worker, not yet committed */
@@ -158,6 +190,7 @@ typedef struct RequestLogShared
 
 static RequestLogShared *rl = NULL;
 static HTAB *rl_slots = NULL;
+static HTAB *rl_shares = NULL;
 
 /* The kind of the next verification, named by a login or a leak report. */
 bool		apikey_request_log_kind_pending = false;
@@ -269,15 +302,59 @@ cell_add(RequestCell *c, int64 count, TimestampTz first_at, TimestampTz last_at)
 	c->last_at = Max(c->last_at, last_at);
 }
 
+/* Add requests of a kind to what a role's share counts past its bound. */
+static void
+share_add(RoleShare *sh, uint8 kind, int64 count, TimestampTz first_at,
+		  TimestampTz last_at)
+{
+	if (sh->count == 0)
+	{
+		sh->kind = kind;
+		sh->first_at = first_at;
+		sh->last_at = last_at;
+	}
+	else if (sh->kind != kind)
+		sh->kind_mixed = true;
+	sh->count += count;
+	sh->first_at = Min(sh->first_at, first_at);
+	sh->last_at = Max(sh->last_at, last_at);
+}
+
+/* A role's share, entered if asked (NULL: not there, or no room). */
+static RoleShare *
+share_get(Oid dboid, Oid role, bool enter)
+{
+	RoleShareKey sk;
+	RoleShare  *sh;
+	bool		found;
+
+	memset(&sk, 0, sizeof(sk));
+	sk.dboid = dboid;
+	sk.role = role;
+	sh = hash_search(rl_shares, &sk, HASH_FIND, NULL);
+	if (sh != NULL || !enter || rl->nshares >= rl->capacity)
+		return sh;
+	sh = hash_search(rl_shares, &sk, HASH_ENTER_NULL, &found);
+	if (sh != NULL)
+	{
+		Assert(!found);
+		memset((char *) sh + sizeof(RoleShareKey), 0, sizeof(RoleShare) - sizeof(RoleShareKey));
+		rl->nshares++;
+	}
+	return sh;
+}
+
 /*
- * Add requests to the queue: to their aggregate, a new one, or (the queue
- * full) their cell.  The caller holds the lock exclusive.  Returns whether
- * the worker should come for them.
+ * Add requests to the queue: to their aggregate, a new one (within the
+ * role's share), the role's share (past its bound), or (the queue full)
+ * their cell.  The caller holds the lock exclusive.  Returns whether the
+ * worker should come for them.
  */
 static bool
 queue_add(const RequestKey *k, uint32 hash, const RequestAggregate *a)
 {
 	RequestSlot *s;
+	RoleShare  *sh;
 	bool		found;
 
 	s = hash_search_with_hash_value(rl_slots, k, hash, HASH_FIND, NULL);
@@ -286,7 +363,16 @@ queue_add(const RequestKey *k, uint32 hash, const RequestAggregate *a)
 		merge(&s->agg, a);
 		return false;
 	}
-	if (rl->nslots < rl->capacity)
+	sh = share_get(k->dboid, k->charged, rl->nslots < rl->capacity);
+	if (sh != NULL && sh->nrows >= request_rows_per_role)
+	{
+		/* the role's bound: counted against it, in one row per flush */
+		share_add(sh, k->kind, a->count, a->first_at, a->last_at);
+		pg_atomic_fetch_add_u64(&rl->overflowed, (uint64) a->count);
+		pg_atomic_fetch_add_u64(&rl->role_capped, (uint64) a->count);
+		return false;
+	}
+	if (sh != NULL && rl->nslots < rl->capacity)
 	{
 		s = hash_search_with_hash_value(rl_slots, k, hash, HASH_ENTER_NULL, &found);
 		if (s != NULL)
@@ -294,12 +380,36 @@ queue_add(const RequestKey *k, uint32 hash, const RequestAggregate *a)
 			Assert(!found);
 			s->agg = *a;
 			rl->nslots++;
+			sh->nrows++;
 			return rl->nslots >= Max(rl->capacity / 4 * 3, 1);
 		}
 	}
 	cell_add(&rl->overflow[k->kind][k->status], a->count, a->first_at, a->last_at);
 	pg_atomic_fetch_add_u64(&rl->overflowed, (uint64) a->count);
 	return true;
+}
+
+/*
+ * Put back what a role's share counted past its bound (a failed write, the
+ * file of a clean shutdown); with no room for the share, into a cell.
+ */
+static void
+share_return(const RoleShare *from)
+{
+	RoleShare  *sh;
+
+	if (from->count <= 0)
+		return;
+	sh = share_get(from->key.dboid, from->key.role, true);
+	if (sh != NULL)
+	{
+		share_add(sh, from->kind, from->count, from->first_at, from->last_at);
+		if (from->kind_mixed)
+			sh->kind_mixed = true;
+	}
+	else
+		cell_add(&rl->overflow[from->kind_mixed ? APIKEY_REQUEST_VERIFY : from->kind][APIKEY_INVALID],
+				 from->count, from->first_at, from->last_at);
 }
 
 /*
@@ -332,6 +442,7 @@ apikey_request_log_note(const char *key_id, const ApiKeyEntry *e,
 	memset(&k, 0, sizeof(k));
 	memset(&a, 0, sizeof(a));
 	k.dboid = MyDatabaseId;
+	k.charged = e != NULL ? e->role : GetSessionUserId();
 	k.kind = (uint8) kind;
 	k.status = (uint8) v->status;
 	k.known = e != NULL;
@@ -375,8 +486,9 @@ apikey_request_log_note(const char *key_id, const ApiKeyEntry *e,
 Size
 apikeys_request_log_size(void)
 {
-	return add_size(MAXALIGN(sizeof(RequestLogShared)),
-					hash_estimate_size(request_queue_size, sizeof(RequestSlot)));
+	return add_size(add_size(MAXALIGN(sizeof(RequestLogShared)),
+							 hash_estimate_size(request_queue_size, sizeof(RequestSlot))),
+					hash_estimate_size(request_queue_size, sizeof(RoleShare)));
 }
 
 static void request_log_dump(int code, Datum arg);
@@ -399,6 +511,7 @@ apikeys_request_log_attach(void)
 		pg_atomic_init_u32(&rl->wake_sent, 0);
 		pg_atomic_init_u64(&rl->recorded, 0);
 		pg_atomic_init_u64(&rl->overflowed, 0);
+		pg_atomic_init_u64(&rl->role_capped, 0);
 		pg_atomic_init_u64(&rl->written, 0);
 		pg_atomic_init_u64(&rl->not_recorded, 0);
 		pg_atomic_init_u64(&rl->in_flight, 0);
@@ -411,6 +524,12 @@ apikeys_request_log_attach(void)
 	rl_slots = ShmemInitHash("apikeys request log queue",
 							 request_queue_size, request_queue_size,
 							 &info, HASH_ELEM | HASH_BLOBS);
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(RoleShareKey);
+	info.entrysize = sizeof(RoleShare);
+	rl_shares = ShmemInitHash("apikeys request log role shares",
+							  request_queue_size, request_queue_size,
+							  &info, HASH_ELEM | HASH_BLOBS);
 
 	/* The postmaster reads the last shutdown's queue, and writes it at exit. */
 	if (!IsUnderPostmaster)
@@ -432,7 +551,8 @@ request_log_dump(int code, Datum arg)
 	FILE	   *f;
 	HASH_SEQ_STATUS seq;
 	RequestSlot *s;
-	uint32		header[3];
+	RoleShare  *sh;
+	uint32		header[5];
 
 	if (code != 0 || rl == NULL || rl_slots == NULL)
 		return;
@@ -442,6 +562,8 @@ request_log_dump(int code, Datum arg)
 	header[0] = REQUEST_LOG_LAYOUT;
 	header[1] = sizeof(RequestSlot);
 	header[2] = sizeof(rl->overflow);
+	header[3] = sizeof(RoleShare);
+	header[4] = (uint32) rl->nslots;
 	if (fwrite(header, sizeof(header), 1, f) != 1 ||
 		fwrite(rl->overflow, sizeof(rl->overflow), 1, f) != 1)
 		goto error;
@@ -449,6 +571,16 @@ request_log_dump(int code, Datum arg)
 	while ((s = hash_seq_search(&seq)) != NULL)
 	{
 		if (fwrite(s, sizeof(RequestSlot), 1, f) != 1)
+		{
+			hash_seq_term(&seq);
+			goto error;
+		}
+	}
+	/* then the shares' counts past the bound (their nrows follow the slots) */
+	hash_seq_init(&seq, rl_shares);
+	while ((sh = hash_seq_search(&seq)) != NULL)
+	{
+		if (sh->count > 0 && fwrite(sh, sizeof(RoleShare), 1, f) != 1)
 		{
 			hash_seq_term(&seq);
 			goto error;
@@ -476,9 +608,10 @@ static void
 request_log_load(void)
 {
 	FILE	   *f;
-	uint32		header[3];
+	uint32		header[5];
 	RequestCell cells[NKINDS][NSTATUSES];
 	RequestSlot buf;
+	RoleShare	shbuf;
 
 	f = AllocateFile(REQUEST_LOG_FILE, PG_BINARY_R);
 	if (f == NULL)
@@ -491,7 +624,7 @@ request_log_load(void)
 	}
 	if (fread(header, sizeof(header), 1, f) == 1 &&
 		header[0] == REQUEST_LOG_LAYOUT && header[1] == sizeof(RequestSlot) &&
-		header[2] == sizeof(cells) &&
+		header[2] == sizeof(cells) && header[3] == sizeof(RoleShare) &&
 		fread(cells, sizeof(cells), 1, f) == 1)
 	{
 		for (int i = 0; i < NKINDS; i++)
@@ -500,12 +633,18 @@ request_log_load(void)
 					cell_add(&rl->overflow[i][j], cells[i][j].count,
 							 cells[i][j].first_at, cells[i][j].last_at);
 		/* (a lower apikeys.audit_request_queue_size folds the rest into cells) */
-		while (fread(&buf, sizeof(buf), 1, f) == 1)
+		for (uint32 i = 0; i < header[4] && fread(&buf, sizeof(buf), 1, f) == 1; i++)
 		{
 			if (buf.key.kind >= NKINDS || buf.key.status >= NSTATUSES ||
 				buf.agg.count <= 0)
 				continue;
 			(void) queue_add(&buf.key, get_hash_value(rl_slots, &buf.key), &buf.agg);
+		}
+		while (fread(&shbuf, sizeof(shbuf), 1, f) == 1)
+		{
+			if (shbuf.kind >= NKINDS)
+				continue;
+			share_return(&shbuf);
 		}
 	}
 	FreeFile(f);
@@ -525,6 +664,8 @@ typedef struct FlushBatch
 {
 	RequestSlot *slots;
 	int			nslots;
+	RoleShare  *shares;			/* those with requests past the bound */
+	int			nshares;
 	RequestCell cells[NKINDS][NSTATUSES];
 	int64		requests;		/* in all of it */
 } FlushBatch;
@@ -536,7 +677,7 @@ queue_empty(void)
 	bool		empty;
 
 	LWLockAcquire(&rl->lock, LW_SHARED);
-	empty = rl->nslots == 0;
+	empty = rl->nslots == 0 && rl->nshares == 0;
 	for (int i = 0; empty && i < NKINDS; i++)
 		for (int j = 0; empty && j < NSTATUSES; j++)
 			empty = rl->overflow[i][j].count == 0;
@@ -550,11 +691,14 @@ queue_take(FlushBatch *b, MemoryContext cxt)
 {
 	HASH_SEQ_STATUS seq;
 	RequestSlot *s;
+	RoleShare  *sh;
 	int			n = 0;
+	int			nsh = 0;
 
 	memset(b, 0, sizeof(*b));
 	/* allocated before the lock is taken: no error while it is held */
 	b->slots = MemoryContextAlloc(cxt, Max(rl->capacity, 1) * sizeof(RequestSlot));
+	b->shares = MemoryContextAlloc(cxt, Max(rl->capacity, 1) * sizeof(RoleShare));
 	LWLockAcquire(&rl->lock, LW_EXCLUSIVE);
 	hash_seq_init(&seq, rl_slots);
 	while ((s = hash_seq_search(&seq)) != NULL)
@@ -567,6 +711,17 @@ queue_take(FlushBatch *b, MemoryContext cxt)
 		hash_search(rl_slots, &s->key, HASH_REMOVE, NULL);
 	}
 	rl->nslots = 0;
+	hash_seq_init(&seq, rl_shares);
+	while ((sh = hash_seq_search(&seq)) != NULL)
+	{
+		if (sh->count > 0 && nsh < rl->capacity)
+		{
+			b->shares[nsh++] = *sh;
+			b->requests += sh->count;
+		}
+		hash_search(rl_shares, &sh->key, HASH_REMOVE, NULL);
+	}
+	rl->nshares = 0;
 	memcpy(b->cells, rl->overflow, sizeof(b->cells));
 	memset(rl->overflow, 0, sizeof(rl->overflow));
 	for (int i = 0; i < NKINDS; i++)
@@ -577,6 +732,7 @@ queue_take(FlushBatch *b, MemoryContext cxt)
 	pg_atomic_write_u32(&rl->wake_sent, 0);
 	LWLockRelease(&rl->lock);
 	b->nslots = n;
+	b->nshares = nsh;
 }
 
 /* Put a batch back into the queue (its write failed). */
@@ -587,6 +743,8 @@ queue_return(const FlushBatch *b)
 	for (int i = 0; i < b->nslots; i++)
 		(void) queue_add(&b->slots[i].key, get_hash_value(rl_slots, &b->slots[i].key),
 						 &b->slots[i].agg);
+	for (int i = 0; i < b->nshares; i++)
+		share_return(&b->shares[i]);
 	for (int i = 0; i < NKINDS; i++)
 		for (int j = 0; j < NSTATUSES; j++)
 			if (b->cells[i][j].count > 0)
@@ -642,13 +800,13 @@ write_batch(const FlushBatch *b)
 	enum
 	{
 		C_FIRST, C_LAST, C_KIND, C_STATUS, C_KEY_ID, C_KNOWN, C_ROLE, C_USER,
-		C_ADDR, C_COUNT, C_OVERFLOW, NCOLS
+		C_ADDR, C_COUNT, C_OVERFLOW, C_CHARGED, NCOLS
 	};
 	static const Oid elemtypes[NCOLS] = {
 		TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID,
-		OIDOID, OIDOID, INETOID, INT8OID, BOOLOID
+		OIDOID, OIDOID, INETOID, INT8OID, BOOLOID, OIDOID
 	};
-	int			max = b->nslots + NKINDS * NSTATUSES;
+	int			max = b->nslots + b->nshares + NKINDS * NSTATUSES;
 	Datum	   *d[NCOLS];
 	bool	   *nulls[NCOLS];
 	Oid			types[NCOLS];
@@ -685,6 +843,28 @@ write_batch(const FlushBatch *b)
 			d[C_ADDR][n] = addr_datum(&a->addr);
 		d[C_COUNT][n] = Int64GetDatum(a->count);
 		d[C_OVERFLOW][n] = BoolGetDatum(false);
+		d[C_CHARGED][n] = ObjectIdGetDatum(k->charged);
+	}
+	/* one row per role past its bound: only the role, the count and the times */
+	for (int i = 0; i < b->nshares; i++, n++)
+	{
+		const RoleShare *sh = &b->shares[i];
+
+		d[C_FIRST][n] = TimestampTzGetDatum(sh->first_at);
+		d[C_LAST][n] = TimestampTzGetDatum(sh->last_at);
+		if (sh->kind_mixed)
+			nulls[C_KIND][n] = true;
+		else
+			d[C_KIND][n] = CStringGetTextDatum(kind_names[sh->kind]);
+		d[C_STATUS][n] = CStringGetTextDatum("overflow");
+		nulls[C_KEY_ID][n] = true;
+		nulls[C_KNOWN][n] = true;
+		d[C_ROLE][n] = ObjectIdGetDatum(InvalidOid);
+		d[C_USER][n] = ObjectIdGetDatum(InvalidOid);
+		nulls[C_ADDR][n] = true;
+		d[C_COUNT][n] = Int64GetDatum(sh->count);
+		d[C_OVERFLOW][n] = BoolGetDatum(true);
+		d[C_CHARGED][n] = ObjectIdGetDatum(sh->key.role);
 	}
 	for (int i = 0; i < NKINDS; i++)
 	{
@@ -705,6 +885,7 @@ write_batch(const FlushBatch *b)
 			nulls[C_ADDR][n] = true;
 			d[C_COUNT][n] = Int64GetDatum(c->count);
 			d[C_OVERFLOW][n] = BoolGetDatum(true);
+			d[C_CHARGED][n] = ObjectIdGetDatum(InvalidOid);
 			n++;
 		}
 	}
@@ -720,18 +901,20 @@ write_batch(const FlushBatch *b)
 	ret = SPI_execute_with_args(
 		"INSERT INTO apikeys_internal.request_log"
 		"       (first_at, last_at, kind, status, key_id, key_exists, key_name, key_role,"
-		"        db_user, client_addr, requests, overflow)"
+		"        db_user, client_addr, requests, overflow, charged_role)"
 		" SELECT t.f, t.l, t.kind, t.status, t.kid, t.known, k.name,"
 		"        CASE WHEN t.role OPERATOR(pg_catalog.<>) 0::pg_catalog.oid"
 		"             THEN pg_catalog.pg_get_userbyid(t.role) END,"
 		"        CASE WHEN t.usr OPERATOR(pg_catalog.<>) 0::pg_catalog.oid"
 		"             THEN pg_catalog.pg_get_userbyid(t.usr) END,"
-		"        t.addr, t.n, t.ovf"
+		"        t.addr, t.n, t.ovf,"
+		"        CASE WHEN t.chg OPERATOR(pg_catalog.<>) 0::pg_catalog.oid"
+		"             THEN pg_catalog.pg_get_userbyid(t.chg) END"
 		"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
 		"                   pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
 		"                   pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
-		"                   pg_catalog.unnest($10), pg_catalog.unnest($11))"
-		"        AS t(f, l, kind, status, kid, known, role, usr, addr, n, ovf)"
+		"                   pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12))"
+		"        AS t(f, l, kind, status, kid, known, role, usr, addr, n, ovf, chg)"
 		"   LEFT JOIN apikeys_internal.key_catalog k"
 		"          ON t.known AND k.key_id OPERATOR(pg_catalog.=) t.kid",
 		NCOLS, types, values, NULL, false, 0);
@@ -866,12 +1049,13 @@ Datum
 apikeys_request_log_stats(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[7];
-	bool		nulls[7];
+	Datum		values[8];
+	bool		nulls[8];
 	int			nslots;
 	int64		pending = 0;
 	HASH_SEQ_STATUS seq;
 	RequestSlot *s;
+	RoleShare  *sh;
 
 	if (rl == NULL)
 		ereport(ERROR,
@@ -888,6 +1072,9 @@ apikeys_request_log_stats(PG_FUNCTION_ARGS)
 	hash_seq_init(&seq, rl_slots);
 	while ((s = hash_seq_search(&seq)) != NULL)
 		pending += s->agg.count;
+	hash_seq_init(&seq, rl_shares);
+	while ((sh = hash_seq_search(&seq)) != NULL)
+		pending += sh->count;
 	for (int i = 0; i < NKINDS; i++)
 		for (int j = 0; j < NSTATUSES; j++)
 			pending += rl->overflow[i][j].count;
@@ -902,6 +1089,7 @@ apikeys_request_log_stats(PG_FUNCTION_ARGS)
 	values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&rl->overflowed));
 	values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&rl->written));
 	values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&rl->not_recorded));
+	values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&rl->role_capped));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 
@@ -925,6 +1113,13 @@ apikeys_request_log_define_settings(bool preloading)
 								4096, 1, 1000000,
 								PGC_POSTMASTER, 0,
 								NULL, NULL, NULL);
+	DefineCustomIntVariable("apikeys.audit_request_rows_per_role",
+							"Rows of the request log one role can cause per flush, past which its requests are counted in one overflow row.",
+							"A role is the key's role, or the session user for input that names no key. Only superusers change it (postgresql.conf, reload).",
+							&request_rows_per_role,
+							200, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("apikeys.audit_request_retention",
 							"How long rows of the request log are kept; 0 keeps them forever.",
 							NULL,

@@ -46,6 +46,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -863,6 +864,61 @@ route_method_covers(const char *row_method, const char *method)
 }
 
 /*
+ * The OID of apikeys_internal.route_scopes, looked up (objects.c: by name,
+ * a member of the extension only) once per backend rather than per
+ * request, where the two catalog scans of that check were more than half
+ * of pre_request's time.  Forgotten at any relcache invalidation of it (a
+ * DROP EXTENSION, say) or of everything.
+ */
+static Oid	route_scopes_relid = InvalidOid;
+static bool route_scopes_callback_registered = false;
+
+static void
+route_scopes_relcache_callback(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == route_scopes_relid)
+		route_scopes_relid = InvalidOid;
+}
+
+/*
+ * Open apikeys_internal.route_scopes with AccessShareLock.  Taking the lock
+ * processes pending invalidations: if they
+ * made the OID used stale, look it up again and retry, as cache.c does for
+ * the catalog; once the lock is held and nothing was invalidated, the
+ * relation is the extension's.
+ */
+static Relation
+open_route_scopes(void)
+{
+	if (!route_scopes_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(route_scopes_relcache_callback, (Datum) 0);
+		route_scopes_callback_registered = true;
+	}
+	for (int attempt = 0; attempt < 3; attempt++)
+	{
+		Relation	rel;
+
+		if (!OidIsValid(route_scopes_relid))
+			route_scopes_relid = apikeys_relation_oid(APIKEYS_ROUTE_SCOPES);
+		if (!OidIsValid(route_scopes_relid))
+			break;
+		rel = try_relation_open(route_scopes_relid, AccessShareLock);
+		if (rel != NULL && OidIsValid(route_scopes_relid) &&
+			RelationGetRelid(rel) == route_scopes_relid)
+			return rel;
+		if (rel != NULL)
+			relation_close(rel, AccessShareLock);
+		route_scopes_relid = InvalidOid;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("apikeys route scopes table is missing"),
+			 errhint("Run ALTER EXTENSION apikeys UPDATE in this database.")));
+	pg_unreachable();
+}
+
+/*
  * The scopes the route requires: every row of apikeys_internal.route_scopes
  * whose method covers the request's, and whose path_pattern the decoded
  * path (route_path) is LIKE.  Read straight from the table (no view, no
@@ -872,7 +928,6 @@ route_method_covers(const char *row_method, const char *method)
 static List *
 route_scopes_for(const char *method, const char *path)
 {
-	Oid			relid;
 	Relation	rel;
 	Snapshot	snapshot;
 	SysScanDesc scan;
@@ -881,13 +936,7 @@ route_scopes_for(const char *method, const char *path)
 	List	   *scopes = NIL;
 
 	/* only the extension's own table: see objects.c */
-	relid = apikeys_relation_oid(APIKEYS_ROUTE_SCOPES);
-	rel = OidIsValid(relid) ? try_relation_open(relid, AccessShareLock) : NULL;
-	if (rel == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("apikeys route scopes table is missing"),
-				 errhint("Run ALTER EXTENSION apikeys UPDATE in this database.")));
+	rel = open_route_scopes();
 	if (rel->rd_rel->relkind != RELKIND_RELATION ||
 		RelationGetDescr(rel)->natts != Natts_route_scopes)
 		elog(ERROR, "apikeys route scopes table has an unexpected layout");

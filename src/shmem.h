@@ -61,6 +61,10 @@ typedef struct ApiKeysEntry
 	 * (or exclusive); the worker subtracts what it has written.
 	 */
 	bool		counted;		/* usage of this entry is counted */
+	bool		gone;			/* its key was deleted or revoked: freed
+								 * as soon as its counts are written */
+	bool		borrowed;		/* taken past its role's or database's
+								 * share (may_borrow in shmem.c) */
 	pg_atomic_uint64 uses;
 	pg_atomic_uint64 failures;
 	pg_atomic_uint64 rate_limited;
@@ -83,7 +87,45 @@ typedef struct ApiKeysEntry
 	bool		warned_low;		/* the low-quota NOTIFY is sent or queued */
 	bool		warned_empty;	/* the exhausted-quota NOTIFY likewise */
 	uint8		notify_pending; /* APIKEYS_NOTIFY_* bits for the worker */
+	Oid			owner;			/* the role whose share holds the entry (the
+								 * key's role); 0: none (an older dump) */
 } ApiKeysEntry;
+
+/*
+ * The shares of the table: each entry is charged to its database and to
+ * its owner role, and none of them may hold more than its share
+ * (apikeys.tracked_share_per_database, apikeys.tracked_share_per_role).
+ * Kept in a hash of their own, under one lock, touched only when an entry
+ * is created or removed.  An account exists while it holds entries.
+ */
+#define APIKEYS_ACCOUNT_ROLE	'r'
+#define APIKEYS_ACCOUNT_DATABASE 'd'
+
+typedef struct ApiKeysAccountKey
+{
+	Oid			oid;
+	char		kind;			/* APIKEYS_ACCOUNT_ROLE or _DATABASE */
+	char		pad[3];			/* zeroed: the key is hashed as bytes */
+} ApiKeysAccountKey;
+
+typedef struct ApiKeysAccount
+{
+	ApiKeysAccountKey key;		/* hash key: must be first */
+	int32		held;			/* entries charged to it */
+	int32		lent;			/* of which taken past a share, borrowed */
+	int64		refused;		/* limited requests refused at its share */
+	int64		untracked;		/* verifications not counted at its share */
+	TimestampTz warned_at;		/* last WARNING that its share is full */
+} ApiKeysAccount;
+
+/* Why apikeys_entry_enter() returned no entry. */
+typedef enum ApiKeysNoRoom
+{
+	APIKEYS_ROOM = 0,
+	APIKEYS_NO_ROOM_TABLE,		/* apikeys.max_tracked_keys */
+	APIKEYS_NO_ROOM_ROLE,		/* the owner role is at its share */
+	APIKEYS_NO_ROOM_DATABASE	/* the database is at its share */
+} ApiKeysNoRoom;
 
 #define APIKEYS_NOTIFY_LOW		0x01
 #define APIKEYS_NOTIFY_EMPTY	0x02
@@ -93,7 +135,8 @@ typedef struct ApiKeysShmem
 {
 	uint32		layout;			/* APIKEYS_SHMEM_LAYOUT */
 	int			max_entries;	/* apikeys.max_tracked_keys at start */
-	LWLockPadded *locks;		/* APIKEYS_PARTITIONS partition locks */
+	LWLockPadded *locks;		/* APIKEYS_PARTITIONS partition locks, then
+								 * the lock of the accounts */
 	pg_atomic_uint32 nentries;
 	pg_atomic_uint64 untracked; /* verifications not counted: table full */
 	pg_atomic_uint64 refused;	/* limited requests refused: table full */
@@ -114,13 +157,19 @@ typedef struct ApiKeysShmem
 } ApiKeysShmem;
 
 #define APIKEYS_SHMEM_LAYOUT	0x414b0801	/* of the dump file: bump when
-											 * ApiKeysEntry changes */
+											 * ApiKeysEntry changes (a field
+											 * put in padding, which older
+											 * dumps hold as zero, needs no
+											 * bump if zero is its default) */
 
 extern ApiKeysShmem *apikeys_shmem;
 extern HTAB *apikeys_entries;
+extern HTAB *apikeys_accounts;
 
 /* settings */
 extern int	apikeys_max_tracked_keys;
+extern int	apikeys_role_share;	/* percent of the table */
+extern int	apikeys_database_share;	/* percent of the table */
 extern int	apikeys_flush_interval;	/* milliseconds */
 extern int	apikeys_usage_retention;	/* days, 0: forever */
 extern char *apikeys_database;
@@ -140,8 +189,13 @@ extern ApiKeysEntry *apikeys_entry_find_hinted(const ApiKeysEntryKey *k,
 											   uint32 hash,
 											   ApiKeySharedHint *hint);
 extern ApiKeysEntry *apikeys_entry_enter(const ApiKeysEntryKey *k, uint32 hash,
-										 bool limited, ApiKeySharedHint *hint);
+										 bool limited, Oid owner,
+										 ApiKeySharedHint *hint,
+										 ApiKeysNoRoom *why);
 extern void apikeys_entry_remove(ApiKeysEntry *e);
+extern bool apikeys_entry_unwritten(const ApiKeysEntry *e);
+extern int	apikeys_share_cap(char kind, bool limited);
+extern void apikeys_share_warning(ApiKeysNoRoom why, Oid owner, bool limited);
 extern void apikeys_lock_all(LWLockMode mode);
 extern void apikeys_unlock_all(void);
 extern void apikeys_wake_worker(void);
@@ -156,7 +210,8 @@ extern int64 apikeys_quota_period_start(const ApiKeyLimits *lim, TimestampTz t);
 extern void apikeys_usage_count_locked(ApiKeysEntry *e, ApiKeyStatus status,
 									   TimestampTz now);
 extern void apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint,
-								ApiKeyStatus status, TimestampTz now);
+								Oid owner, ApiKeyStatus status,
+								TimestampTz now);
 extern bool apikeys_entry_clean(ApiKeysEntry *e, TimestampTz now);
 
 /* request_log.c: its area, its settings, the worker's duties */

@@ -19,9 +19,10 @@
  * a new entry takes it exclusive.  A cached key remembers where its entry
  * is, so a verification usually skips the shared hash lookup
  * (apikeys_entry_find_hinted says when that address can be trusted).
- * When the table is full (90% of it for keys without limits), a
- * verification is not counted but added to
- * apikeys.usage_stats().untracked, never silently dropped.
+ * When the table is full (90% of it for keys without limits), or the
+ * key's role or database holds its share of it (shmem.c), a verification
+ * is not counted but added to apikeys.usage_stats().untracked, never
+ * silently dropped.
  *
  * Readers add flushed and pending counts.  The worker makes the sequence
  * counter odd while it commits a flush and subtracts what it wrote, so a
@@ -114,17 +115,21 @@ apikeys_usage_count_locked(ApiKeysEntry *e, ApiKeyStatus status, TimestampTz now
 
 /*
  * Count one verification of an existing key without limits; hint is where
- * the key's entry was last found (NULL: not kept).  Nothing happens
- * without preloading, or outside the database the worker serves.
+ * the key's entry was last found (NULL: not kept), owner the key's role,
+ * whose share a new entry takes (InvalidOid for a wrong secret: then the
+ * current user's, so that guessing at another role's keys uses up the
+ * guesser's share, not theirs).  Nothing happens without preloading, or
+ * outside the database the worker serves.
  */
 void
-apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint,
+apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint, Oid owner,
 					ApiKeyStatus status, TimestampTz now)
 {
 	ApiKeysEntryKey k;
 	ApiKeysEntry *e;
 	uint32		h;
 	LWLock	   *lock;
+	ApiKeysNoRoom why = APIKEYS_ROOM;
 
 	if (!apikeys_shmem_ready() || !apikeys_database_served())
 		return;
@@ -137,7 +142,10 @@ apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint,
 	{
 		LWLockRelease(lock);
 		LWLockAcquire(lock, LW_EXCLUSIVE);
-		e = apikeys_entry_enter(&k, h, false, hint);
+		/* a wrong secret takes room from whoever presented it */
+		if (!OidIsValid(owner))
+			owner = GetUserId();
+		e = apikeys_entry_enter(&k, h, false, owner, hint, &why);
 		if (e != NULL)
 			e->counted = true;
 	}
@@ -146,6 +154,8 @@ apikeys_usage_count(const char *key_id, ApiKeySharedHint *hint,
 	else
 		pg_atomic_fetch_add_u64(&apikeys_shmem->untracked, 1);
 	LWLockRelease(lock);
+	if (why != APIKEYS_ROOM)
+		apikeys_share_warning(why, owner, false);
 }
 
 /*
@@ -480,4 +490,61 @@ apikeys_usage_stats(PG_FUNCTION_ARGS)
 	values[8] = dbname != NULL ? CStringGetTextDatum(dbname) : CStringGetTextDatum(apikeys_database);
 	values[9] = BoolGetDatum(latch != NULL);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * SQL function: apikeys.usage_shares() returns setof record(kind text, name text, tracked int4, share int4, refused int8, untracked int8, borrowed int4)
+ *
+ * Every role and database holding entries of the shared table: how many,
+ * its share (for keys with limits), what its full share refused or left
+ * uncounted since it last held none, and how many of its entries were
+ * borrowed past a share.
+ */
+PG_FUNCTION_INFO_V1(apikeys_usage_shares);
+Datum
+apikeys_usage_shares(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS seq;
+	ApiKeysAccount *a;
+	ApiKeysAccount *copy;
+	int			n = 0;
+	long		cap;
+
+	apikeys_require_shmem("usage statistics");
+	InitMaterializedSRF(fcinfo, 0);
+
+	/* copy them out first: names are looked up with no lock held */
+	LWLockAcquire(&apikeys_shmem->locks[APIKEYS_PARTITIONS].lock, LW_SHARED);
+	cap = Max(hash_get_num_entries(apikeys_accounts), 1);
+	copy = palloc(cap * sizeof(ApiKeysAccount));
+	hash_seq_init(&seq, apikeys_accounts);
+	while ((a = hash_seq_search(&seq)) != NULL)
+	{
+		if (n < cap)
+			copy[n++] = *a;
+	}
+	LWLockRelease(&apikeys_shmem->locks[APIKEYS_PARTITIONS].lock);
+
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
+		bool		role = copy[i].key.kind == APIKEYS_ACCOUNT_ROLE;
+		char	   *name = role ? GetUserNameFromId(copy[i].key.oid, true) :
+			get_database_name(copy[i].key.oid);
+
+		values[0] = CStringGetTextDatum(role ? "role" : "database");
+		if (name != NULL)
+			values[1] = CStringGetTextDatum(name);
+		else
+			values[1] = CStringGetTextDatum(psprintf("%u", copy[i].key.oid));
+		values[2] = Int32GetDatum(copy[i].held);
+		values[3] = Int32GetDatum(apikeys_share_cap(copy[i].key.kind, true));
+		values[4] = Int64GetDatum(copy[i].refused);
+		values[5] = Int64GetDatum(copy[i].untracked);
+		values[6] = Int32GetDatum(copy[i].lent);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

@@ -12,13 +12,19 @@
  *             boundary: write pending usage into apikeys_internal.usage
  *             (totals, and the current hour's counts in the same row,
  *             moved to usage_hourly once the hour is over), quota state
- *             into quota_state, send the queued NOTIFY apikeys events,
+ *             into quota_state, record the quota events (apikeys.quota_events)
+ *             and NOTIFY apikeys of them,
  *             then subtract what was written from shared memory;
  *   maintain  once an hour: drop hourly buckets older than
  *             apikeys.usage_retention, and usage and quota rows of deleted
  *             keys;
- *   evict     when the shared table is three quarters full: drop entries
- *             that hold nothing unwritten.
+ *   evict     when the shared table, or the share of a role or database,
+ *             is three quarters full: drop entries that hold nothing
+ *             unwritten (of the crowded shares only, unless the table is).
+ *
+ * Right after a flush, it also frees the entries of keys deleted or
+ * revoked since (shmem.c marks them gone at commit), whatever their
+ * buckets hold.
  *
  * Each flush and each maintenance also does the request log's share
  * (request_log.c): write the queued requests, in a transaction of their
@@ -180,6 +186,9 @@ subtract(FlushItem *items, int n)
 			if (it->quota && e->quota_set_at == it->quota_set_at)
 				e->quota_flushed = it->quota_changes;
 			e->notify_pending &= ~it->notify;
+			/* a deleted or revoked key's entry, now written: free it */
+			if (e->gone && !apikeys_entry_unwritten(e))
+				apikeys_entry_remove(e);
 		}
 		LWLockRelease(lock);
 	}
@@ -331,9 +340,9 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 	bool	   *lu_null = palloc(n * sizeof(bool));
 	FlushItem  *q = palloc(n * sizeof(FlushItem));
 	int			nq = 0;
-	StringInfoData payload;
-	Datum		notes_d[2];
 	Datum	   *notes = palloc(2 * n * sizeof(Datum) + sizeof(Datum));
+	Datum	   *note_ids = palloc(2 * n * sizeof(Datum) + sizeof(Datum));
+	int64	   *note_rem = palloc(2 * n * sizeof(int64) + sizeof(int64));
 	int			nnotes = 0;
 	Oid			types[7];
 	Datum		values[7];
@@ -437,8 +446,11 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 			4, types, values);
 	}
 
-	/* NOTIFY apikeys, '{"event": ..., "key_id": ..., "remaining": ...}' */
-	initStringInfo(&payload);
+	/*
+	 * The events go to apikeys.quota_events, read through its row-level
+	 * security; NOTIFY apikeys names only the row (note.c): any role can
+	 * LISTEN, and the key ids are not everyone's to know.
+	 */
 	for (int i = 0; i < n; i++)
 	{
 		for (int bit = 0; bit < 2; bit++)
@@ -447,23 +459,35 @@ write_items(FlushItem *items, int n, TimestampTz hour)
 
 			if (!(items[i].notify & flag))
 				continue;
-			resetStringInfo(&payload);
-			appendStringInfo(&payload,
-							 "{\"event\": \"%s\", \"key_id\": \"%.*s\", \"remaining\": " INT64_FORMAT "}",
-							 flag == APIKEYS_NOTIFY_LOW ? "quota_low" : "quota_exhausted",
-							 APIKEY_KEY_ID_LEN, items[i].key.id,
-							 items[i].quota ? items[i].remaining : (int64) -1);
-			notes[nnotes++] = CStringGetTextDatum(payload.data);
+			notes[nnotes] = CStringGetTextDatum(flag == APIKEYS_NOTIFY_LOW ?
+												"quota_low" : "quota_exhausted");
+			note_ids[nnotes] = PointerGetDatum(cstring_to_text_with_len(items[i].key.id,
+																		 APIKEY_KEY_ID_LEN));
+			note_rem[nnotes] = items[i].quota ? items[i].remaining : (int64) -1;
+			nnotes++;
 		}
 	}
 	if (nnotes > 0)
 	{
-		types[0] = TEXTARRAYOID;
+		types[0] = types[1] = TEXTARRAYOID;
 		values[0] = PointerGetDatum(construct_array(notes, nnotes, TEXTOID, -1, false, TYPALIGN_INT));
-		run("SELECT pg_catalog.pg_notify('apikeys', p) FROM pg_catalog.unnest($1) AS p",
-			1, types, values);
+		values[1] = PointerGetDatum(construct_array(note_ids, nnotes, TEXTOID, -1, false, TYPALIGN_INT));
+		types[2] = INT8ARRAYOID;
+		values[2] = int8_array(note_rem, nnotes);
+		run("WITH old AS (DELETE FROM apikeys_internal.quota_events o"
+			"              WHERE o.at OPERATOR(pg_catalog.<)"
+			"                    (pg_catalog.now() OPERATOR(pg_catalog.-) '7 days'::pg_catalog.interval)),"
+			"     e AS (INSERT INTO apikeys_internal.quota_events (event, key_id, remaining)"
+			"           SELECT t.e, t.k, NULLIF(t.r, -1)"
+			"             FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+			"                             pg_catalog.unnest($3)) AS t(e, k, r)"
+			"           RETURNING seq)"
+			" SELECT pg_catalog.pg_notify('" APIKEYS_EVENT_CHANNEL "',"
+			"        '{\"event\": \"quota\", \"seq\": ' OPERATOR(pg_catalog.||) e.seq::pg_catalog.text"
+			"        OPERATOR(pg_catalog.||) '}')"
+			"   FROM e ORDER BY e.seq",
+			3, types, values);
 	}
-	(void) notes_d;
 }
 
 /*
@@ -608,9 +632,64 @@ duty_maintain(void)
 }
 
 /*
+ * The accounts (shmem.c) holding three quarters of their share or more,
+ * in a local hash table; NULL if none.
+ */
+static HTAB *
+crowded_accounts(void)
+{
+	HASH_SEQ_STATUS seq;
+	ApiKeysAccount *a;
+	HTAB	   *crowded = NULL;
+
+	LWLockAcquire(&apikeys_shmem->locks[APIKEYS_PARTITIONS].lock, LW_SHARED);
+	hash_seq_init(&seq, apikeys_accounts);
+	while ((a = hash_seq_search(&seq)) != NULL)
+	{
+		if (a->held < apikeys_share_cap(a->key.kind, true) / 4 * 3)
+			continue;
+		if (crowded == NULL)
+		{
+			HASHCTL		ctl;
+
+			memset(&ctl, 0, sizeof(ctl));
+			ctl.keysize = sizeof(ApiKeysAccountKey);
+			ctl.entrysize = sizeof(ApiKeysAccountKey);
+			ctl.hcxt = CurrentMemoryContext;
+			crowded = hash_create("apikeys crowded accounts", 16, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		}
+		hash_search(crowded, &a->key, HASH_ENTER, NULL);
+	}
+	LWLockRelease(&apikeys_shmem->locks[APIKEYS_PARTITIONS].lock);
+	return crowded;
+}
+
+/* Is the entry charged to a crowded account? */
+static bool
+in_crowded(HTAB *crowded, const ApiKeysEntry *e)
+{
+	ApiKeysAccountKey k;
+
+	memset(&k, 0, sizeof(k));
+	k.kind = APIKEYS_ACCOUNT_DATABASE;
+	k.oid = e->key.dboid;
+	if (hash_search(crowded, &k, HASH_FIND, NULL) != NULL)
+		return true;
+	if (!OidIsValid(e->owner))
+		return false;
+	k.kind = APIKEYS_ACCOUNT_ROLE;
+	k.oid = e->owner;
+	return hash_search(crowded, &k, HASH_FIND, NULL) != NULL;
+}
+
+/*
  * Duty "evict": once the table is three quarters full, drop entries that
- * hold nothing unwritten.  On a standby nothing is ever written, so the
- * counts of keys idle for a minute, with full buckets, are dropped there.
+ * hold nothing unwritten; once a role's or database's share is, drop such
+ * entries of that share only (the others keep theirs, and their sessions
+ * the addresses they remember).  On a standby nothing is ever written, so
+ * the counts of keys idle for a minute, with full buckets, are dropped
+ * there.
  */
 static void
 duty_evict(bool standby)
@@ -620,10 +699,14 @@ duty_evict(bool standby)
 	TimestampTz now = GetCurrentTimestamp();
 	uint32		n = pg_atomic_read_u32(&apikeys_shmem->nentries);
 	uint64		evicted = 0;
+	bool		table_crowded;
+	HTAB	   *crowded;
 
 	/* (backends found it full: they will say so again if it still is) */
 	pg_atomic_write_u32(&apikeys_shmem->full, 0);
-	if (n <= (uint32) apikeys_shmem->max_entries / 4 * 3)
+	table_crowded = n > (uint32) apikeys_shmem->max_entries / 4 * 3;
+	crowded = table_crowded ? NULL : crowded_accounts();
+	if (!table_crowded && crowded == NULL)
 		return;
 	apikeys_lock_all(LW_EXCLUSIVE);
 	hash_seq_init(&seq, apikeys_entries);
@@ -631,6 +714,8 @@ duty_evict(bool standby)
 	{
 		bool		drop;
 
+		if (!table_crowded && !in_crowded(crowded, e))
+			continue;
 		if (standby)
 			drop = apikeys_windows_idle(e, now) && e->notify_pending == 0 &&
 				now - (TimestampTz) pg_atomic_read_u64(&e->last_active) >= USECS_PER_MINUTE;
@@ -643,6 +728,8 @@ duty_evict(bool standby)
 		}
 	}
 	apikeys_unlock_all();
+	if (crowded != NULL)
+		hash_destroy(crowded);
 	if (evicted > 0)
 		pg_atomic_fetch_add_u64(&apikeys_shmem->evicted, evicted);
 }

@@ -41,10 +41,12 @@ CACHE_SIZE=$(( 2 * KEYS > 10000 ? 2 * KEYS : 10000 ))
 
 ensure_deps
 build_and_install
-# Room in shared memory for both sets of keys (apikeys is preloaded).
+# Room in shared memory for both sets of keys (apikeys is preloaded), all of
+# one role in one database: the whole table is theirs to share.
 # fsync on, as in production: the write-per-request baseline flushes WAL at
 # every commit, as an application's would (verification writes nothing).
-start_cluster "apikeys.max_tracked_keys = $((3 * KEYS))" "fsync = on"
+start_cluster "apikeys.max_tracked_keys = $((3 * KEYS))" "fsync = on" \
+    "apikeys.tracked_share_per_role = 100" "apikeys.tracked_share_per_database = 100"
 trap stop_cluster EXIT
 WORK=$PGTMP/bench
 mkdir -p "$WORK"

@@ -3,7 +3,10 @@
 #
 # Installs what is missing, builds and installs the extension, starts a
 # throwaway cluster with apikeys preloaded, and walks a key through its
-# lifecycle in psql.  The cluster is left running for you to explore.
+# lifecycle in psql; then runs the README's PostgREST setup in a database
+# of its own, starts PostgREST in front of it and shows, with curl, a 200,
+# a 401, a 403 and a 429.  The cluster and PostgREST are left running for
+# you to explore; the end says how to stop them.
 
 cd "$(dirname "$0")/.."
 . test/lib.sh
@@ -119,15 +122,94 @@ SELECT first_at::time(0) AS at, kind, status, key_id, key_name, db_user, request
   FROM apikeys.request_log ORDER BY first_at;
 SQL
 
+# 11. PostgREST in front of the cluster: the README's PostgREST setup, as
+# written, in database shop, and curl against it.
+README_SETUP=$(sed -n '/<!-- postgrest-setup/,$p' README.md)
+SETUP_SQL=$(printf '%s\n' "$README_SETUP" | awk '/^```sql$/ && !done { on = 1; next } on && /^```$/ { on = 0; done = 1 } on')
+SETUP_INI=$(printf '%s\n' "$README_SETUP" | awk '/^```ini$/ && !done { on = 1; next } on && /^```$/ { on = 0; done = 1 } on')
+psql -X -q -v ON_ERROR_STOP=1 -d postgres -c 'CREATE DATABASE shop'
+SHOP_TOKEN=$(printf '%s\n' "$SETUP_SQL" | psql -X -q -A -t -v ON_ERROR_STOP=1 -d shop | tail -n 1 | cut -d'|' -f2)
+read -r WRITE_TOKEN LIMITED_TOKEN < <(psql -X -q -A -t -v ON_ERROR_STOP=1 -d shop <<'SQL' | paste -sd' '
+INSERT INTO api.orders (tenant, item) VALUES ('acme', 'anvil'), ('acme', 'rocket skates'), ('globex', 'gizmo');
+SELECT token FROM apikeys.apikey_create('acme writer', role => 'api_client',
+    scopes => '{orders:write}', metadata => '{"tenant": "acme"}');
+SELECT token FROM apikeys.apikey_create('acme limited', role => 'api_client',
+    scopes => '{orders:*}', metadata => '{"tenant": "acme"}', rate_limit => '2/minute');
+SQL
+)
+
+PGRST_PORT=$(free_port)
+PGRST_ADMIN_PORT=$(free_port)
+PGRST_CONF=$PGTMP/postgrest.conf
+PGRST_PID=$PGTMP/postgrest.pid
+PGRST_LOG=$PGTMP/postgrest.log
+# the README's postgrest.conf, db-uri pointed at the demo cluster's socket
+{
+    printf '%s\n' "$SETUP_INI" | grep -v '^db-uri'
+    echo "db-uri = \"postgres://authenticator@/shop?host=$PGSOCK&port=$PGPORT\""
+    echo 'server-host = "127.0.0.1"'
+    echo "server-port = $PGRST_PORT"
+    echo "admin-server-port = $PGRST_ADMIN_PORT"
+} >"$PGRST_CONF"
+nohup "$POSTGREST_BIN" "$PGRST_CONF" >"$PGRST_LOG" 2>&1 </dev/null &
+echo $! >"$PGRST_PID"
+for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$PGRST_ADMIN_PORT/ready" >/dev/null 2>&1 && break
+    kill -0 "$(cat "$PGRST_PID")" 2>/dev/null || { cat "$PGRST_LOG"; exit 1; }
+    sleep 0.1
+done
+API=http://127.0.0.1:$PGRST_PORT
+
+# One request: the command (tokens abbreviated), then the response's status
+# line, the headers a client acts on, and the body.
+show() {
+    local label=$1; shift
+    local shown=("$@") i
+    for i in "${!shown[@]}"; do
+        shown[i]=$(printf '%s' "${shown[i]}" | sed -E 's/(_[0-9A-Za-z]{4})[0-9A-Za-z]{20,}/\1.../')
+        [[ "${shown[i]}" =~ ^[-A-Za-z0-9/:._]*$ ]] || shown[i]="'${shown[i]}'"
+    done
+    echo
+    echo "$label"
+    echo "  \$ curl -i ${shown[*]}"
+    curl -s -i "$@" | tr -d '\r' | awk '
+        NR == 1 || tolower($0) ~ /^(www-authenticate|retry-after):/ { print "  " $0; next }
+        /^$/ { body = 1; next }
+        body { print "  " $0 }'
+}
+
+echo
+echo "11. $("$POSTGREST_BIN" --version) serves the README's setup (database shop) on $API"
+show "200: the key of tenant acme sees acme's orders only (globex's row stays hidden)" \
+    "$API/orders?select=item,tenant" -H "X-API-Key: $SHOP_TOKEN"
+show '401: no key (the README sets apikeys.require_key)' "$API/orders"
+show '401: a key with a typo (its checksum fails)' "$API/orders" -H "X-API-Key: ${SHOP_TOKEN}x"
+show '403: a key with only orders:write, on GET /orders (route scope orders:read)' \
+    "$API/orders" -H "X-API-Key: $WRITE_TOKEN"
+show '201: that key adds an order; the tenant comes from its metadata' \
+    "$API/orders" -H "X-API-Key: $WRITE_TOKEN" -H 'Content-Type: application/json' \
+    -H 'Prefer: return=representation' -d '{"item": "bird seed"}'
+for n in 1 2; do
+    show "200: a key limited to 2/minute, request $n" "$API/orders?select=item" -H "apikey: $LIMITED_TOKEN"
+done
+show '429: request 3, with Retry-After' "$API/orders?select=item" -H "apikey: $LIMITED_TOKEN"
+
+SUDO=$(if [ "$(id -u)" -ne 0 ]; then echo "sudo "; fi)
 cat <<EOF
 
-The demo cluster is still running, with apikeys installed in database postgres:
+The demo cluster is still running, with apikeys installed in database postgres
+(and the README's PostgREST setup in database shop):
 
     psql -h $PGSOCK -p $PGPORT -U postgres postgres
 
 (It trusts connections on that Unix socket only; its loopback port refuses all.)
 
-Stop it and remove its files with:
+PostgREST is still running too, on $API (its log: $PGRST_LOG):
 
-    $(if [ "$(id -u)" -ne 0 ]; then echo "sudo "; fi)runuser -u postgres -- $PGBIN/pg_ctl -D $PGDATA_DIR stop && $(if [ "$(id -u)" -ne 0 ]; then echo "sudo "; fi)rm -rf $PGTMP
+    curl $API/orders -H "X-API-Key: $SHOP_TOKEN"
+
+Stop PostgREST (by its pid file) and the cluster (by its data directory), and
+remove their files, with:
+
+    kill \$(cat $PGRST_PID) && ${SUDO}runuser -u postgres -- $PGBIN/pg_ctl -D $PGDATA_DIR stop && ${SUDO}rm -rf $PGTMP
 EOF

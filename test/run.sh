@@ -59,7 +59,7 @@ rc=0
     PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
     TESTDIR="$TAPDIR" PG_CONFIG="$PG_CONFIG" \
     TESTDATADIR="$TAPDIR/tmp_check" TESTLOGDIR="$TAPDIR/tmp_check/log" \
-    POSTGREST_BIN="$POSTGREST_BIN" \
+    POSTGREST_BIN="$POSTGREST_BIN" POSTGREST_OLD_BIN="$POSTGREST_OLD_BIN" \
     prove --timer t/*.pl) 2>&1 | tee "$RESULTS/tap.out" || rc=$?
 # prove exits 0 when it finds no test at all: that is a failure here.
 grep -q '^Result: PASS' "$RESULTS/tap.out" || rc=1

@@ -21,6 +21,12 @@
  * endless pipes are scanned in constant memory.
  *
  * Output, one line per token: "<file>:<line>: key_id <id> (prefix <p>)".
+ * A file name holding a control character, a double quote, a backslash, a
+ * byte that is not UTF-8 or a Unicode format control (bidirectional marks)
+ * is printed as git quotes paths: in double quotes, with C escapes (\n, \t,
+ * \", \\) and octal for the other bytes, so no name can forge a line.  For
+ * programs: -z prints four NUL-terminated fields per token (file, line,
+ * key id, prefix; the name as it is), --json one JSON object per line.
  * The secret and the checksum are never printed.  Exit status: 0 when no
  * token was found, 1 when one was, 2 on an error (an unreadable path, a bad
  * option), as grep does; so it can gate a CI job or a pre-commit hook.
@@ -67,6 +73,14 @@ static bool is_prefix_char[256];	/* [a-z0-9_] */
 static uint32_t crc_table[256];
 
 /* options */
+typedef enum OutputFormat
+{
+	OUTPUT_TEXT,				/* FILE:LINE: key_id ID (prefix P), names quoted */
+	OUTPUT_NUL,					/* -z: FILE\0LINE\0ID\0PREFIX\0, names raw */
+	OUTPUT_JSON					/* --json: one object per line */
+} OutputFormat;
+
+static OutputFormat opt_format = OUTPUT_TEXT;
 static bool opt_quiet = false;
 static bool opt_recursive = true;
 static bool opt_git = false;
@@ -136,10 +150,198 @@ prefix_wanted(const unsigned char *p, size_t len)
 	return false;
 }
 
+/*
+ * Length of the UTF-8 sequence at s[0..len), and its code point in *cp; 0
+ * if it is not well-formed (overlong, a surrogate, past U+10FFFF, cut off).
+ */
+static size_t
+utf8_seq(const unsigned char *s, size_t len, uint32_t *cp)
+{
+	size_t		n;
+	uint32_t	c;
+
+	if (s[0] < 0x80)
+	{
+		*cp = s[0];
+		return 1;
+	}
+	if (s[0] >= 0xC2 && s[0] <= 0xDF)
+		n = 2, c = s[0] & 0x1F;
+	else if (s[0] >= 0xE0 && s[0] <= 0xEF)
+		n = 3, c = s[0] & 0x0F;
+	else if (s[0] >= 0xF0 && s[0] <= 0xF4)
+		n = 4, c = s[0] & 0x07;
+	else
+		return 0;
+	if (len < n)
+		return 0;
+	for (size_t i = 1; i < n; i++)
+	{
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		c = (c << 6) | (s[i] & 0x3F);
+	}
+	if ((n == 3 && c < 0x800) || (n == 4 && (c < 0x10000 || c > 0x10FFFF)) ||
+		(c >= 0xD800 && c <= 0xDFFF))
+		return 0;
+	*cp = c;
+	return n;
+}
+
+/*
+ * Is this code point one a terminal would not show as itself: C0 and C1
+ * controls, DEL, and the format controls that reorder or hide text
+ * (bidirectional embeddings, overrides and isolates, zero-width marks, line
+ * and paragraph separators)?
+ */
+static bool
+unsafe_code_point(uint32_t c)
+{
+	return c < 0x20 || (c >= 0x7F && c <= 0x9F) ||
+		(c >= 0x200B && c <= 0x200F) || (c >= 0x2028 && c <= 0x202E) ||
+		(c >= 0x2060 && c <= 0x2069) || c == 0xFEFF;
+}
+
+/* Does the name need quoting in the text output? */
+static bool
+name_needs_quotes(const unsigned char *s, size_t len)
+{
+	for (size_t i = 0; i < len;)
+	{
+		uint32_t	c;
+		size_t		n = utf8_seq(s + i, len - i, &c);
+
+		if (n == 0 || unsafe_code_point(c) || c == '"' || c == '\\')
+			return true;
+		i += n;
+	}
+	return false;
+}
+
+/*
+ * Print a name for the text output: as it is, or, if it needs it, as git
+ * quotes paths (core.quotePath): in double quotes, \a \b \t \n \v \f \r
+ * \" \\ for those, three octal digits for every other byte of an unsafe
+ * character or of a sequence that is not UTF-8.
+ */
+static void
+print_name_text(FILE *out, const char *name)
+{
+	const unsigned char *s = (const unsigned char *) name;
+	size_t		len = strlen(name);
+
+	if (!name_needs_quotes(s, len))
+	{
+		fputs(name, out);
+		return;
+	}
+	fputc('"', out);
+	for (size_t i = 0; i < len;)
+	{
+		uint32_t	c;
+		size_t		n = utf8_seq(s + i, len - i, &c);
+
+		if (n == 0)
+			n = 1;				/* a byte that is not UTF-8: octal */
+		else if (!unsafe_code_point(c) && c != '"' && c != '\\')
+		{
+			fwrite(s + i, 1, n, out);
+			i += n;
+			continue;
+		}
+		for (size_t j = i; j < i + n; j++)
+		{
+			static const char esc[] = "\a\b\t\n\v\f\r";
+			const char *e = s[j] != 0 ? strchr(esc, s[j]) : NULL;
+
+			if (s[j] == '"' || s[j] == '\\')
+				fprintf(out, "\\%c", s[j]);
+			else if (e != NULL)
+				fprintf(out, "\\%c", "abtnvfr"[e - esc]);
+			else
+				fprintf(out, "\\%03o", s[j]);
+		}
+		i += n;
+	}
+	fputc('"', out);
+}
+
+/* Append a JSON string (RFC 8259) to out: the name, bytes not UTF-8 as U+FFFD. */
+static void
+print_json_string(FILE *out, const char *str, bool *lossy)
+{
+	const unsigned char *s = (const unsigned char *) str;
+	size_t		len = strlen(str);
+
+	fputc('"', out);
+	for (size_t i = 0; i < len;)
+	{
+		uint32_t	c;
+		size_t		n = utf8_seq(s + i, len - i, &c);
+
+		if (n == 0)
+		{
+			fputs("\\ufffd", out);
+			*lossy = true;
+			i++;
+			continue;
+		}
+		if (c == '"' || c == '\\')
+			fprintf(out, "\\%c", (int) c);
+		else if (c == '\n')
+			fputs("\\n", out);
+		else if (c == '\t')
+			fputs("\\t", out);
+		else if (c == '\r')
+			fputs("\\r", out);
+		else if (unsafe_code_point(c))
+			fprintf(out, "\\u%04x", (unsigned) c);
+		else
+			fwrite(s + i, 1, n, out);
+		i += n;
+	}
+	fputc('"', out);
+}
+
+/* Append the bytes of str in base64 (RFC 4648) to out, in double quotes. */
+static void
+print_base64(FILE *out, const char *str)
+{
+	static const char b64[] =
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const unsigned char *s = (const unsigned char *) str;
+	size_t		len = strlen(str);
+
+	fputc('"', out);
+	for (size_t i = 0; i < len; i += 3)
+	{
+		uint32_t	v = (uint32_t) s[i] << 16;
+
+		if (i + 1 < len)
+			v |= (uint32_t) s[i + 1] << 8;
+		if (i + 2 < len)
+			v |= s[i + 2];
+		fputc(b64[(v >> 18) & 63], out);
+		fputc(b64[(v >> 12) & 63], out);
+		fputc(i + 1 < len ? b64[(v >> 6) & 63] : '=', out);
+		fputc(i + 2 < len ? b64[v & 63] : '=', out);
+	}
+	fputc('"', out);
+}
+
+/* A path in an error message, quoted as in the text output. */
+static void
+print_error(const char *path, const char *msg)
+{
+	fputs("apikeys-scan: ", stderr);
+	print_name_text(stderr, path);
+	fprintf(stderr, ": %s\n", msg);
+}
+
 /* The state of one input being scanned. */
 typedef struct Input
 {
-	const char *name;			/* as printed */
+	const char *name;			/* as given; NULL for standard input */
 	unsigned long line;			/* line number at counted_to */
 	size_t		counted_to;		/* buffer offset up to which lines are counted */
 } Input;
@@ -161,10 +363,44 @@ report(Input *in, const unsigned char *buf, size_t start,
 	in->counted_to = start;
 
 	found++;
-	if (!opt_quiet)
-		printf("%s:%lu: key_id %.*s (prefix %.*s)\n", in->name, in->line,
-			   KEY_ID_LEN, (const char *) key_id,
-			   (int) prefix_len, (const char *) prefix);
+	if (opt_quiet)
+		return;
+	switch (opt_format)
+	{
+		case OUTPUT_TEXT:
+			print_name_text(stdout, in->name ? in->name : "<stdin>");
+			printf(":%lu: key_id %.*s (prefix %.*s)\n", in->line,
+				   KEY_ID_LEN, (const char *) key_id,
+				   (int) prefix_len, (const char *) prefix);
+			break;
+		case OUTPUT_NUL:
+			/* a name cannot hold a NUL: four fields, each ended by one */
+			fputs(in->name ? in->name : "-", stdout);
+			printf("%c%lu%c%.*s%c%.*s%c", 0, in->line, 0,
+				   KEY_ID_LEN, (const char *) key_id, 0,
+				   (int) prefix_len, (const char *) prefix, 0);
+			break;
+		case OUTPUT_JSON:
+			{
+				bool		lossy = false;
+
+				fputs("{\"file\": ", stdout);
+				if (in->name == NULL)
+					fputs("null", stdout);
+				else
+					print_json_string(stdout, in->name, &lossy);
+				if (lossy)
+				{
+					/* the exact bytes of a name that is not UTF-8 */
+					fputs(", \"file_base64\": ", stdout);
+					print_base64(stdout, in->name);
+				}
+				printf(", \"line\": %lu, \"key_id\": \"%.*s\", \"prefix\": \"%.*s\"}\n",
+					   in->line, KEY_ID_LEN, (const char *) key_id,
+					   (int) prefix_len, (const char *) prefix);
+			}
+			break;
+	}
 }
 
 /*
@@ -256,7 +492,7 @@ scan_fd(int fd, const char *name)
 			{
 				if (errno == EINTR)
 					continue;
-				fprintf(stderr, "apikeys-scan: %s: %s\n", name, strerror(errno));
+				print_error(name ? name : "<stdin>", strerror(errno));
 				return false;
 			}
 			if (n == 0)
@@ -324,7 +560,7 @@ scan_file(const char *path)
 
 	if (fd < 0)
 	{
-		fprintf(stderr, "apikeys-scan: %s: %s\n", path, strerror(errno));
+		print_error(path, strerror(errno));
 		had_error = true;
 		return;
 	}
@@ -345,7 +581,7 @@ scan_dir(const char *path)
 
 	if (d == NULL)
 	{
-		fprintf(stderr, "apikeys-scan: %s: %s\n", path, strerror(errno));
+		print_error(path, strerror(errno));
 		had_error = true;
 		return;
 	}
@@ -377,7 +613,7 @@ scan_dir(const char *path)
 	}
 	if (errno != 0)
 	{
-		fprintf(stderr, "apikeys-scan: %s: %s\n", path, strerror(errno));
+		print_error(path, strerror(errno));
 		had_error = true;
 	}
 	closedir(d);
@@ -396,7 +632,7 @@ scan_path(const char *path, bool top)
 
 	if ((top ? stat(path, &st) : lstat(path, &st)) != 0)
 	{
-		fprintf(stderr, "apikeys-scan: %s: %s\n", path, strerror(errno));
+		print_error(path, strerror(errno));
 		had_error = true;
 		return;
 	}
@@ -419,10 +655,18 @@ usage(FILE *out)
 			"or -), by prefix, format and checksum, without a database.\n"
 			"\n"
 			"Prints \"FILE:LINE: key_id ID (prefix PREFIX)\" for each token, never the\n"
-			"secret. Exit status: 0 no token found, 1 tokens found, 2 error.\n"
+			"secret; a FILE holding control characters, \", \\ or bytes that are not\n"
+			"UTF-8 is printed in double quotes with C escapes, as git quotes paths.\n"
+			"Exit status: 0 no token found, 1 tokens found, 2 error.\n"
 			"\n"
 			"  -p, --prefix=PREFIX   report only tokens with this prefix (repeatable)\n"
 			"  -q, --quiet           print nothing; the exit status tells\n"
+			"  -z, --null            for programs: per token four fields, each ended by\n"
+			"                        a NUL byte: FILE (as it is), LINE, ID, PREFIX\n"
+			"      --json            for programs: per token one JSON object per line,\n"
+			"                        {\"file\", \"line\", \"key_id\", \"prefix\"} (file null\n"
+			"                        for standard input; \"file_base64\" too when the\n"
+			"                        name is not UTF-8)\n"
 			"      --no-recursive    do not descend into directories below those named\n"
 			"      --include-git     scan .git directories too (skipped by default)\n"
 			"  -h, --help            show this help and exit\n"
@@ -483,6 +727,18 @@ main(int argc, char **argv)
 			options_done = true;
 		else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0)
 			opt_quiet = true;
+		else if (strcmp(a, "-z") == 0 || strcmp(a, "--null") == 0 ||
+				 strcmp(a, "--json") == 0)
+		{
+			OutputFormat f = strcmp(a, "--json") == 0 ? OUTPUT_JSON : OUTPUT_NUL;
+
+			if (opt_format != OUTPUT_TEXT && opt_format != f)
+			{
+				fprintf(stderr, "apikeys-scan: -z and --json cannot be combined\n");
+				return 2;
+			}
+			opt_format = f;
+		}
 		else if (strcmp(a, "--no-recursive") == 0)
 			opt_recursive = false;
 		else if (strcmp(a, "--include-git") == 0)
@@ -520,7 +776,7 @@ main(int argc, char **argv)
 
 	if (npaths == 0)
 	{
-		if (!scan_fd(STDIN_FILENO, "<stdin>"))
+		if (!scan_fd(STDIN_FILENO, NULL))
 			had_error = true;
 	}
 	else
@@ -540,7 +796,7 @@ main(int argc, char **argv)
 			}
 			if (strcmp(a, "-") == 0)
 			{
-				if (!scan_fd(STDIN_FILENO, "<stdin>"))
+				if (!scan_fd(STDIN_FILENO, NULL))
 					had_error = true;
 			}
 			else

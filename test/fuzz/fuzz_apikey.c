@@ -415,6 +415,48 @@ repair_checksum(unsigned char *s, size_t len)
 	}
 }
 
+/*
+ * Rewrite only the checksum digits of a repaired token, as how says: bit 4
+ * set, the CRC plus k * 2^32 (k from 1 to 13 by bits 0-3, fewer where six
+ * base62 digits cannot hold it); clear, the CRC plus a delta from -8 to 7
+ * (bits 0-3; 0 becomes +2^32 too; 15 keeps the right digits but puts a
+ * byte that is not a base62 digit in place of each 0 digit).  These are the
+ * values an integer-width or off-by-one mistake in summing or reading the
+ * digits would take for the CRC, and the reference rejects every one.
+ */
+static void
+mutate_checksum(unsigned char *s, size_t len, unsigned int how)
+{
+	const uint64 digits_max = UINT64CONST(56800235584);	/* 62^6 */
+	uint64		v;
+
+	if (len < 7)
+		return;
+	v = ref_crc32(s, len - 6);
+	if ((how & 0x1F) == 0x0F)
+	{
+		/* the right digits, each 0 among them replaced by a non-digit */
+		repair_checksum(s, len);
+		for (size_t i = len - 6; i < len; i++)
+			if (s[i] == '0')
+				s[i] = "!-/:@[`{~_"[(i + len) % 10];
+		return;
+	}
+	if ((how & 0x10) || (how & 0x0F) == 8)
+	{
+		v += (uint64) (1 + (how & 0x0F) % 13) << 32;
+		while (v >= digits_max)
+			v -= UINT64CONST(1) << 32;
+	}
+	else
+		v = (v + digits_max + (how & 0x0F) - 8) % digits_max;
+	for (int i = 5; i >= 0; i--)
+	{
+		s[len - 6 + i] = b62[v % 62];
+		v /= 62;
+	}
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *input, size_t input_size)
 {
@@ -430,7 +472,11 @@ LLVMFuzzerTestOneInput(const uint8_t *input, size_t input_size)
 
 	APIKEYS_CURRENT_LXID() = 42;	/* MyProc is fake_proc */
 
-	/* the first byte chooses: the rest as it is, or with its checksum repaired */
+	/*
+	 * The first byte chooses: the rest as it is, or with its checksum
+	 * repaired (bit 0), and then (bits 1 and 2 both set) with only its
+	 * checksum digits rewritten by mutate_checksum (bits 3 to 7).
+	 */
 	if (input_size == 0)
 		return 0;
 	size = input_size - 1;
@@ -438,6 +484,8 @@ LLVMFuzzerTestOneInput(const uint8_t *input, size_t input_size)
 	memcpy(data, input + 1, size);
 	if (input[0] & 1)
 		repair_checksum(data, size);
+	if ((input[0] & 7) == 7)
+		mutate_checksum(data, size, input[0] >> 3);
 
 	/* the parser agrees with the reference, on any bytes */
 	ok = apikey_parse((const char *) data, size, &tok);

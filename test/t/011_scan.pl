@@ -9,6 +9,7 @@ use File::Path qw(make_path);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Encode ();
 
 my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
 chomp(my $bindir = `$pg_config --bindir`);
@@ -222,6 +223,82 @@ is($rc, 2, 'an unknown option: exit status 2');
 ($rc, $out) = scan('--help');
 is($rc, 0, '--help: exit status 0');
 like($out, qr/Exit status: 0 no token found, 1 tokens found, 2 error/, '--help documents the exit status');
+
+# File names: printed so that no name can forge a line. In the text output
+# a name with a control character, a double quote, a backslash, a byte that
+# is not UTF-8 or a bidirectional control is quoted as git quotes paths;
+# -z and --json give programs the exact name.
+my $ndir = $node->basedir . '/names';
+make_path($ndir);
+my $tk = $tok{p1_2};
+my %names = (
+    "evil\nconfig_prod.env:7: key_id AAAAAAAAAAAA (prefix ak)\nx" =>
+      q{"evil\nconfig_prod.env:7: key_id AAAAAAAAAAAA (prefix ak)\nx"},
+    "tab\there"        => q{"tab\there"},
+    "back\\slash"      => q{"back\\\\slash"},
+    "dq\"uote"         => q{"dq\"uote"},
+    "bad\377byte"      => q{"bad\377byte"},
+    "del\177cr\r"      => q{"del\177cr\r"},
+    "bidi\xe2\x80\xaeright" => q{"bidi\342\200\256right"},
+    "caf\xc3\xa9 ok"   => "caf\xc3\xa9 ok",
+    "plain.env"        => 'plain.env',
+);
+for my $n (keys %names)
+{
+    write_file("$ndir/$n", "line one\nTOKEN=$tk->{token}\n");
+}
+($rc, $out, $err) = scan($ndir);
+is($rc, 1, 'names: exit status 1');
+my @out_lines = split /\n/, $out, -1;
+pop @out_lines;    # after the last newline
+is(scalar(@out_lines), scalar(keys %names), 'names: one line per file, whatever its name');
+is(scalar(grep { !/^(.*):2: key_id \Q$tk->{key_id}\E \(prefix ak\)$/ } @out_lines), 0,
+   'names: every line a finding of the real key id, none forged');
+is(scalar(grep { /^config_prod/ } @out_lines), 0, 'names: the forged line is not a line');
+is(join("\n", sort map { /^(.*):2: key_id/; $1 } @out_lines),
+   join("\n", sort map { my $q = $names{$_}; $q =~ /^"/ ? qq{"$ndir/} . substr($q, 1) : "$ndir/$q" } keys %names),
+   'names: quoted as git quotes paths (C escapes, octal), plain and UTF-8 names as they are');
+($rc, $out, $err) = scan("$ndir/tab\there-missing");
+like($err, qr/^apikeys-scan: "\Q$ndir\E\/tab\\there-missing": No such file/, 'names: quoted in errors too');
+
+# -z: four NUL-terminated fields per token, the name as it is
+($rc, $out) = scan('-z', $ndir);
+my @f = split /\0/, $out, -1;
+is(pop(@f), '', '-z: the output ends with a NUL');
+is(scalar(@f), 4 * scalar(keys %names), '-z: four fields per token');
+my %got;
+while (my ($file, $line, $id, $prefix) = splice(@f, 0, 4)) { $got{$file} = "$line $id $prefix"; }
+is_deeply(\%got, { map { ("$ndir/$_" => "2 $tk->{key_id} ak") } keys %names },
+   '-z: parses back to the exact names, lines and key ids');
+($rc, $out) = scan(\"x $tk->{token}\n", '-z');
+is($out, "-\0" . "1\0$tk->{key_id}\0ak\0", '-z: standard input is -');
+
+# --json: one object per line, read back by a real JSON parser
+use JSON::PP;
+use MIME::Base64;
+($rc, $out) = scan('--json', $ndir);
+my $json = JSON::PP->new->utf8;
+my %jgot;
+my $bad = 0;
+for my $l (split /\n/, $out)
+{
+    my $o = eval { $json->decode($l) };
+    if (!$o) { $bad++; next; }
+    # the exact bytes: from file_base64 where the name is not UTF-8
+    my $name = exists $o->{file_base64} ? decode_base64($o->{file_base64}) : Encode::encode('UTF-8', $o->{file});
+    $jgot{$name} = "$o->{line} $o->{key_id} $o->{prefix}";
+}
+is($bad, 0, '--json: every line is a JSON object');
+is_deeply(\%jgot, { map { ("$ndir/$_" => "2 $tk->{key_id} ak") } keys %names },
+   '--json: parses back to the exact names, lines and key ids');
+like($out, qr/"file": "\Q$ndir\E\/bad\\ufffdbyte", "file_base64": "/, '--json: a name not UTF-8 has U+FFFD in file, its bytes in file_base64');
+($rc, $out) = scan(\"x $tk->{token}\n", '--json');
+is_deeply($json->decode($out), { file => undef, line => 1, key_id => $tk->{key_id}, prefix => 'ak' },
+   '--json: standard input is file null');
+($rc, $out, $err) = scan('-z', '--json', $ndir);
+is($rc, 2, '-z and --json together: exit status 2');
+($rc, $out) = scan('--help');
+like($out, qr/-z, --null.*--json/s, '--help documents -z and --json');
 
 $node->stop;
 done_testing();

@@ -83,17 +83,20 @@ my $listener = $node->background_psql('postgres');
 $listener->query_safe('LISTEN apikeys');
 is(q1(q{SELECT spend('q', 89)}), '89', 'quota: 89 of 100 spent');
 usleep(600_000);
-unlike($listener->query_safe('SELECT 1'), qr/quota_low/, 'no warning at 11 left');
+unlike($listener->query_safe('SELECT 1'), qr/"quota"/, 'no warning at 11 left');
 is(q1(q{SELECT spend('q', 2)}), '2', 'two more: 9 left');
 my $heard = '';
 foreach my $i (1 .. 50)
 {
 	$heard .= $listener->query_safe('SELECT 1');
-	last if $heard =~ /quota_low/;
+	last if $heard =~ /"quota"/;
 	usleep(100_000);
 }
-like($heard, qr/"event": "quota_low", "key_id": "\w{12}", "remaining": 9/,
-	'NOTIFY apikeys: quota_low with the key id and what is left');
+my ($qseq) = $heard =~ /"event": "quota", "seq": (\d+)\}/;
+ok(defined $qseq, 'NOTIFY apikeys: a quota event, by its seq only');
+is(q1(qq{SELECT e.event || ' ' || e.remaining FROM apikeys.quota_events e JOIN tok USING (key_id)
+          WHERE tok.label = 'q' AND e.seq = $qseq}),
+	'quota_low 9', 'apikeys.quota_events: quota_low for the key, with what is left');
 $listener->quit;
 ok($node->poll_query_until('postgres', q{
 	SELECT q.remaining FROM apikeys_internal.quota_state q JOIN tok USING (key_id) WHERE tok.label = 'q'}, '9'),

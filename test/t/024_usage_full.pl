@@ -16,6 +16,9 @@ $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'apikeys'
 apikeys.max_tracked_keys = 20
+# one role, one database: the whole table is theirs (050 tests the shares)
+apikeys.tracked_share_per_role = 100
+apikeys.tracked_share_per_database = 100
 apikeys.usage_flush_interval = '200ms'
 });
 $node->start;

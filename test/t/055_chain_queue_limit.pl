@@ -14,7 +14,9 @@ use Test::More;
 
 my $node = PostgreSQL::Test::Cluster->new('chainlimit');
 $node->init;
-$node->append_conf('postgresql.conf', "max_prepared_transactions = 2\n");
+# (apikeys.max_keys_per_role would stop the role's 10,001 keys first)
+$node->append_conf('postgresql.conf',
+	"max_prepared_transactions = 2\napikeys.max_keys_per_role = 1000000\n");
 $node->start;
 
 $node->safe_psql('postgres', q{

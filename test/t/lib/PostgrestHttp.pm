@@ -13,8 +13,13 @@
 #   # $r->{status}, $r->{headers} (lower-case name => value), $r->{raw}, $r->{body}
 #
 # The binary: $ENV{POSTGREST_BIN}, else the cache test/lib.sh's
-# ensure_postgrest installs into.  A missing binary fails the test: there is
-# no skipping.
+# ensure_postgrest installs into; start(version => '11.2.2') runs the older
+# release ($ENV{POSTGREST_OLD_BIN}, else its place in the cache).  A missing
+# binary fails the test: there is no skipping.
+#
+# Also: jwt_hs256 (a signed JWT, for jwt-secret), start_pgbouncer (a
+# transaction-mode pgbouncer in front of a node, for db_uri), json (decode
+# a body) and leaks (responses holding a token or its secret).
 package PostgrestHttp;
 
 use strict;
@@ -26,10 +31,18 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
+use Digest::SHA qw(hmac_sha256);
+use MIME::Base64 qw(encode_base64url);
+use JSON::PP;
 
 our $VERSION_WANTED = '12.0.2';
-my $DEFAULT_BIN = '/var/cache/apikeys-test/postgrest-12.0.2-2/postgrest';
+our $OLD_VERSION = '11.2.2';
+my %BIN = (
+	$VERSION_WANTED => [ 'POSTGREST_BIN', '/var/cache/apikeys-test/postgrest-12.0.2-2/postgrest' ],
+	$OLD_VERSION => [ 'POSTGREST_OLD_BIN', '/var/cache/apikeys-test/postgrest-11.2.2-1/postgrest' ],
+);
 my @running;
+my @bouncers;
 
 # The sql text, the postgrest.conf settings (name => value) and the database
 # name of the README's PostgREST setup.
@@ -47,10 +60,14 @@ sub readme_setup
 	return { sql => $sql, conf => \%conf, dbname => $dbname };
 }
 
-# The PostgREST binary to run; dies when there is none.
+# The PostgREST binary of a release (default $VERSION_WANTED) to run; dies
+# when there is none.
 sub binary
 {
-	my $bin = $ENV{POSTGREST_BIN} || $DEFAULT_BIN;
+	my ($version) = @_;
+	my $which = $BIN{ $version // $VERSION_WANTED } or die "no PostgREST $version here";
+	my ($env, $default) = @$which;
+	my $bin = $ENV{$env} || $default;
 	die "PostgREST binary $bin is missing: test/lib.sh ensure_postgrest installs it"
 	  unless -x $bin;
 	return $bin;
@@ -60,7 +77,8 @@ sub binary
 # README's settings, db-uri replaced by one for the node's Unix socket as
 # user (default: the user of the README's db-uri) on the database of the
 # README's URI (or dbname), or by db_uri (through a pooler, say); extra adds
-# or overrides settings (jwt-secret, ...).  Returns once PostgREST reports
+# or overrides settings (jwt-secret, ...); version picks the release
+# (binary).  Returns once PostgREST reports
 # ready (its admin /ready), or dies.
 sub start
 {
@@ -88,7 +106,7 @@ sub start
 		join('', map { qq{$_ = "$conf{$_}"\n} } sort keys %conf));
 
 	$self->{log} = "$self->{dir}/postgrest.log";
-	$self->{handle} = IPC::Run::start([ binary(), $self->{config} ],
+	$self->{handle} = IPC::Run::start([ binary($args{version}), $self->{config} ],
 		'<', \undef, '>', $self->{log}, '2>&1');
 	push @running, $self;
 
@@ -105,6 +123,27 @@ sub start
 }
 
 sub port { $_[0]->{port} }
+
+# PostgREST's process id (to signal it: SIGUSR1 reloads its schema cache).
+sub pid
+{
+	my ($self) = @_;
+	return $self->{handle} ? $self->{handle}{KIDS}[0]{PID} : undef;
+}
+
+# Wait (up to 30 s) until PostgREST's log matches a pattern, counting only
+# what it wrote after offset (a length of log_text taken before); true when
+# it did.
+sub wait_for_log
+{
+	my ($self, $re, $offset) = @_;
+	for (1 .. 300)
+	{
+		return 1 if substr($self->log_text, $offset // 0) =~ $re;
+		usleep(100_000);
+	}
+	return 0;
+}
 
 # PostgREST's output so far.
 sub log_text
@@ -183,11 +222,98 @@ sub stop
 	@running = grep { $_ != $self } @running;
 }
 
-# However the test ends (a failed BAIL_OUT, a die), PostgREST goes with it.
+# A JWT signed with HS256: claims a hash, secret the jwt-secret.
+sub jwt_hs256
+{
+	my ($secret, $claims) = @_;
+	my $json = JSON::PP->new->canonical;
+	my $signing = encode_base64url($json->encode({ alg => 'HS256', typ => 'JWT' })) . '.'
+	  . encode_base64url($json->encode($claims));
+	return $signing . '.' . encode_base64url(hmac_sha256($signing, $secret));
+}
+
+# A response's body decoded as JSON (undef when it is not JSON).
+sub json
+{
+	my ($r) = @_;
+	return eval { JSON::PP->new->decode($r->{body}) };
+}
+
+# How many of the responses hold one of the tokens, or the secret part of
+# one (the 32 characters before the checksum), anywhere: status line,
+# headers or body.
+sub leaks
+{
+	my ($responses, @tokens) = @_;
+	my $n = 0;
+	for my $r (@$responses)
+	{
+		for my $t (@tokens)
+		{
+			my $secret = substr($t, length($t) - 38, 32);
+			$n++ if index($r->{raw}, $t) >= 0 || index($r->{raw}, $secret) >= 0;
+		}
+	}
+	return $n;
+}
+
+# A pgbouncer in transaction mode in front of node's dbname, pool_size
+# (default 1) server connections, every user trusted, on a Unix socket in a
+# directory of its own.  Returns { dir, port, log, db_uri (PostgREST's, as
+# user, default authenticator) }; it stops when the test ends.
+sub start_pgbouncer
+{
+	my (%args) = @_;
+	my $node = $args{node};
+	my $dbname = $args{dbname};
+	my $user = $args{user} // 'authenticator';
+	my ($pgbouncer) = grep { -x $_ } ((map { "$_/pgbouncer" } split /:/, $ENV{PATH}), '/usr/sbin/pgbouncer');
+	die 'pgbouncer missing: test/lib.sh ensure_deps installs it' unless $pgbouncer;
+	my $dir = PostgreSQL::Test::Utils::tempdir_short();
+	my $port = PostgreSQL::Test::Cluster::get_free_port();
+	append_to_file("$dir/userlist.txt", qq{"$user" ""\n"postgres" ""\n});
+	append_to_file("$dir/pgbouncer.ini", join("\n",
+		'[databases]',
+		"$dbname = host=" . $node->host . ' port=' . $node->port . " dbname=$dbname",
+		'[pgbouncer]',
+		'listen_addr = 127.0.0.1',
+		"listen_port = $port",
+		"unix_socket_dir = $dir",
+		'auth_type = trust',
+		"auth_file = $dir/userlist.txt",
+		'pool_mode = transaction',
+		'default_pool_size = ' . ($args{pool_size} // 1),
+		'min_pool_size = 0',
+		'reserve_pool_size = 0',
+		'max_client_conn = 50',
+		"logfile = $dir/pgbouncer.log",
+		"pidfile = $dir/pgbouncer.pid",
+		''));
+	my $b = {
+		dir => $dir, port => $port, log => "$dir/pgbouncer.log",
+		db_uri => "postgres://$user@/$dbname?host=$dir&port=$port",
+	};
+	$b->{handle} = IPC::Run::start([ $pgbouncer, "$dir/pgbouncer.ini" ],
+		'<', \undef, '>', "$dir/pgbouncer.out", '2>&1');
+	push @bouncers, $b;
+	for (1 .. 100)
+	{
+		return $b if -S "$dir/.s.PGSQL.$port";
+		usleep(100_000);
+	}
+	die "pgbouncer did not start:\n" . (-f $b->{log} ? slurp_file($b->{log}) : '');
+}
+
+# However the test ends (a failed BAIL_OUT, a die), PostgREST and pgbouncer
+# go with it.
 END
 {
 	my $rc = $?;
 	$_->stop for @running;
+	for my $b (@bouncers)
+	{
+		eval { $b->{handle}->kill_kill(grace => 5); 1 } or eval { $b->{handle}->finish };
+	}
 	$? = $rc;
 }
 
