@@ -1,8 +1,9 @@
 -- postgrest: apikeys.pre_request() under PostgREST's statement sequence: a
 -- NOINHERIT authenticator, BEGIN [READ ONLY], the role set to anon, the
 -- request settings, the hook, then the query.  Every header form, JWT
--- passthrough, each rejection with its HTTP status and headers, route
--- scopes, apikeys.require_key, malformed and hostile headers.
+-- passthrough (claims: what PostgREST verified, by default none), each
+-- rejection with its HTTP status and headers, route scopes,
+-- apikeys.require_key, malformed and hostile headers.
 SET search_path = apikeys, public;
 
 CREATE ROLE regress_pgrst_auth LOGIN NOINHERIT;
@@ -52,7 +53,8 @@ UPDATE apikeys_internal.key_catalog SET expires_at = now() - interval '1 second'
 -- token, so no token appears in this file or its output; the function
 -- fails if any secret shows up in what it returns.
 CREATE FUNCTION regress.pgrst(headers text, method text DEFAULT 'GET',
-                              path text DEFAULT '/orders')
+                              path text DEFAULT '/orders',
+                              claims text DEFAULT '{"role":"regress_pgrst_anon"}')
 RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     k record;
@@ -61,8 +63,8 @@ BEGIN
     FOR k IN SELECT label, token FROM regress.pgrst_keys LOOP
         headers := replace(headers, '%' || k.label || '%', k.token);
     END LOOP;
-    PERFORM set_config('role', 'regress_pgrst_anon', true),
-            set_config('request.jwt.claims', '{"role":"regress_pgrst_anon"}', true),
+    PERFORM set_config('role', coalesce(claims::json ->> 'role', 'regress_pgrst_anon'), true),
+            set_config('request.jwt.claims', claims, true),
             set_config('request.method', method, true),
             set_config('request.path', path, true),
             set_config('request.headers', headers, true),
@@ -99,6 +101,8 @@ SELECT regress.try($$DELETE FROM apikeys.route_scopes$$);
 SELECT regress.try($$SELECT * FROM apikeys_internal.route_scopes$$);
 RESET ROLE;
 
+-- PostgREST's anonymous role, as the README's setup names it
+SET apikeys.anon_role = regress_pgrst_anon;
 SET SESSION AUTHORIZATION regress_pgrst_auth;
 
 -- A GET exactly as PostgREST runs it: READ ONLY, role anon, settings, hook,
@@ -165,9 +169,32 @@ BEGIN; SELECT regress.pgrst('{"x-api-key": " %read%\t"}'); ROLLBACK;
 -- the same key twice is one key
 BEGIN; SELECT regress.pgrst('{"x-api-key": "%read%", "authorization": "ApiKey %read%"}'); ROLLBACK;
 
--- a JWT is PostgREST's: left alone (PostgREST has already checked it and
--- set its role), whatever the route or apikeys.require_key
-BEGIN; SELECT regress.pgrst('{"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2ln"}'); ROLLBACK;
+-- a JWT PostgREST verified (request.jwt.claims are its payload) for a role
+-- other than apikeys.anon_role is PostgREST's: left alone, whatever the
+-- route or apikeys.require_key
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoicmVncmVzc19wZ3JzdF9hcGkifQ.c2ln"}', claims => '{"role": "regress_pgrst_api"}'); ROLLBACK;
+-- a JWT PostgREST did not verify (it read another Authorization header,
+-- and the claims are its anonymous ones) is no credential: the route's
+-- scope applies
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoicmVncmVzc19wZ3JzdF9hcGkifQ.c2ln"}'); ROLLBACK;
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoicmVncmVzc19wZ3JzdF9hcGkifQ.c2ln"}', claims => '{"role": "regress_pgrst_api", "sub": "u1"}'); ROLLBACK;
+-- ... nor is a JWT that leaves the request anonymous: its payload is the
+-- anonymous claims, or PostgREST added the anonymous role to it
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer eyJhbGciOiJub25lIn0.eyJyb2xlIjoicmVncmVzc19wZ3JzdF9hbm9uIn0."}'); ROLLBACK;
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2ln"}', claims => '{"role": "regress_pgrst_anon", "sub": "u1"}'); ROLLBACK;
+-- ... nor a malformed one: no server error, no credential
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer a.%%%.b"}'); ROLLBACK;
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer a.eyJyb2xlIjoicmVncmVzc19wZ3JzdF9hcGkiLCJuIjoxZTEwMDAwMDB9.b"}', claims => '{"role": "regress_pgrst_api"}'); ROLLBACK;
+BEGIN; SELECT regress.pgrst(json_build_object('authorization', 'Bearer a.' || translate(encode(convert_to(repeat('[', 12000), 'UTF8'), 'base64'), E'+/=\n', '-_') || '.b')::text); ROLLBACK;
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer a.AA.b"}'); ROLLBACK;
+-- without apikeys.anon_role, no JWT is PostgREST's
+RESET SESSION AUTHORIZATION;
+RESET apikeys.anon_role;
+SET SESSION AUTHORIZATION regress_pgrst_auth;
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoicmVncmVzc19wZ3JzdF9hcGkifQ.c2ln"}', claims => '{"role": "regress_pgrst_api"}'); ROLLBACK;
+RESET SESSION AUTHORIZATION;
+SET apikeys.anon_role = regress_pgrst_anon;
+SET SESSION AUTHORIZATION regress_pgrst_auth;
 -- other schemes are not ours either
 BEGIN; SELECT regress.pgrst('{"authorization": "Basic dXNlcjpwYXNz"}', path => '/products'); ROLLBACK;
 BEGIN; SELECT regress.pgrst('{"authorization": "Basic dXNlcjpwYXNz"}'); ROLLBACK;
@@ -238,7 +265,9 @@ SET apikeys.require_key = on;
 SET SESSION AUTHORIZATION regress_pgrst_auth;
 BEGIN; SELECT regress.pgrst('{}', path => '/products'); ROLLBACK;
 BEGIN; SELECT regress.pgrst('{"x-api-key": "%read%"}', path => '/products'); ROLLBACK;
+-- ... a JWT PostgREST did not verify too; one it verified is PostgREST's
 BEGIN; SELECT regress.pgrst('{"authorization": "Bearer a.b.c"}', path => '/products'); ROLLBACK;
+BEGIN; SELECT regress.pgrst('{"authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoicmVncmVzc19wZ3JzdF9hcGkifQ.c2ln"}', path => '/products', claims => '{"role": "regress_pgrst_api"}'); ROLLBACK;
 SELECT regress.try($$SET apikeys.require_key = off$$);
 SELECT regress.try($$SELECT set_config('apikeys.require_key', 'off', true)$$);
 SHOW apikeys.require_key;
@@ -260,7 +289,7 @@ CREATE FUNCTION regress.pre_request_definer() RETURNS void LANGUAGE sql SECURITY
 SELECT regress.try('SELECT regress.pre_request_definer()');
 
 -- clean up
-DROP FUNCTION regress.pgrst(text, text, text), regress.pre_request_definer();
+DROP FUNCTION regress.pgrst(text, text, text, text), regress.pre_request_definer();
 DELETE FROM apikeys.route_scopes;
 SELECT apikey_delete(key_id) FROM regress.pgrst_keys \g /dev/null
 DROP TABLE regress.pgrst_keys;

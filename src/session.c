@@ -48,6 +48,7 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -77,6 +78,7 @@ enum
 /* Settings (see apikeys_session_init). */
 static bool require_key = false;
 static char *client_ip_header = NULL;
+static char *anon_role = NULL;
 
 /*
  * The key context: one entry per subtransaction that logged in, newest
@@ -630,6 +632,7 @@ typedef struct Credentials
 	char	   *token;			/* the api key given, or NULL */
 	bool		bearer;			/* it came as Authorization: Bearer */
 	bool		jwt;			/* Authorization: Bearer carried a JWT */
+	char	   *jwt_token;		/* that JWT */
 	bool		conflict;		/* several different keys, or a key and a JWT */
 } Credentials;
 
@@ -675,7 +678,10 @@ find_credentials(HeaderParse *hp, Credentials *cr)
 		if (sp - s == 6 && pg_strncasecmp(s, "bearer", 6) == 0)
 		{
 			if (strchr(param, '.') != NULL)
+			{
 				cr->jwt = true;
+				cr->jwt_token = param;
+			}
 			else
 			{
 				credential_add(cr, param);
@@ -691,6 +697,148 @@ find_credentials(HeaderParse *hp, Credentials *cr)
 	credential_header(cr, &hp->h[H_APIKEY]);
 	if (cr->jwt && cr->token != NULL)
 		cr->conflict = true;
+}
+
+static const char *request_setting(const char *name);
+
+/* Longest JWT payload segment jwt_authenticated decodes. */
+#define JWT_PAYLOAD_MAXLEN 16384
+
+/*
+ * Decode base64url (RFC 4648 section 5, without padding) into a new
+ * NUL-terminated string.  NULL when the input is not base64url or decodes
+ * to bytes with a NUL among them.
+ */
+static char *
+base64url_decode(const char *s, size_t len)
+{
+	char	   *out = palloc(len * 3 / 4 + 2);
+	size_t		n = 0;
+	uint32		acc = 0;
+	int			bits = 0;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = s[i];
+		int			v;
+
+		if (c >= 'A' && c <= 'Z')
+			v = c - 'A';
+		else if (c >= 'a' && c <= 'z')
+			v = c - 'a' + 26;
+		else if (c >= '0' && c <= '9')
+			v = c - '0' + 52;
+		else if (c == '-')
+			v = 62;
+		else if (c == '_')
+			v = 63;
+		else
+			return NULL;
+		acc = (acc << 6) | (uint32) v;
+		bits += 6;
+		if (bits >= 8)
+		{
+			bits -= 8;
+			out[n] = (char) ((acc >> bits) & 0xFF);
+			if (out[n] == '\0')
+				return NULL;
+			n++;
+		}
+	}
+	if (bits >= 6)				/* a lone last character: not base64 */
+		return NULL;
+	out[n] = '\0';
+	return out;
+}
+
+/*
+ * Compare a JWT's payload with PostgREST's request.jwt.claims, and return
+ * the role the claims name (NULL when they differ, name no role, or either
+ * is not a JSON object).  Client input: any error inside (a number out of
+ * range, nesting too deep) is caught in a subtransaction and means NULL.
+ */
+static char *
+jwt_claims_role(const char *payload, const char *claims)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	char	   *volatile role = NULL;
+
+	if (pg_verifymbstr(payload, strlen(payload), true) == false)
+		return NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	PG_TRY();
+	{
+		Jsonb	   *p = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(payload)));
+		Jsonb	   *c = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(claims)));
+
+		if (JB_ROOT_IS_OBJECT(p) && !JB_ROOT_IS_SCALAR(p) &&
+			DatumGetBool(DirectFunctionCall2(jsonb_eq, JsonbPGetDatum(p), JsonbPGetDatum(c))))
+		{
+			JsonbValue *r = getKeyJsonValueFromContainer(&c->root, "role", 4, NULL);
+
+			if (r != NULL && r->type == jbvString && r->val.string.len > 0)
+				role = pnstrdup(r->val.string.val, r->val.string.len);
+		}
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
+			edata->elevel > ERROR)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		role = NULL;
+	}
+	PG_END_TRY();
+	return role;
+}
+
+/*
+ * Did PostgREST authenticate this JWT, to a role other than its anonymous
+ * one?  PostgREST checks the FIRST Authorization header, request.headers
+ * holds the LAST: a request with two can carry a JWT PostgREST never saw.
+ * So the JWT counts only when PostgREST's request.jwt.claims are exactly its
+ * payload (PostgREST sets them from the JWT it verified, or to {"role":
+ * <anonymous role>} when it verified none), they name a role, and that role
+ * is not apikeys.anon_role (a JWT that leaves the request anonymous is no
+ * credential).  With apikeys.anon_role unset no JWT counts.
+ */
+static bool
+jwt_authenticated(const char *jwt)
+{
+	const char *p1;
+	const char *p2;
+	char	   *payload;
+	char	   *role;
+
+	if (anon_role == NULL || anon_role[0] == '\0' || jwt == NULL)
+		return false;
+	p1 = strchr(jwt, '.');
+	if (p1 == NULL)
+		return false;
+	p1++;
+	p2 = strchr(p1, '.');
+	if (p2 == NULL || p2 - p1 > JWT_PAYLOAD_MAXLEN)
+		return false;
+	payload = base64url_decode(p1, p2 - p1);
+	if (payload == NULL)
+		return false;
+	role = jwt_claims_role(payload, request_setting("request.jwt.claims"));
+	return role != NULL && strcmp(role, anon_role) != 0;
 }
 
 /*
@@ -1155,8 +1303,9 @@ apikeys_pre_request(PG_FUNCTION_ARGS)
 		reject(400, "apikey_conflict", "more than one credential given",
 			   "The request carries several different api keys, or an api key and a JWT.",
 			   "Send one api key, in one header.", NULL, NULL);
-	if (cr.jwt)
+	if (cr.jwt && jwt_authenticated(cr.jwt_token))
 		PG_RETURN_VOID();		/* PostgREST has checked it and set its role */
+	/* any other JWT is no credential: PostgREST runs the request as anonymous */
 
 	switch (route_path(request_setting("request.path"), &path))
 	{
@@ -1259,12 +1408,20 @@ apikeys_session_init(void)
 {
 	DefineCustomBoolVariable("apikeys.require_key",
 							 "Makes apikeys.pre_request reject requests without an api key (HTTP 401).",
-							 "Requests with a JWT are left to PostgREST. Only superusers (or roles granted SET on it) can change it, per role or database.",
+							 "Requests with a JWT PostgREST verified, for a role other than apikeys.anon_role, are left to PostgREST. Only superusers (or roles granted SET on it) can change it, per role or database.",
 							 &require_key,
 							 false,
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+	DefineCustomStringVariable("apikeys.anon_role",
+							   "PostgREST's anonymous role (its db-anon-role), for apikeys.pre_request.",
+							   "A request with a JWT is left to PostgREST only when PostgREST verified that JWT and it names a role other than this one; empty (the default) leaves no JWT to PostgREST.",
+							   &anon_role,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
 	DefineCustomStringVariable("apikeys.client_ip_header",
 							   "Request header from which apikeys.pre_request takes the client's address.",
 							   "Empty (the default) takes none. Set it only when a trusted proxy sets that header: clients can send any header.",
