@@ -56,9 +56,15 @@ uninstall: uninstall-scan
 uninstall-scan:
 	rm -f '$(DESTDIR)$(bindir)/apikeys-scan'
 
-.PHONY: test demo
+.PHONY: test demo test-all
 test:
 	bash test/run.sh
+
+# `make test` on every supported major, 15, 18 and 17, one after the other
+# (test/majors.sh: 18 is built from source and 17 bootstrapped in a Debian
+# trixie chroot once, cached in /var/cache/apikeys-test).
+test-all:
+	bash test/majors.sh all
 
 demo:
 	bash test/demo.sh

@@ -13,6 +13,8 @@
 #include "utils/inet.h"
 #include "utils/jsonb.h"
 
+#include "compat.h"
+
 /* The schema of the extension's tables and internal functions. */
 #define APIKEYS_INTERNAL_SCHEMA	"apikeys_internal"
 #define APIKEYS_CATALOG			"key_catalog"

@@ -213,7 +213,7 @@ open_catalog(Relation *index)
 		if (rel != NULL && !catalog_stale && relid == catalog_relid &&
 			rel->rd_rel->relkind == RELKIND_RELATION)
 		{
-			Oid			indexid = RelationGetPrimaryKeyIndex(rel);
+			Oid			indexid = APIKEYS_PRIMARY_KEY_INDEX(rel);
 
 			if (!OidIsValid(indexid))
 				ereport(ERROR,
@@ -423,7 +423,7 @@ load_entry(const char *key_id, MemoryContext cxt, bool *cacheable)
 								: GetLatestSnapshot());
 	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_TEXTEQ,
 				PointerGetDatum(key_text));
-	scan = index_beginscan(rel, index, snapshot, 1, 0);
+	scan = APIKEYS_INDEX_BEGINSCAN(rel, index, snapshot, 1, 0);
 	index_rescan(scan, &skey, 1, NULL, 0);
 	slot = table_slot_create(rel, NULL);
 	if (index_getnext_slot(scan, ForwardScanDirection, slot))

@@ -32,6 +32,7 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
+#include "parser/parse_relation.h"
 #include "rewrite/rewriteHandler.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
@@ -184,7 +185,9 @@ prepare(DirectInsert *di, Relation rel)
 		Expr	   *e = stringToNode(desc->constr->check[i].ccbin);
 
 		pc->ccbin[i] = pstrdup(desc->constr->check[i].ccbin);
-		pc->checks[i] = ExecInitExpr(expression_planner(e), NULL);
+		/* NULL: a constraint that is not enforced, as the executor has it */
+		pc->checks[i] = APIKEYS_CHECK_ENFORCED(&desc->constr->check[i]) ?
+			ExecInitExpr(expression_planner(e), NULL) : NULL;
 	}
 	pc->adbin = palloc0(desc->natts * sizeof(char *));
 	pc->defaults = palloc0(desc->natts * sizeof(ExprState *));
@@ -311,14 +314,14 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 	rte->relid = relid;
 	rte->relkind = RELKIND_RELATION;
 	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
+	APIKEYS_INSERT_RANGE_TABLE(estate, rte);
 	rri = makeNode(ResultRelInfo);
 	ExecInitResultRelation(estate, rri, 1);
-	CheckValidResultRel(rri, CMD_INSERT);
+	APIKEYS_CHECK_VALID_INSERT(rri);
 	ExecOpenIndices(rri, false);
 	/* the prepared constraints, instead of preparing them again */
 	if (prepared->ncheck > 0)
-		rri->ri_ConstraintExprs = prepared->checks;
+		APIKEYS_RRI_CHECK_EXPRS(rri) = prepared->checks;
 
 	slot = ExecInitExtraTupleSlot(estate, desc, table_slot_callbacks(rel));
 	econtext = GetPerTupleExprContext(estate);
@@ -358,7 +361,7 @@ apikey_insert_direct(DirectInsert *di, Oid relid, Datum *values,
 	if (desc->constr != NULL)
 		ExecConstraints(rri, slot, estate);
 	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
-	recheck = ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+	recheck = APIKEYS_INSERT_INDEX_TUPLES(rri, slot, estate);
 	ExecARInsertTriggers(estate, rri, slot, recheck, NULL);
 	AfterTriggerEndQuery(estate);
 
@@ -431,10 +434,10 @@ apikey_row_inserter_begin(Oid relid)
 	rte->relid = relid;
 	rte->relkind = RELKIND_RELATION;
 	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(ins->estate, list_make1(rte));
+	APIKEYS_INSERT_RANGE_TABLE(ins->estate, rte);
 	ins->rri = makeNode(ResultRelInfo);
 	ExecInitResultRelation(ins->estate, ins->rri, 1);
-	CheckValidResultRel(ins->rri, CMD_INSERT);
+	APIKEYS_CHECK_VALID_INSERT(ins->rri);
 	ExecOpenIndices(ins->rri, false);
 	ins->slot = ExecInitExtraTupleSlot(ins->estate, RelationGetDescr(ins->rel),
 									  table_slot_callbacks(ins->rel));
@@ -456,7 +459,7 @@ apikey_row_inserter_put(RowInserter *ins, Datum *values, bool *isnull)
 	if (desc->constr != NULL)
 		ExecConstraints(ins->rri, ins->slot, ins->estate);
 	table_tuple_insert(ins->rel, ins->slot, GetCurrentCommandId(true), 0, NULL);
-	recheck = ExecInsertIndexTuples(ins->rri, ins->slot, ins->estate, false, false, NULL, NIL);
+	recheck = APIKEYS_INSERT_INDEX_TUPLES(ins->rri, ins->slot, ins->estate);
 	ExecARInsertTriggers(ins->estate, ins->rri, ins->slot, recheck, NULL);
 	ResetPerTupleExprContext(ins->estate);
 }

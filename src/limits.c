@@ -724,7 +724,7 @@ load_quota_state(const char *key_id, TimestampTz *set_at, int64 *remaining,
 	rel = try_relation_open(relid, AccessShareLock);
 	if (rel == NULL)
 		return false;
-	indexid = RelationGetPrimaryKeyIndex(rel);
+	indexid = APIKEYS_PRIMARY_KEY_INDEX(rel);
 	if (OidIsValid(indexid) && RelationGetDescr(rel)->natts == Natts_quota_state)
 	{
 		key_text = cstring_to_text_with_len(key_id, APIKEY_KEY_ID_LEN);

@@ -574,6 +574,12 @@ hp_scalar(void *state, char *token, JsonTokenType tokentype)
 					token);
 }
 
+/* the actions the parser calls (src/compat.h) */
+APIKEYS_JSON_STRUCT_ACTION(hp_object_start_action, hp_object_start)
+APIKEYS_JSON_STRUCT_ACTION(hp_array_start_action, hp_array_start)
+APIKEYS_JSON_OFIELD_ACTION(hp_field_start_action, hp_field_start)
+APIKEYS_JSON_SCALAR_ACTION(hp_scalar_action, hp_scalar)
+
 /*
  * Parse request.headers (a JSON object, as PostgREST sets it) and pick out
  * the headers of interest.  Returns false when it is not a JSON object.
@@ -595,14 +601,14 @@ parse_headers(const char *json, HeaderParse *hp)
 	hp->names[H_CLIENT_IP] = client_ip_header != NULL && client_ip_header[0] != '\0' ?
 		client_ip_header : NULL;
 	hp->current = -1;
-	hp->lex = makeJsonLexContextCstringLen(copy, strlen(copy), GetDatabaseEncoding(), true);
+	hp->lex = APIKEYS_JSON_LEXER(copy, strlen(copy), GetDatabaseEncoding(), true);
 
 	memset(&sem, 0, sizeof(sem));
 	sem.semstate = hp;
-	sem.object_start = hp_object_start;
-	sem.array_start = hp_array_start;
-	sem.object_field_start = hp_field_start;
-	sem.scalar = hp_scalar;
+	sem.object_start = hp_object_start_action;
+	sem.array_start = hp_array_start_action;
+	sem.object_field_start = hp_field_start_action;
+	sem.scalar = hp_scalar_action;
 	return pg_parse_json(hp->lex, &sem) == JSON_SUCCESS && hp->is_object;
 }
 

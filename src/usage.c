@@ -381,7 +381,7 @@ flushed_last_used(text *key_text)
 	if (!OidIsValid(relid))
 		return 0;
 	rel = relation_open(relid, AccessShareLock);
-	indexid = RelationGetPrimaryKeyIndex(rel);
+	indexid = APIKEYS_PRIMARY_KEY_INDEX(rel);
 	if (OidIsValid(indexid) && RelationGetDescr(rel)->natts == Natts_usage)
 	{
 		snapshot = RegisterSnapshot(GetLatestSnapshot());

@@ -8,8 +8,25 @@
 
 set -euo pipefail
 
+# The server to build and test against: PG_CONFIG (any supported major:
+# Debian's, a relocated copy of Debian's tree, or a source build such as
+# test/majors.sh makes), or else Debian's PostgreSQL PG_MAJOR (15).  PG_MAJOR
+# follows PG_CONFIG when it is set.
+if [ -n "${PG_CONFIG:-}" ] && [ -x "$PG_CONFIG" ]; then
+    PG_MAJOR=$("$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+elif [[ "${PG_CONFIG:-}" =~ /usr/lib/postgresql/([0-9]+)/bin/pg_config$ ]]; then
+    PG_MAJOR=${BASH_REMATCH[1]}     # Debian's layout, not installed yet
+fi
 PG_MAJOR=${PG_MAJOR:-15}
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/$PG_MAJOR/bin/pg_config}
+# Debian's layout (the packages ensure_deps installs with apt, or a copy of
+# their tree), or another installation (a source build, which brings its
+# own server, contrib modules and plpgsql_check).
+if [[ "$PG_CONFIG" == */usr/lib/postgresql/$PG_MAJOR/bin/pg_config ]]; then
+    PG_DEBIAN_LAYOUT=1
+else
+    PG_DEBIAN_LAYOUT=
+fi
 
 # Run a command as root: directly when we are root, through sudo otherwise.
 as_root() {
@@ -29,20 +46,36 @@ as_postgres() {
 # the PostgREST binary).
 ensure_deps() {
     local missing=()
-    [ -f "/usr/include/postgresql/$PG_MAJOR/server/postgres.h" ] || missing+=("postgresql-server-dev-$PG_MAJOR")
-    [ -x "/usr/lib/postgresql/$PG_MAJOR/bin/postgres" ] || missing+=("postgresql-$PG_MAJOR")
-    [ -f "/usr/share/postgresql/$PG_MAJOR/extension/pgcrypto.control" ] || missing+=("postgresql-$PG_MAJOR")
-    [ -f "/usr/share/postgresql/$PG_MAJOR/extension/plpgsql_check.control" ] || missing+=("postgresql-$PG_MAJOR-plpgsql-check")
+    if [ -n "$PG_DEBIAN_LAYOUT" ]; then
+        [ -f "/usr/include/postgresql/$PG_MAJOR/server/postgres.h" ] || missing+=("postgresql-server-dev-$PG_MAJOR")
+        [ -x "/usr/lib/postgresql/$PG_MAJOR/bin/postgres" ] || missing+=("postgresql-$PG_MAJOR")
+        [ -f "/usr/share/postgresql/$PG_MAJOR/extension/pgcrypto.control" ] || missing+=("postgresql-$PG_MAJOR")
+        [ -f "/usr/share/postgresql/$PG_MAJOR/extension/plpgsql_check.control" ] || missing+=("postgresql-$PG_MAJOR-plpgsql-check")
+    else
+        # a source build: test/majors.sh builds these into it
+        local f
+        for f in "$("$PG_CONFIG" --includedir-server)/postgres.h" "$("$PG_CONFIG" --bindir)/postgres" \
+                 "$("$PG_CONFIG" --sharedir)/extension/pgcrypto.control" \
+                 "$("$PG_CONFIG" --sharedir)/extension/plpgsql_check.control" \
+                 "$("$PG_CONFIG" --pkglibdir)/auto_explain.so" \
+                 "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress" \
+                 "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/perl/PostgreSQL/Test/Cluster.pm"; do
+            [ -e "$f" ] || { echo "ensure_deps: $f is missing from the installation of $PG_CONFIG (test/majors.sh builds complete ones)" >&2; return 1; }
+        done
+    fi
     perl -MIPC::Run -e 1 2>/dev/null || missing+=(libipc-run-perl)
     command -v make >/dev/null || missing+=(make)
     command -v gcc >/dev/null || missing+=(gcc)
     # PGXS builds LLVM bitcode when the server was built with JIT support.
-    if grep -q '^with_llvm[[:space:]]*=[[:space:]]*yes' \
-            "/usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/Makefile.global" 2>/dev/null; then
-        local clang
-        clang=$(sed -n 's/^CLANG[[:space:]]*=[[:space:]]*//p' \
-                "/usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/Makefile.global")
-        command -v "${clang:-clang}" >/dev/null || missing+=(clang-14 llvm-14)
+    # (Debian's clang-N and llvm-N of the CLANG that server was built with)
+    local global=/usr/lib/postgresql/$PG_MAJOR/lib/pgxs/src/Makefile.global
+    [ -x "$PG_CONFIG" ] && global=$("$PG_CONFIG" --pkglibdir)/pgxs/src/Makefile.global
+    if grep -q '^with_llvm[[:space:]]*=[[:space:]]*yes' "$global" 2>/dev/null; then
+        local clang llvm_version
+        clang=$(sed -n 's/^CLANG[[:space:]]*=[[:space:]]*//p' "$global")
+        clang=${clang:-clang}
+        llvm_version=$(basename "$clang" | sed -n 's/^clang-\([0-9]*\)$/\1/p')
+        command -v "$clang" >/dev/null || missing+=("clang-${llvm_version:-14}" "llvm-${llvm_version:-14}")
     fi
     command -v prove >/dev/null || missing+=(perl)
     # test/t/005_pgbouncer.pl and 006 pool connections through a real pgbouncer
@@ -63,7 +96,8 @@ ensure_deps() {
     local share lib
     share=$("$PG_CONFIG" --sharedir)/extension
     lib=$("$PG_CONFIG" --pkglibdir)
-    if [ ! -f "$share/plpgsql_check.control" ] && [ -w "$share" ]; then
+    if [ ! -f "$share/plpgsql_check.control" ] && [ -w "$share" ] \
+            && [ -f "/usr/share/postgresql/$PG_MAJOR/extension/plpgsql_check.control" ]; then
         cp /usr/share/postgresql/$PG_MAJOR/extension/plpgsql_check* "$share/"
         cp /usr/lib/postgresql/$PG_MAJOR/lib/plpgsql_check.so "$lib/"
     fi

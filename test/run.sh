@@ -58,6 +58,7 @@ rc=0
     PERL5LIB="$PGXS_DIR/src/test/perl" \
     PG_REGRESS="$PGXS_DIR/src/test/regress/pg_regress" \
     TESTDIR="$TAPDIR" PG_CONFIG="$PG_CONFIG" \
+    TESTDATADIR="$TAPDIR/tmp_check" TESTLOGDIR="$TAPDIR/tmp_check/log" \
     POSTGREST_BIN="$POSTGREST_BIN" POSTGREST_OLD_BIN="$POSTGREST_OLD_BIN" \
     prove --timer t/*.pl) 2>&1 | tee "$RESULTS/tap.out" || rc=$?
 # prove exits 0 when it finds no test at all: that is a failure here.
@@ -75,9 +76,10 @@ bash test/fuzz/run.sh "${FUZZ_SECONDS:-20}" 2>&1 | tee "$RESULTS/fuzz.out" || rc
 grep -q '^fuzz_apikey \.\.\. ok$' "$RESULTS/fuzz.out" || rc=1
 suite_result $rc
 
-# One line for the whole run: test files passed and failed, all suites.
+# One line for the whole run: test files passed and failed, all suites
+# (pg_regress prints `test NAME ... ok` up to 15, TAP `ok N - NAME` from 16).
 files_ok=$(cat "$RESULTS/regress.out" "$RESULTS/isolation.out" "$RESULTS/tap.out" "$RESULTS/fuzz.out" 2>/dev/null \
-    | grep -cE '^(test | +)?[A-Za-z0-9_/.]+ +\.\.\.* +ok( |$)|^\[[0-9:]+\] t/[^ ]+ \.+ ok' || true)
+    | grep -cE '^(test | +)?[A-Za-z0-9_/.]+ +\.\.\.* +ok( |$)|^ok +[0-9]+ +- +[A-Za-z0-9_]+ |^\[[0-9:]+\] t/[^ ]+ \.+ ok' || true)
 # A test that never reported ok (a crash, a missing expected file, an
 # aborted suite) counts as failed.
 files_total=$(( $(make -s --no-print-directory print-regress | wc -w) \

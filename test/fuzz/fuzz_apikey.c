@@ -24,6 +24,7 @@
 #include "utils/builtins.h"
 
 #include "apikeys.h"
+#include "compat.h"
 
 /* ---------------------------------------------------------------------
  * Stand-ins for the backend
@@ -153,7 +154,7 @@ initStringInfo(StringInfo str)
 }
 
 void
-appendBinaryStringInfo(StringInfo str, const char *data, int datalen)
+appendBinaryStringInfo(StringInfo str, APIKEYS_BYTES_ARG data, int datalen)
 {
 	if (str->len + datalen + 1 > str->maxlen)
 		abort();				/* redacted output is short: never here */
@@ -194,7 +195,7 @@ pq_begintypsend(StringInfo buf)
 }
 
 void
-pq_sendbytes(StringInfo buf, const char *data, int datalen)
+pq_sendbytes(StringInfo buf, APIKEYS_BYTES_ARG data, int datalen)
 {
 	appendBinaryStringInfo(buf, data, datalen);
 }
@@ -469,7 +470,7 @@ LLVMFuzzerTestOneInput(const uint8_t *input, size_t input_size)
 	size_t		clen;
 	StringInfoData msg;
 
-	fake_proc.lxid = 42;
+	APIKEYS_CURRENT_LXID() = 42;	/* MyProc is fake_proc */
 
 	/*
 	 * The first byte chooses: the rest as it is, or with its checksum

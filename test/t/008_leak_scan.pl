@@ -29,6 +29,10 @@ auto_explain.log_verbose = on
 pg_stat_statements.track = all
 pg_stat_statements.track_utility = on
 });
+# From PostgreSQL 16 on, auto_explain also logs the bound parameters of the
+# statements it explains, whole by default (README: Security model)
+$node->append_conf('postgresql.conf', 'auto_explain.log_parameter_max_length = 0')
+  if $node->pg_version >= 16;
 $node->start;
 
 $node->safe_psql('postgres', q{
